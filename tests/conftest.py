@@ -1,0 +1,39 @@
+"""Shared fixtures. Keep them small and generic; everything writes under pytest's tmp folders."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+
+@pytest.fixture(scope="session")
+def demo_corpus_dir(tmp_path_factory) -> Path:
+    """A tiny real corpus: 2 violin phrases of 4 s (FluidR3_GM rendered by fluidsynth), seed 0."""
+    from training.demo_corpus import FLUIDR3, make_demo_corpus
+
+    if shutil.which("fluidsynth") is None or not FLUIDR3.is_file():
+        pytest.skip("fluidsynth / fluid-soundfont-gm not installed (run scripts/setup.sh)")
+    out_dir = tmp_path_factory.mktemp("demo_corpus")
+    make_demo_corpus(out_dir, instrument="violin", n_files=2, seconds_per_file=4.0, seed=0)
+    return out_dir
+
+
+@pytest.fixture
+def sine_wav(tmp_path) -> Callable[..., Path]:
+    """Factory: ``sine_wav("sub/a.flac", f_hz=440, seconds=1, sample_rate=48000, channels=1, amplitude=0.5,
+    subtype=None)`` writes a sine (same in every channel) under tmp_path and returns its path."""
+
+    def make(name: str = "sine.wav", f_hz: float = 440.0, seconds: float = 1.0, sample_rate: int = 48000,
+             channels: int = 1, amplitude: float = 0.5, subtype: str | None = None) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+        mono = amplitude * np.sin(2 * np.pi * f_hz * t)
+        sf.write(str(path), np.repeat(mono[:, None], channels, axis=1), sample_rate, subtype=subtype)
+        return path
+
+    return make
