@@ -1,0 +1,148 @@
+"""The networks: a decoder (f0, loudness, z) -> synth controls, and an encoder audio -> posterior over z.
+
+Plain nn.Modules with typed constructors; recurrent state is passed in and returned, never kept inside.
+Only the decoder runs live; the encoder is used by training, latent analysis and timbre transfer.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from . import dsp
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture arguments; stored in the model file and enough to rebuild the networks."""
+
+    sample_rate: int = 48000
+    hop_size: int = 128
+    n_harmonics: int = 64
+    n_noise_bands: int = 65
+    latent_dim: int = 8
+    hidden_size: int = 192
+    gru_size: int = 192
+    encoder_n_fft: int = 1024
+    encoder_n_mels: int = 64
+    encoder_gru_size: int = 96
+    encoder_stride: int = 4   # the encoder sees frames every encoder_stride * hop_size samples; z is interpolated
+    noise_bias: float = -5.0
+    # Input scaling: (midi - f0_center_midi) / f0_scale_midi and (dB - loudness_center_db) / loudness_scale_db.
+    f0_center_midi: float = 60.0
+    f0_scale_midi: float = 24.0
+    loudness_center_db: float = -40.0
+    loudness_scale_db: float = 20.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        return cls(**data)
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 + self.n_harmonics + self.n_noise_bands
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.sample_rate / self.hop_size
+
+
+def _mlp(n_in: int, n_hidden: int, n_layers: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n_layers):
+        layers += [nn.Linear(n_in if i == 0 else n_hidden, n_hidden), nn.LayerNorm(n_hidden), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers)
+
+
+class Decoder(nn.Module):
+    """(f0_hz, loudness_db, z) per frame -> raw outputs (B, F, 1 + H + N), via MLPs and a GRU (ddsp's RnnFcDecoder)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        self.f0_mlp = _mlp(1, h)
+        self.loudness_mlp = _mlp(1, h)
+        self.z_mlp = _mlp(config.latent_dim, h)
+        self.gru = nn.GRU(3 * h, config.gru_size, batch_first=True)
+        self.out_mlp = _mlp(config.gru_size + 2 * h, h)
+        self.out = nn.Linear(h, config.n_outputs)
+
+    def scale_inputs(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        f0 = (dsp.hz_to_midi(f0_hz) - c.f0_center_midi) / c.f0_scale_midi
+        loudness = (loudness_db - c.loudness_center_db) / c.loudness_scale_db
+        return f0.unsqueeze(-1), loudness.unsqueeze(-1)
+
+    def initial_gru_state(self, batch: int) -> torch.Tensor:
+        return torch.zeros(1, batch, self.config.gru_size)
+
+    def forward(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor, z: torch.Tensor,
+                gru_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """f0_hz, loudness_db (B, F); z (B, F, D); gru_state (1, B, G) or None -> (raw (B, F, outputs), gru_state)."""
+        f0, loudness = self.scale_inputs(f0_hz, loudness_db)
+        f0_h, loudness_h = self.f0_mlp(f0), self.loudness_mlp(loudness)
+        x = torch.cat([f0_h, loudness_h, self.z_mlp(z)], dim=-1)
+        x, gru_state = self.gru(x, gru_state)
+        x = self.out_mlp(torch.cat([x, f0_h, loudness_h], dim=-1))
+        return self.out(x), gru_state
+
+    def controls(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor, z: torch.Tensor,
+                 gru_state: torch.Tensor | None = None) -> tuple[dsp.SynthControls, torch.Tensor]:
+        raw, gru_state = self(f0_hz, loudness_db, z, gru_state)
+        c = self.config
+        return dsp.raw_to_controls(raw, f0_hz, c.n_harmonics, c.n_noise_bands, c.sample_rate, c.noise_bias), gru_state
+
+
+class Encoder(nn.Module):
+    """Audio (B, S) -> per-frame posterior mean and log-variance of z (B, S // hop + 1, D).
+
+    The encoder runs at 1 / encoder_stride of the control frame rate (timbre moves slower than pitch and
+    loudness, and training is 4x cheaper for it); its outputs are linearly interpolated to the control frames.
+
+    Input is a log-mel spectrogram with each frame's mean removed, so overall level (which reaches the decoder
+    directly as loudness) is not what z encodes. ``mel_basis`` (n_mels, n_fft // 2 + 1) is made by training
+    (librosa) and stored as a buffer, so the instrument never needs librosa to load it.
+    """
+
+    def __init__(self, config: ModelConfig, mel_basis: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        n_bins = config.encoder_n_fft // 2 + 1
+        if mel_basis is None:
+            mel_basis = torch.zeros(config.encoder_n_mels, n_bins)
+        if tuple(mel_basis.shape) != (config.encoder_n_mels, n_bins):
+            raise ValueError(f"mel_basis shape {tuple(mel_basis.shape)} != {(config.encoder_n_mels, n_bins)}")
+        self.register_buffer("mel_basis", mel_basis.float())
+        self.register_buffer("window", torch.hann_window(config.encoder_n_fft))
+        self.proj = _mlp(config.encoder_n_mels, config.hidden_size, n_layers=1)
+        self.gru = nn.GRU(config.hidden_size, config.encoder_gru_size, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * config.encoder_gru_size, 2 * config.latent_dim)
+
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        spec = torch.stft(audio, n_fft=c.encoder_n_fft, hop_length=c.hop_size * c.encoder_stride, window=self.window,
+                          center=True, return_complex=True).abs()                     # (B, bins, F)
+        mel = torch.log(torch.matmul(self.mel_basis, spec) + 1e-5).transpose(1, 2)  # (B, F, mels)
+        return mel - mel.mean(-1, keepdim=True)
+
+    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n_frames = audio.shape[-1] // self.config.hop_size + 1
+        x, _ = self.gru(self.proj(self.features(audio)))
+        x = self.out(x)                                                   # (B, F_coarse, 2D)
+        x = nn.functional.interpolate(x.transpose(1, 2), size=n_frames, mode="linear", align_corners=True)
+        mean, logvar = x.transpose(1, 2).chunk(2, dim=-1)
+        return mean, logvar.clamp(-12.0, 6.0)
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q || N(0, I)) per element (nats), same shape as mean."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)

@@ -1,0 +1,75 @@
+"""Offline rendering of whole control sequences with the streaming code path (chunk by chunk, state carried),
+so long files need little memory and offline output is what the live engine would play."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import dsp
+from .model import Decoder
+
+
+@torch.inference_mode()
+def render_controls(decoder: Decoder, f0_hz: np.ndarray | torch.Tensor, loudness_db: np.ndarray | torch.Tensor,
+                    z: np.ndarray | torch.Tensor, seed: int = 0, chunk_frames: int = 512,
+                    return_parts: bool = False):
+    """Render F frames of (f0_hz (F,), loudness_db (F,), z (F, D) or (D,)) to (F - 1) * hop samples.
+
+    Frame k sits at sample k * hop (the training convention); the first frame only starts the synth state.
+    With return_parts, returns (harmonic, noise) arrays instead of their sum.
+    """
+    c = decoder.config
+    f0 = torch.as_tensor(np.asarray(f0_hz, np.float32)).view(1, -1)
+    ld = torch.as_tensor(np.asarray(loudness_db, np.float32)).view(1, -1)
+    z = torch.as_tensor(np.asarray(z, np.float32))
+    if z.dim() == 1:
+        z = z.view(1, 1, -1).expand(1, f0.shape[1], -1)
+    else:
+        z = z.view(1, f0.shape[1], -1)
+    n_frames = f0.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    harmonic_parts, noise_parts = [], []
+    gru_state, synth_state = None, None
+    for start in range(0, n_frames, chunk_frames):
+        stop = min(n_frames, start + chunk_frames)
+        controls, gru_state = decoder.controls(f0[:, start:stop], ld[:, start:stop], z[:, start:stop], gru_state)
+        if synth_state is None:
+            synth_state = dsp.initial_state(controls.frame(0))
+            controls = controls.frames(1)
+        if controls.n_frames == 0:
+            continue
+        noise = torch.rand(1, controls.n_frames * c.hop_size, generator=generator) * 2.0 - 1.0
+        harmonic, filtered, synth_state = dsp.synthesize(controls, noise, synth_state, c.hop_size, c.sample_rate)
+        harmonic_parts.append(harmonic[0])
+        noise_parts.append(filtered[0])
+    if not harmonic_parts:
+        empty = np.zeros(0, np.float32)
+        return (empty, empty) if return_parts else empty
+    harmonic = torch.cat(harmonic_parts).numpy()
+    noise = torch.cat(noise_parts).numpy()
+    return (harmonic, noise) if return_parts else harmonic + noise
+
+
+@torch.inference_mode()
+def encode_means(encoder, audio: np.ndarray, chunk_seconds: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and log-variance per control frame (n_samples // hop + 1, D) for audio of any length."""
+    c = encoder.config
+    step = int(chunk_seconds * c.sample_rate) // (c.hop_size * c.encoder_stride) * c.hop_size * c.encoder_stride
+    means, logvars = [], []
+    x = torch.as_tensor(np.asarray(audio, np.float32))
+    for start in range(0, max(1, len(x)), step):
+        seg = x[start:start + step]
+        if len(seg) < c.encoder_n_fft // 2 + 1:
+            seg = torch.nn.functional.pad(seg, (0, c.encoder_n_fft // 2 + 1 - len(seg)))
+        m, lv = encoder(seg.view(1, -1))
+        keep = m.shape[1] if start + step >= len(x) else step // c.hop_size
+        means.append(m[0, :keep])
+        logvars.append(lv[0, :keep])
+    n_frames = len(x) // c.hop_size + 1
+    mean = torch.cat(means)[:n_frames]
+    logvar = torch.cat(logvars)[:n_frames]
+    if mean.shape[0] < n_frames:
+        pad = n_frames - mean.shape[0]
+        mean = torch.cat([mean, mean[-1:].expand(pad, -1)])
+        logvar = torch.cat([logvar, logvar[-1:].expand(pad, -1)])
+    return mean.numpy(), logvar.numpy()
