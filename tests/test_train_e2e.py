@@ -1,0 +1,113 @@
+"""A tiny end-to-end run: train -> export -> load -> render, through the real CLI entry points."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from instrument.bundle import load_bundle
+from instrument.modelfile import ModelFileError
+from instrument.offline import render_controls
+from training.cli import info_main, train_main, transfer_main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(demo_corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    rc = train_main([str(demo_corpus_dir), "-o", str(out), "--max-steps", "6", "--max-time", "5m",
+                     "--batch-size", "2", "--window", "0.5", "--val-every", "3", "--cache-dir", str(cache),
+                     "--augment-variants", "1", "--latents", "4", "--no-progress", "--threads", "2"])
+    assert rc == 0
+    return out, cache
+
+
+def test_train_writes_model_logs_heldout_and_summary(trained):
+    out, _ = trained
+    assert (out / "model.sdga").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "logs").glob("metrics.csv"))
+    assert list((out / "heldout").glob("*.resynth.wav")) and list((out / "heldout").glob("*.original.wav"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["training"]["steps"] == 6
+    assert np.isfinite(summary["heldout"]["f0_cents_median"]) or summary["heldout"]["f0_frames"] == 0
+    assert np.isfinite(summary["heldout"]["loudness_db_median"])
+
+
+def test_model_file_loads_and_renders(trained):
+    out, _ = trained
+    bundle = load_bundle(out / "model.sdga")
+    assert bundle.config.latent_dim == 4 and len(bundle.latents) == 4
+    assert len({l.name for l in bundle.latents}) == 4        # names are unique
+    lo, hi = bundle.f0_range_hz()
+    assert 150 < lo < hi < 2000                              # a violin's range
+    n = 100
+    audio = render_controls(bundle.decoder, np.full(n, 440.0, np.float32), np.full(n, -25.0, np.float32),
+                            bundle.default_z().numpy())
+    assert audio.shape == ((n - 1) * bundle.config.hop_size,) and np.isfinite(audio).all()
+
+
+def test_instrument_loads_model_without_lightning(trained):
+    out, _ = trained
+    code = ("import sys; from instrument.bundle import load_bundle; load_bundle(sys.argv[1]); "
+            "bad = [m for m in ('pytorch_lightning', 'lightning', 'librosa', 'pedalboard') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code, str(out / "model.sdga")], check=True)
+
+
+def test_info_prints_card_and_plot(trained, tmp_path, capsys):
+    out, _ = trained
+    assert info_main([str(out / "model.sdga"), "--plot", str(tmp_path / "lat.png")]) == 0
+    text = capsys.readouterr().out
+    assert "latents" in text and "sample rate 48000" in text
+    assert (tmp_path / "lat.png").stat().st_size > 10_000
+
+
+def test_transfer_renders_input_pitch(trained, demo_corpus_dir, tmp_path):
+    out, cache = trained
+    src = sorted(demo_corpus_dir.glob("*.wav"))[0]
+    dst = tmp_path / "out.wav"
+    assert transfer_main([str(out / "model.sdga"), str(src), "-o", str(dst), "--pitch-shift", "0",
+                          "--cache-dir", str(cache)]) == 0
+    audio, sr = sf.read(dst)
+    ref, _ = sf.read(src)
+    assert sr == 48000 and abs(len(audio) - len(ref)) < 48000 and np.isfinite(audio).all()
+
+
+def test_second_run_reuses_feature_cache_and_resumes(trained, demo_corpus_dir, capsys):
+    out, cache = trained
+    rc = train_main([str(demo_corpus_dir), "-o", str(out), "--max-steps", "8", "--batch-size", "2",
+                     "--window", "0.5", "--val-every", "4", "--cache-dir", str(cache), "--augment-variants", "1",
+                     "--latents", "4", "--no-progress", "--resume", "--threads", "2"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "cached" in text or "0 to extract" in text or "from cache" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["training"]["steps"] == 8                  # resumed at 6, went on to 8
+
+
+def test_corrupt_model_file_is_refused(trained, tmp_path):
+    out, _ = trained
+    data = bytearray((out / "model.sdga").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad.sdga"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError):
+        load_bundle(bad)
+    assert info_main([str(bad)]) == 2
+
+
+def test_all_silent_corpus_exits_nonzero(tmp_path, capsys):
+    corpus = tmp_path / "silent"
+    corpus.mkdir()
+    for i in range(2):
+        sf.write(corpus / f"s{i}.wav", np.zeros(48000, np.float32), 48000)
+    (corpus / "notes.txt").write_text("not audio")
+    rc = train_main([str(corpus), "-o", str(tmp_path / "run"), "--no-progress", "--cache-dir", str(tmp_path / "c")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "s0.wav" in err and "notes.txt" in err

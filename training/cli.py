@@ -1,0 +1,173 @@
+"""Console scripts: sdga-train, sdga-info, sdga-transfer. Config is bound here and nowhere else."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdga-train", description="Train a DDSP + beta-VAE instrument from a folder "
+                                "of recordings and write one model file.")
+    p.add_argument("corpus", type=Path, help="folder of recordings (wav/flac/aiff/ogg/mp3, any rate), or one file")
+    p.add_argument("-o", "--out", type=Path, default=Path("runs/latest"), help="run folder (logs, checkpoints, "
+                   "held-out WAVs, model.sdga) [runs/latest]")
+    p.add_argument("--model-file", type=Path, help="where to write the model file [<out>/model.sdga]")
+    p.add_argument("--max-time", default="10m", help="wall-clock training budget, e.g. 10m, 90s, 1h; 0 = none [10m]")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps [no limit]")
+    p.add_argument("--latents", type=int, default=8, help="number of timbre latents [8]")
+    p.add_argument("--beta", type=float, default=4.0, help="weight of the KL term once annealed in [4]")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--window", type=float, default=1.0, help="training window in seconds [1.0]")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate [2e-3]")
+    p.add_argument("--sample-rate", type=int, default=48000, help="model sample rate [48000]")
+    p.add_argument("--no-augment", action="store_true", help="disable pedalboard augmentation")
+    p.add_argument("--augment-variants", type=int, default=2, help="pedalboard renders per training file [2]")
+    p.add_argument("--val-every", type=int, default=100, help="validate every N steps [100]")
+    p.add_argument("--patience", type=int, default=10, help="early stopping: validations without improvement [10]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
+    p.add_argument("--cache-dir", type=Path, help="feature/augmentation cache [~/.cache/sdga]")
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto [cpu]")
+    p.add_argument("--devices", default="1", help="Lightning devices: a count, 'auto', or a list like 0,1 [1]")
+    p.add_argument("--threads", type=int, help="torch CPU threads [all cores]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = _train_parser().parse_args(argv)
+    from .corpus import CorpusError
+    from .train import TrainConfig, parse_duration, run_training
+
+    try:
+        max_time = parse_duration(args.max_time)
+    except ValueError as exc:
+        print(f"sdga-train: --max-time: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
+    cfg = TrainConfig(
+        corpus_dir=args.corpus, out_dir=args.out, model_file=args.model_file, cache_dir=args.cache_dir,
+        sample_rate=args.sample_rate, latent_dim=args.latents, beta=args.beta, window_seconds=args.window,
+        batch_size=args.batch_size, max_time_s=max_time or None, max_steps=args.max_steps, augment=not args.no_augment,
+        augment_variants=args.augment_variants, val_every_steps=args.val_every, early_stop_patience=args.patience,
+        seed=args.seed, resume=args.resume, accelerator=args.accelerator, devices=devices,
+        num_threads=args.threads, learning_rate=args.lr, progress=not args.no_progress)
+    try:
+        summary = run_training(cfg)
+    except CorpusError as exc:
+        print(f"sdga-train: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    h = summary["heldout"]
+    t = summary["training"]
+    print(f"\ndone in {summary['total_seconds']:.0f} s: {t['steps']} steps, "
+          f"{t['audio_seconds_per_second']} audio-s/s; model file {summary['model_file']}")
+    if h.get("f0_cents_median") is not None:
+        print(f"held-out: f0 error {h['f0_cents_median']:.1f} cents (median), loudness error "
+              f"{h['loudness_db_median']:.2f} dB (median), spectral distance {h['spectral_distance']:.3f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- sdga-info
+def format_card(path: Path, bundle) -> str:
+    c = bundle.config
+    corpus = bundle.metadata.get("corpus", {})
+    training = bundle.metadata.get("training", {})
+    heldout = training.get("heldout", {}) or {}
+    lines = [f"sdga model: {path}",
+             f"  sample rate {c.sample_rate} Hz, control frame {c.hop_size} samples "
+             f"({1000 * c.hop_size / c.sample_rate:.2f} ms), {c.n_harmonics} harmonics, {c.n_noise_bands} noise bands, "
+             f"{c.latent_dim} latents"]
+    if corpus:
+        f0r = corpus.get("f0_range_hz")
+        ldr = corpus.get("loudness_range_db")
+        lines.append(f"  corpus: {corpus.get('files', '?')} files, {corpus.get('minutes', 0):.1f} min"
+                     + (f", pitch {f0r[0]:.0f}-{f0r[1]:.0f} Hz" if f0r else "")
+                     + (f", loudness {ldr[0]:.0f}..{ldr[1]:.0f} dB" if ldr else ""))
+    if training:
+        lines.append(f"  training: {training.get('steps', '?')} steps in {training.get('fit_seconds', '?')} s, "
+                     f"beta {training.get('beta', '?')}, augmentation {'on' if training.get('augment') else 'off'}, "
+                     f"seed {training.get('seed', '?')}")
+    if heldout.get("f0_cents_median") is not None:
+        lines.append(f"  held-out: f0 error {heldout['f0_cents_median']:.1f} cents, loudness error "
+                     f"{heldout['loudness_db_median']:.2f} dB, spectral distance {heldout['spectral_distance']:.3f}")
+    lines.append("  latents (most important first; knob 0..1 maps onto the corpus's range):")
+    for i, l in enumerate(bundle.latents):
+        lines.append(f"    {i}: {l.name:<12} z{l.index:<2} {'active  ' if l.active else 'inactive'} "
+                     f"KL {l.kl_nats:6.3f} nats  z {l.low:+.2f} .. {l.high:+.2f}")
+    return "\n".join(lines)
+
+
+def info_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sdga-info", description="Print a model file's card.")
+    p.add_argument("model", type=Path)
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="write latent traversal spectrograms to this PNG")
+    args = p.parse_args(argv)
+    from instrument.bundle import load_bundle
+    from instrument.modelfile import ModelFileError
+    try:
+        bundle = load_bundle(args.model)
+    except ModelFileError as exc:
+        print(f"sdga-info: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        meta = dict(bundle.metadata, model_config=bundle.config.to_dict(), latents=[l.to_dict() for l in bundle.latents])
+        print(json.dumps(meta, indent=2))
+    else:
+        print(format_card(args.model, bundle))
+    if args.plot:
+        from .plots import plot_latent_traversals
+        plot_latent_traversals(bundle, args.plot)
+        print(f"latent traversals written to {args.plot}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- sdga-transfer
+def transfer_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sdga-transfer", description="Timbre transfer: the pitch and loudness of any "
+                                "recording, played in the model's timbre.")
+    p.add_argument("model", type=Path)
+    p.add_argument("input", type=Path, help="a recording (any format the corpus loader reads)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--pitch-shift", type=float, default=None,
+                   help="semitones; default: whole octaves that bring the input into the model's pitch range")
+    p.add_argument("--loudness-shift", type=float, default=None,
+                   help="dB; default: match the input's median loudness to the corpus's")
+    p.add_argument("--latent", action="append", default=[], metavar="NAME=KNOB",
+                   help="set a latent knob (0..1) by name or position, e.g. brightness=0.8 (repeatable)")
+    p.add_argument("--cache-dir", type=Path)
+    args = p.parse_args(argv)
+    from instrument.bundle import load_bundle
+    from instrument.modelfile import ModelFileError
+    from .transfer import TransferError, timbre_transfer
+    try:
+        bundle = load_bundle(args.model)
+    except ModelFileError as exc:
+        print(f"sdga-transfer: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        knobs = parse_latent_args(args.latent)
+        report = timbre_transfer(bundle, args.input, args.output, pitch_shift=args.pitch_shift,
+                                 loudness_shift=args.loudness_shift, knobs=knobs, cache_dir=args.cache_dir)
+    except (TransferError, ValueError, KeyError) as exc:
+        print(f"sdga-transfer: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(report)
+    return 0
+
+
+def parse_latent_args(items: list[str]) -> dict[str | int, float]:
+    knobs: dict[str | int, float] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--latent {item!r}: expected NAME=KNOB, e.g. brightness=0.8")
+        key, value = item.split("=", 1)
+        knob = float(value)
+        if not 0.0 <= knob <= 1.0:
+            raise ValueError(f"--latent {item!r}: knob must be within 0..1")
+        knobs[int(key) if key.isdigit() else key] = knob
+    return knobs
