@@ -68,6 +68,10 @@ def train_main(argv: list[str] | None = None) -> int:
     if h.get("f0_cents_median") is not None:
         print(f"held-out: f0 error {h['f0_cents_median']:.1f} cents (median), loudness error "
               f"{h['loudness_db_median']:.2f} dB (median), spectral distance {h['spectral_distance']:.3f}")
+    if t["interrupted"]:
+        print(f"interrupted: the model file holds the best weights so far; continue with: sdga-train "
+              f"{args.corpus} -o {args.out} --resume")
+        return 130
     return 0
 
 

@@ -20,7 +20,7 @@ from instrument.model import ModelConfig
 
 from .corpus import Corpus, format_summary, load_corpus
 from .data import Example, RandomWindows, TiledWindows, split_examples
-from .features import FeatureSettings, extract_corpus_features
+from .features import FeatureSettings, extract_corpus_features, features_cache_path
 from .module import LossConfig
 
 
@@ -121,9 +121,11 @@ def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
     settings = FeatureSettings(sample_rate=cfg.sample_rate, hop_size=cfg.hop_size)
     cache = cfg.cache_dir or default_cache_dir()
     t0 = time.time()
+    cached = sum(features_cache_path(cache / "features", f.audio, settings).exists() for f in corpus.files)
     features = extract_corpus_features([f.audio for f in corpus.files], settings, cache / "features",
                                        progress=cfg.progress, names=[f.path.name for f in corpus.files])
-    log(f"features: {len(features)} files in {time.time() - t0:.1f} s (cache {cache / 'features'})")
+    log(f"features: {len(features)} files ({cached} from cache) in {time.time() - t0:.1f} s "
+        f"(cache {cache / 'features'})")
     examples = [Example(f.path.stem, f.audio, feats) for f, feats in zip(corpus.files, features)]
     stats = corpus_statistics(examples)
     stats["minutes"] = corpus.total_seconds / 60.0
@@ -191,7 +193,10 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     class InterruptCheckpoint(Callback):
         """Ctrl-C (or any crash) leaves a resumable checkpoint."""
 
+        interrupted = False
+
         def on_exception(self, trainer, pl_module, exception):
+            InterruptCheckpoint.interrupted = True
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(str(last_ckpt))
             log(f"\ninterrupted ({type(exception).__name__}); resumable checkpoint: {last_ckpt} "
@@ -232,7 +237,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
             raise
         interrupted = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    interrupted = interrupted or trainer.interrupted
+    interrupted = interrupted or trainer.interrupted or InterruptCheckpoint.interrupted
     fit_seconds = time.time() - fit_started
     if not interrupted:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
