@@ -138,3 +138,16 @@ def test_ctrl_c_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_pat
     assert (out / "checkpoints" / "last.ckpt").is_file(), text
     assert "--resume" in text
     load_bundle(out / "model.sdga")       # interrupted runs still export a loadable model
+
+
+def test_one_short_file_corpus_trains(tmp_path, demo_corpus_dir):
+    """RAVE drops files shorter than its window and ddsp_pytorch crashed on one file: we train on one 0.4 s file."""
+    audio, sr = sf.read(sorted(demo_corpus_dir.glob("*.wav"))[0])
+    corpus = tmp_path / "one"
+    corpus.mkdir()
+    sf.write(corpus / "short.flac", audio[sr: sr + int(0.4 * sr)], sr)
+    rc = train_main([str(corpus), "-o", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "2",
+                     "--val-every", "2", "--cache-dir", str(tmp_path / "cache"), "--latents", "2", "--no-progress",
+                     "--augment-variants", "1", "--threads", "2"])
+    assert rc == 0
+    assert load_bundle(tmp_path / "run" / "model.sdga").config.latent_dim == 2

@@ -11,7 +11,7 @@ from instrument.bundle import LatentInfo, ModelBundle, save_bundle
 from instrument.offline import encode_means, render_controls
 
 from .features import FeatureSettings
-from .metrics import aggregate_metrics, resynthesis_metrics
+from .metrics import aggregate_metrics, resynthesis_metrics, spectral_min_n_samples
 
 ACTIVE_KL_NATS = 0.02   # a latent whose average KL is below this carries (almost) nothing: inactive
 KNOB_PERCENTILES = (5.0, 95.0)
@@ -147,15 +147,17 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
         stem = ex.name.replace("#", "_").replace("/", "_")
         sf.write(heldout_dir / f"{stem}.original.wav", ref, c.sample_rate, subtype="FLOAT")
         sf.write(heldout_dir / f"{stem}.resynth.wav", np.clip(est, -1, 1), c.sample_rate, subtype="FLOAT")
-        if len(ref) >= c.sample_rate // 4:
+        if len(ref) >= spectral_min_n_samples(c.sample_rate):
             metrics.append(resynthesis_metrics(ref, est, settings, ref_features=ex.features.slice(0, len(ref) // c.hop_size)))
     heldout = aggregate_metrics(metrics).as_dict() if metrics else {}
     heldout["seconds"] = round(seconds, 2)
-    if heldout:
+    if metrics:
         log(f"held-out resynthesis ({seconds:.1f} s, WAVs in {heldout_dir}): "
             f"f0 error median {heldout['f0_cents_median']:.1f} cents, loudness error median "
             f"{heldout['loudness_db_median']:.2f} dB (mean {heldout['loudness_db_mean']:.2f}), "
             f"spectral distance {heldout['spectral_distance']:.3f}")
+    else:
+        log(f"held-out audio too short for metrics ({seconds:.2f} s); resyntheses written to {heldout_dir}")
     latents = analyse_latents(module, data.train if data.train else data.val, data.stats)
     for info in latents:
         log(f"latent z{info.index}: {info.name:<12} {'active' if info.active else 'inactive':8} "
