@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from auraloss.freq import MultiResolutionSTFTLoss
+from auraloss.freq import MultiResolutionSTFTLoss, STFTLoss
 
 from training.features import FeatureSettings, Features, extract_features
 
@@ -44,6 +44,15 @@ def scaled_fft_sizes(sample_rate: int) -> tuple[int, ...]:
 def spectral_min_n_samples(sample_rate: int) -> int:
     """Shortest signal the spectral loss accepts: centred STFT reflect-pads by fft_size // 2 < n_samples."""
     return max(scaled_fft_sizes(sample_rate)) // 2 + 1
+
+
+class _MagnitudeOnlySTFTLoss(STFTLoss):
+    """auraloss's STFTLoss without the phase spectrum it computes unconditionally (torch.angle on every STFT,
+    unused with w_phs=0): measured at ~13% of a training step on CPU. Everything else is auraloss's."""
+
+    def stft(self, x):
+        x_stft = torch.stft(x, self.fft_size, self.hop_size, self.win_length, self.window, return_complex=True)
+        return torch.sqrt(torch.clamp((x_stft.real ** 2) + (x_stft.imag ** 2), min=self.eps)), None
 
 
 class MultiResolutionSpectralLoss(torch.nn.Module):
@@ -82,6 +91,8 @@ class MultiResolutionSpectralLoss(torch.nn.Module):
             mag_distance="L1",
             reduction="mean",
         )
+        for loss in self.stft_loss.stft_losses:
+            loss.__class__ = _MagnitudeOnlySTFTLoss
 
     def forward(self, audio_est: torch.Tensor, audio_ref: torch.Tensor) -> torch.Tensor:
         """audio_est, audio_ref: (batch, n_samples) or (n_samples,), same shape; returns a scalar."""

@@ -3,6 +3,7 @@ plus an annealed beta-weighted KL."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
 import pytorch_lightning as pl
@@ -34,6 +35,7 @@ class SdgaModule(pl.LightningModule):
         self.decoder = Decoder(self.model_config)
         self.encoder = Encoder(self.model_config, mel_basis)
         self.spectral_loss = spectral_loss_module(self.model_config.sample_rate)
+        self._fit_started = time.monotonic()
 
     # ------------------------------------------------------------------------------------------ model
     def beta_at(self, step: int) -> float:
@@ -87,6 +89,10 @@ class SdgaModule(pl.LightningModule):
                        "val/harmonic_db": _energy_db(out["harmonic"]), "val/noise_db": _energy_db(out["noise"])},
                       batch_size=bs, sync_dist=True)
         self.log("val_loss", val_loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("val/elapsed_s", time.monotonic() - self._fit_started, batch_size=bs, sync_dist=True)
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
 
     def configure_optimizers(self):
         c = self.loss_config

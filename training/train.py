@@ -205,7 +205,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
                                  save_last=True, save_top_k=1)
     callbacks = [checkpoint, InterruptCheckpoint(),
-                 EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stop_patience)]
+                 EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stop_patience,
+                               check_on_train_epoch_end=False)]
     loggers = [CSVLogger(str(out_dir), name="logs", version="")]
     try:
         from pytorch_lightning.loggers import TensorBoardLogger

@@ -1,0 +1,107 @@
+"""Engine callback cost and note-on delay.
+
+    .venv/bin/python benchmarks/bench_engine.py [MODEL.sdga] [--blocks 64 128 256 512] [--voices 1 4 8 16]
+                                                [--seconds 2] [--sample-rate 48000]
+
+For every block size x voice count: prepare an engine with that many voices, hold that many notes, and time
+``process`` per block (one torch thread, as in the live instrument). Reports median and p99 compute time as
+a percentage of the block's real-time budget (block / sample rate). With blocks shorter than a control
+frame (hop, 128 samples at 48 kHz) only some blocks render a frame, so their median is low and p99 is the
+frame's cost. Then measures the note-on -> first-sample delay from rendered audio.
+
+Without a model file an untrained model of the default architecture is used (same cost as a trained one).
+Timings depend on what else the machine runs: the load average is printed with the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from instrument.bundle import load_bundle, random_bundle  # noqa: E402
+from instrument.engine import Engine  # noqa: E402
+from instrument.events import NoteOn  # noqa: E402
+
+
+def time_blocks(bundle, sample_rate: int, block: int, voices: int, seconds: float) -> np.ndarray:
+    engine = Engine(bundle)
+    engine.prepare(sample_rate, block, voices)
+    out = np.zeros(block, dtype=np.float32)
+    notes = [NoteOn(48 + (7 * k) % 36, 100) for k in range(voices)]
+    engine.process(notes, out)
+    for _ in range(max(20, int(0.2 * sample_rate / block))):          # warm-up
+        engine.process((), out)
+    n_blocks = max(200, int(seconds * sample_rate / block))
+    times = np.empty(n_blocks)
+    perf = time.perf_counter
+    for k in range(n_blocks):
+        t0 = perf()
+        engine.process((), out)
+        times[k] = perf() - t0
+    if engine.stats.errors:
+        raise RuntimeError(engine.stats.last_error)
+    return times
+
+
+def note_on_delay(bundle, sample_rate: int, block: int) -> list[int]:
+    """Samples from each note-on's sample to the first non-zero output sample, for a few offsets."""
+    delays = []
+    for offset in (0, 1, block // 3, block - 1):
+        engine = Engine(bundle)
+        engine.prepare(sample_rate, block, 1)
+        n_blocks = 4 + 2 * engine.hop_size // block
+        out = np.zeros(n_blocks * block, dtype=np.float32)
+        for k in range(n_blocks):
+            events = [NoteOn(60, 100, offset=offset)] if k == 1 else []
+            engine.process(events, out[k * block:(k + 1) * block])
+        nonzero = np.flatnonzero(out)
+        delays.append(int(nonzero[0]) - (block + offset) if nonzero.size else -1)
+    return delays
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", type=Path, help="model file (default: untrained model)")
+    p.add_argument("--blocks", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--voices", type=int, nargs="+", default=[1, 4, 8, 16])
+    p.add_argument("--seconds", type=float, default=2.0, help="audio time per cell")
+    p.add_argument("--sample-rate", type=int, default=48000)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    bundle = load_bundle(args.model, with_encoder=False) if args.model else random_bundle()
+    sr = args.sample_rate
+    print(f"sdga engine benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} (1 thread), {sr} Hz, model {'untrained' if args.model is None else args.model}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print("compute time per process() call, % of the block's real-time budget: median / p99")
+    header = "block (ms)      " + "".join(f"{v:>4} voice{'s' if v > 1 else ' '}     " for v in args.voices)
+    print(header)
+    for block in args.blocks:
+        budget = block / sr
+        cells = []
+        for voices in args.voices:
+            t = time_blocks(bundle, sr, block, voices, args.seconds)
+            cells.append(f"{100 * np.median(t) / budget:5.1f} / {100 * np.percentile(t, 99) / budget:5.1f}  ")
+        print(f"{block:5d} ({1000 * budget:4.2f})  " + "".join(f"{c:>16}" for c in cells))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    engine = Engine(bundle)
+    engine.prepare(sr, 128, 1)
+    print(f"\nnote-on -> first sample (from rendered audio; hop = {engine.hop_size} samples):")
+    for block in args.blocks:
+        delays = note_on_delay(bundle, sr, block)
+        print(f"  block {block:4d}: engine delay {sorted(set(delays))} samples = {1000 * max(delays) / sr:.2f} ms; "
+              f"with the host's block buffering, latency = {block + max(delays)} samples = "
+              f"{1000 * (block + max(delays)) / sr:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
