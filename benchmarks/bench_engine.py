@@ -7,7 +7,7 @@ For every block size x voice count: prepare an engine with that many voices, hol
 ``process`` per block (one torch thread, as in the live instrument). Reports median and p99 compute time as
 a percentage of the block's real-time budget (block / sample rate). With blocks shorter than a control
 frame (hop, 128 samples at 48 kHz) only some blocks render a frame, so their median is low and p99 is the
-frame's cost. Then measures the note-on -> first-sample delay from rendered audio.
+frame's cost; the mean is the sustained load. Then measures the note-on -> first-sample delay from rendered audio.
 
 Without a model file an untrained model of the default architecture is used (same cost as a trained one).
 Timings depend on what else the machine runs: the load average is printed with the table.
@@ -15,6 +15,7 @@ Timings depend on what else the machine runs: the load average is printed with t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -28,23 +29,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instrument.bundle import load_bundle, random_bundle  # noqa: E402
 from instrument.engine import Engine  # noqa: E402
-from instrument.events import NoteOn  # noqa: E402
+from instrument.events import NoteOn, PitchBend  # noqa: E402
 
 
-def time_blocks(bundle, sample_rate: int, block: int, voices: int, seconds: float) -> np.ndarray:
+def time_blocks(bundle, sample_rate: int, block: int, voices: int, seconds: float, notes: int | None = None,
+                moving: bool = False) -> np.ndarray:
+    """process() times with ``notes`` (default: ``voices``) held notes; ``moving``: a pitch-bend LFO
+    changes every voice's inputs every block (the decoder's full path on every frame)."""
     engine = Engine(bundle)
     engine.prepare(sample_rate, block, voices)
     out = np.zeros(block, dtype=np.float32)
-    notes = [NoteOn(48 + (7 * k) % 36, 100) for k in range(voices)]
-    engine.process(notes, out)
-    for _ in range(max(20, int(0.2 * sample_rate / block))):          # warm-up
+    n_notes = voices if notes is None else notes
+    engine.process([NoteOn(48 + (7 * k) % 36, 100) for k in range(n_notes)], out)
+    for _ in range(max(20, int(0.3 * sample_rate / block))):          # warm-up (past the decay)
         engine.process((), out)
     n_blocks = max(200, int(seconds * sample_rate / block))
+    bends = [[PitchBend(0.2 * math.sin(2 * math.pi * 5 * k * block / sample_rate))] if moving else []
+             for k in range(n_blocks)]
     times = np.empty(n_blocks)
     perf = time.perf_counter
     for k in range(n_blocks):
+        events = bends[k]
         t0 = perf()
-        engine.process((), out)
+        engine.process(events, out)
         times[k] = perf() - t0
     if engine.stats.errors:
         raise RuntimeError(engine.stats.last_error)
@@ -81,16 +88,30 @@ def main(argv=None) -> int:
     print(f"sdga engine benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} (1 thread), {sr} Hz, model {'untrained' if args.model is None else args.model}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    print("compute time per process() call, % of the block's real-time budget: median / p99")
-    header = "block (ms)      " + "".join(f"{v:>4} voice{'s' if v > 1 else ' '}     " for v in args.voices)
+    header = "block (ms)      " + "".join(f"{v:>4} voice{'s' if v > 1 else ' '}            " for v in args.voices)
+
+    def cell(t: np.ndarray, budget: float) -> str:
+        return (f"{100 * np.median(t) / budget:5.1f} /{100 * np.percentile(t, 99) / budget:5.1f} "
+                f"/{100 * np.mean(t) / budget:5.1f}")
+
+    print("\ncompute time per process() call as % of the block's real-time budget: median / p99 / mean")
+    print("A. every voice holds a note (sustained)")
     print(header)
     for block in args.blocks:
         budget = block / sr
-        cells = []
-        for voices in args.voices:
-            t = time_blocks(bundle, sr, block, voices, args.seconds)
-            cells.append(f"{100 * np.median(t) / budget:5.1f} / {100 * np.percentile(t, 99) / budget:5.1f}  ")
-        print(f"{block:5d} ({1000 * budget:4.2f})  " + "".join(f"{c:>16}" for c in cells))
+        cells = [cell(time_blocks(bundle, sr, block, v, args.seconds), budget) for v in args.voices]
+        print(f"{block:5d} ({1000 * budget:5.2f}) " + "".join(f"{c:>23}" for c in cells))
+    print("B. same, with a 5 Hz pitch-bend vibrato (inputs change every frame: no decoder caching)")
+    print(header)
+    for block in args.blocks:
+        budget = block / sr
+        cells = [cell(time_blocks(bundle, sr, block, v, args.seconds, moving=True), budget) for v in args.voices]
+        print(f"{block:5d} ({1000 * budget:5.2f}) " + "".join(f"{c:>23}" for c in cells))
+    block = 128
+    budget = block / sr
+    print(f"C. {max(args.voices)}-voice engine, block {block}: "
+          f"1 note {cell(time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=1), budget)}; "
+          f"silence {cell(time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=0), budget)}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     engine = Engine(bundle)
     engine.prepare(sr, 128, 1)

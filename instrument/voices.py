@@ -1,0 +1,414 @@
+"""Voice allocation and per-voice control curves: notes -> (pitch, loudness) per control frame.
+
+A :class:`VoiceBank` owns N voices. Events arrive with ``pos``, the sample inside the current control interval
+(0 <= pos < hop); each voice's envelope and glide are advanced to exactly that sample before the event
+applies, and :meth:`VoiceBank.end_interval` advances every voice to the end of the interval and writes the
+frame's decoder inputs into preallocated arrays (``pitch_midi``, ``loudness_db``, ``gain``, ``onset``).
+
+Envelope: ADSR in the dB domain, relative to the note's peak loudness (velocity mapped onto the corpus
+loudness range). Attack rises linearly in dB from ``floor_db`` to 0, decay falls to ``sustain_db``, release
+falls at a constant rate (``release_ms`` from 0 dB to the floor) and frees the voice at the floor.
+
+Onsets: a note that starts on an idle voice is a *fresh onset*: ``onset[v]`` holds its sample inside the
+interval so the engine can open the voice exactly there with its phase reset. A note that reuses a sounding
+voice (same note re-struck, voice stolen, mono retrigger) continues from the voice's current level and phase
+(no click); its pitch moves at the next control frame.
+
+Pure Python and NumPy; no torch, nothing allocated per frame beyond Python scalars.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["IDLE", "ATTACK", "DECAY", "SUSTAIN", "RELEASE", "POLY", "MONO", "LEGATO", "Voice", "VoiceSettings",
+           "VoiceBank"]
+
+IDLE, ATTACK, DECAY, SUSTAIN, RELEASE = range(5)
+STAGE_NAMES = ("idle", "attack", "decay", "sustain", "release")
+POLY, MONO, LEGATO = range(3)
+MAX_NOTE_STACK = 32
+
+
+@dataclass
+class VoiceSettings:
+    """Musician-facing settings of the voice bank (the engine keeps them in sync with its parameter table)."""
+
+    attack_ms: float = 10.0
+    decay_ms: float = 200.0
+    sustain_db: float = -6.0
+    release_ms: float = 300.0
+    floor_db: float = -60.0            # envelope bottom, relative to the note's peak
+    glide_ms: float = 0.0
+    velocity_sensitivity: float = 0.75
+    bend_range_semitones: float = 2.0
+    pitch_shift_semitones: float = 0.0
+    mode: int = POLY
+    midi_channel: int = -1             # -1 omni
+
+
+@dataclass(slots=True)
+class Voice:
+    stage: int = IDLE
+    note: float = 60.0
+    channel: int = 0
+    velocity: float = 0.0
+    key_down: bool = False
+    sustained: bool = False            # key released while the sustain pedal was down
+    env_db: float = -60.0
+    peak_db: float = -30.0
+    pitch: float = 60.0                # current pitch in MIDI notes, glide included, before bend and shift
+    target: float = 60.0
+    glide_rate: float = 0.0            # semitones per sample
+    age: int = 0                       # order of the last note start (for stealing)
+    released_at: int = 0               # order of the last key release
+    t: int = 0                         # sample inside the current interval the envelope is computed up to
+    linger: int = 0                    # frames the engine still renders this voice after it went idle
+
+
+class VoiceBank:
+    """N voices with stealing, mono/legato modes, glide, sustain pedal, pitch bend and channel filtering."""
+
+    def __init__(self, n_voices: int, sample_rate: float, hop_size: int,
+                 loudness_range_db: tuple[float, float] = (-60.0, -10.0),
+                 f0_range_hz: tuple[float, float] = (32.7, 2093.0),
+                 settings: VoiceSettings | None = None, silence_db: float = -100.0):
+        if n_voices < 1:
+            raise ValueError("n_voices must be >= 1")
+        self.n_voices = int(n_voices)
+        self.sample_rate = float(sample_rate)
+        self.hop_size = int(hop_size)
+        self.loudness_range_db = (float(loudness_range_db[0]), float(loudness_range_db[1]))
+        self.f0_range_hz = (float(f0_range_hz[0]), float(f0_range_hz[1]))
+        self.silence_db = float(silence_db)
+        self.settings = settings or VoiceSettings()
+        self.voices = [Voice(env_db=self.settings.floor_db) for _ in range(self.n_voices)]
+        self.bend = [0.0] * 16                 # per MIDI channel, -1..1
+        self.sustain_pedal = False
+        self.note_stack: list[tuple[float, int, float]] = []   # held keys in mono / legato (note, channel, vel)
+        self._counter = 0
+        # Per-frame outputs (written by end_interval).
+        self.pitch_midi = np.full(self.n_voices, 60.0)
+        self.loudness_db = np.full(self.n_voices, self.silence_db)
+        self.gain = np.zeros(self.n_voices, dtype=np.float32)
+        self.onset = np.full(self.n_voices, -1, dtype=np.int64)
+        self.active_rows = 0                   # voices 0 .. active_rows-1 need rendering this frame
+        self._pending_onset = np.full(self.n_voices, -1, dtype=np.int64)
+        self.has_onset = False                 # any fresh onset in the interval just ended (onset >= 0)
+        self._any_pending = False
+        # Counters the UI reads.
+        self.steals = 0
+        self.out_of_range_notes = 0
+        self.last_out_of_range_note: float | None = None
+        self.ignored_events = 0
+        self._update_rates()
+
+    # ------------------------------------------------------------------------------------------ settings
+    def _update_rates(self) -> None:
+        s = self.settings
+        per_ms = self.sample_rate / 1000.0
+        depth = -s.floor_db
+
+        def rate(db: float, ms: float) -> float:
+            return math.inf if ms <= 0.0 else db / (ms * per_ms)
+
+        self._attack_rate = rate(depth, s.attack_ms)
+        self._decay_rate = rate(-s.sustain_db, s.decay_ms)
+        self._release_rate = rate(depth, s.release_ms)
+        self._glide_samples = max(0.0, s.glide_ms * per_ms)
+
+    def set(self, name: str, value: float, pos: int = 0) -> None:
+        """Change one setting by name (a VoiceSettings field); a mode change releases every note at ``pos``."""
+        if name in ("mode", "midi_channel"):
+            value = int(round(value))
+            if name == "mode" and value != self.settings.mode:
+                self.all_notes_off(pos)
+                self.note_stack.clear()
+        setattr(self.settings, name, value)
+        self._update_rates()
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def accepts(self, channel: int) -> bool:
+        c = self.settings.midi_channel
+        return c < 0 or c == channel
+
+    def _peak_db(self, velocity: float) -> float:
+        low, high = self.loudness_range_db
+        v = min(max(float(velocity) / 127.0, 0.0), 1.0)
+        return high - self.settings.velocity_sensitivity * (1.0 - v) * (high - low)
+
+    def _check_range(self, note: float) -> None:
+        f0 = 440.0 * 2.0 ** ((note + self.settings.pitch_shift_semitones - 69.0) / 12.0)
+        if not self.f0_range_hz[0] <= f0 <= self.f0_range_hz[1]:
+            self.out_of_range_notes += 1
+            self.last_out_of_range_note = note
+
+    def _next(self) -> int:
+        self._counter += 1
+        return self._counter
+
+    def _advance(self, v: Voice, pos: int) -> None:
+        """Run voice v's envelope and glide from v.t to sample ``pos`` of the current interval."""
+        n = pos - v.t
+        v.t = pos
+        if n <= 0 or v.stage == IDLE:
+            return
+        if v.pitch != v.target:
+            step = v.glide_rate * n
+            if abs(v.target - v.pitch) <= step:
+                v.pitch = v.target
+            else:
+                v.pitch += step if v.target > v.pitch else -step
+        s = self.settings
+        left = float(n)
+        while left > 0.0:
+            stage = v.stage
+            if stage == ATTACK:
+                need = -v.env_db / self._attack_rate
+                if need <= left:
+                    v.env_db, v.stage, left = 0.0, DECAY, left - need
+                else:
+                    v.env_db += self._attack_rate * left
+                    left = 0.0
+            elif stage == DECAY:
+                if v.env_db <= s.sustain_db:
+                    v.stage = SUSTAIN
+                    continue
+                need = (v.env_db - s.sustain_db) / self._decay_rate
+                if need <= left:
+                    v.env_db, v.stage, left = s.sustain_db, SUSTAIN, left - need
+                else:
+                    v.env_db -= self._decay_rate * left
+                    left = 0.0
+            elif stage == SUSTAIN:
+                v.env_db = s.sustain_db
+                left = 0.0
+            elif stage == RELEASE:
+                need = (v.env_db - s.floor_db) / self._release_rate
+                if need <= left:
+                    v.env_db, v.stage = s.floor_db, IDLE
+                    v.key_down = v.sustained = False
+                else:
+                    v.env_db -= self._release_rate * left
+                left = 0.0
+            else:
+                left = 0.0
+
+    def _glide_to(self, v: Voice, note: float) -> None:
+        v.target = float(note)
+        if self._glide_samples <= 0.0:
+            v.pitch = v.target
+            v.glide_rate = 0.0
+        else:
+            v.glide_rate = abs(v.target - v.pitch) / self._glide_samples
+
+    def _start(self, index: int, note: float, velocity: float, channel: int, pos: int, glide: bool) -> None:
+        """Start a note on voice ``index``: fresh onset if idle, else retrigger from the current level."""
+        v = self.voices[index]
+        self._advance(v, pos)
+        if v.stage == IDLE:
+            v.env_db = self.settings.floor_db
+            v.pitch = v.target = float(note)
+            v.glide_rate = 0.0
+            self._pending_onset[index] = pos
+            self._any_pending = True
+        elif glide:
+            self._glide_to(v, note)
+        else:
+            v.pitch = v.target = float(note)
+            v.glide_rate = 0.0
+        v.stage = ATTACK
+        v.note, v.channel, v.velocity = float(note), int(channel), float(velocity)
+        v.key_down, v.sustained = True, False
+        v.peak_db = self._peak_db(velocity)
+        v.age = self._next()
+
+    def _release(self, v: Voice, pos: int) -> None:
+        self._advance(v, pos)
+        v.key_down = False
+        if self.sustain_pedal:
+            v.sustained = True
+        else:
+            v.sustained = False
+            if v.stage != IDLE:
+                v.stage = RELEASE
+        v.released_at = self._next()
+
+    # ------------------------------------------------------------------------------------------ events
+    def note_on(self, note: float, velocity: float, channel: int, pos: int) -> None:
+        if velocity <= 0:
+            self.note_off(note, channel, pos)
+            return
+        if not self.accepts(channel):
+            self.ignored_events += 1
+            return
+        self._check_range(note)
+        if self.settings.mode == POLY:
+            self._poly_note_on(note, velocity, channel, pos)
+        else:
+            self._mono_note_on(note, velocity, channel, pos)
+
+    def _poly_note_on(self, note: float, velocity: float, channel: int, pos: int) -> None:
+        voices = self.voices
+        target = -1
+        for i, v in enumerate(voices):          # the same key again: reuse its voice
+            if v.stage != IDLE and v.note == note and v.channel == channel:
+                target = i
+                break
+        if target < 0:
+            for i, v in enumerate(voices):
+                if v.stage == IDLE:
+                    target = i
+                    break
+        if target < 0:                          # steal: oldest released, else oldest
+            best_released, best_any = -1, -1
+            for i, v in enumerate(voices):
+                if not v.key_down and (best_released < 0 or v.released_at < voices[best_released].released_at):
+                    best_released = i
+                if best_any < 0 or v.age < voices[best_any].age:
+                    best_any = i
+            target = best_released if best_released >= 0 else best_any
+            self.steals += 1
+        self._start(target, note, velocity, channel, pos, glide=False)
+
+    def _mono_note_on(self, note: float, velocity: float, channel: int, pos: int) -> None:
+        stack = self.note_stack
+        for k in range(len(stack) - 1, -1, -1):
+            if stack[k][0] == note and stack[k][1] == channel:
+                del stack[k]
+        if len(stack) >= MAX_NOTE_STACK:
+            del stack[0]
+        stack.append((float(note), int(channel), float(velocity)))
+        v = self.voices[0]
+        self._advance(v, pos)
+        if v.stage != IDLE and self.settings.mode == LEGATO and v.key_down:
+            self._glide_to(v, note)             # legato: new pitch, same envelope
+            v.note, v.channel = float(note), int(channel)
+            v.sustained = False
+            return
+        self._start(0, note, velocity, channel, pos, glide=True)
+
+    def note_off(self, note: float, channel: int, pos: int) -> None:
+        if not self.accepts(channel):
+            self.ignored_events += 1
+            return
+        if self.settings.mode == POLY:
+            for v in self.voices:
+                if v.key_down and v.note == note and v.channel == channel:
+                    self._release(v, pos)
+            return
+        stack = self.note_stack
+        for k in range(len(stack) - 1, -1, -1):
+            if stack[k][0] == note and stack[k][1] == channel:
+                del stack[k]
+        v = self.voices[0]
+        if v.key_down and v.note == note and v.channel == channel:
+            if stack:                           # fall back to the previous held key
+                self._advance(v, pos)
+                back_note, back_channel, _ = stack[-1]
+                self._glide_to(v, back_note)
+                v.note, v.channel = back_note, back_channel
+            else:
+                self._release(v, pos)
+
+    def sustain(self, on: bool, pos: int) -> None:
+        self.sustain_pedal = bool(on)
+        if not on:
+            for v in self.voices:
+                if v.sustained:
+                    self._release(v, pos)
+
+    def pitch_bend(self, value: float, channel: int) -> None:
+        if not self.accepts(channel):
+            self.ignored_events += 1
+            return
+        if math.isfinite(value):
+            self.bend[channel & 15] = min(max(float(value), -1.0), 1.0)
+
+    def reset_controllers(self, channel: int, pos: int) -> None:
+        self.bend[channel & 15] = 0.0
+        self.sustain(False, pos)
+
+    def all_notes_off(self, pos: int) -> None:
+        """Release every held key (sustained notes keep sounding while the pedal is down, as in MIDI)."""
+        self.note_stack.clear()
+        for v in self.voices:
+            if v.key_down:
+                self._release(v, pos)
+
+    def all_sound_off(self) -> None:
+        """Every voice idle now (panic); the engine also silences the synth."""
+        self.note_stack.clear()
+        self.sustain_pedal = False
+        for i, v in enumerate(self.voices):
+            v.stage, v.key_down, v.sustained, v.env_db = IDLE, False, False, self.settings.floor_db
+            v.linger = 0
+            self._pending_onset[i] = -1
+
+    def kill(self, index: int) -> None:
+        """Voice ``index`` idle now (after its output went non-finite; the engine clears its synth state)."""
+        v = self.voices[index]
+        v.stage, v.key_down, v.sustained, v.env_db = IDLE, False, False, self.settings.floor_db
+        v.linger = 0
+        v.pitch = v.target = v.note
+
+    # ------------------------------------------------------------------------------------------ frames
+    def end_interval(self) -> None:
+        """Advance every voice to the end of the interval and write this frame's arrays."""
+        hop = self.hop_size
+        s = self.settings
+        shift = s.pitch_shift_semitones
+        bend_range = s.bend_range_semitones
+        bend = self.bend
+        pitch, loudness, gain = self.pitch_midi, self.loudness_db, self.gain
+        rows = 0
+        for i, v in enumerate(self.voices):
+            if v.stage != IDLE:
+                self._advance(v, hop)
+            v.t = 0
+            pitch[i] = v.pitch + bend[v.channel] * bend_range + shift
+            if v.stage != IDLE:
+                loudness[i] = v.peak_db + v.env_db
+                gain[i] = 1.0
+                v.linger = 2            # the frame it goes idle fades out; one more zeroes the other buffer
+                rows = i + 1
+            else:
+                loudness[i] = self.silence_db
+                gain[i] = 0.0
+                if v.linger > 0:
+                    v.linger -= 1
+                    rows = i + 1
+        self.active_rows = rows
+        if self._any_pending or self.has_onset:
+            self.onset[:] = self._pending_onset
+            self._pending_onset.fill(-1)
+        self.has_onset, self._any_pending = self._any_pending, False
+
+    def reset(self) -> None:
+        """All voices idle, controllers at rest, counters kept."""
+        self.all_sound_off()
+        self.bend = [0.0] * 16
+        for v in self.voices:
+            v.t = 0
+            v.pitch = v.target = v.note
+        self.onset.fill(-1)
+        self.gain.fill(0.0)
+        self.loudness_db.fill(self.silence_db)
+
+    # ------------------------------------------------------------------------------------------ views
+    def __repr__(self) -> str:
+        sounding = ", ".join(f"{i}: note {v.note:g} ch {v.channel} {STAGE_NAMES[v.stage]} {v.peak_db + v.env_db:.1f} dB"
+                             for i, v in enumerate(self.voices) if v.stage != IDLE)
+        return (f"VoiceBank({self.n_voices} voices, mode {('poly', 'mono', 'legato')[self.settings.mode]}, "
+                f"sustain {'down' if self.sustain_pedal else 'up'}, sounding [{sounding}], steals {self.steals}, "
+                f"out-of-range notes {self.out_of_range_notes})")
+
+    @property
+    def active_voices(self) -> int:
+        return sum(1 for v in self.voices if v.stage != IDLE)
+
+    def sounding_notes(self) -> list[tuple[float, int, str]]:
+        """(note, channel, stage name) of every non-idle voice (for UIs; allocates)."""
+        return [(v.note, v.channel, STAGE_NAMES[v.stage]) for v in self.voices if v.stage != IDLE]

@@ -1,0 +1,196 @@
+"""Contract of the live I/O around the engine: OSC address space and server, JACK MIDI input, audio stream.
+
+The JACK tests start their own server (`jackd --no-realtime -d dummy`, a private server name) and skip when
+jackd is not installed or does not start.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from instrument.bundle import random_bundle
+from instrument.engine import Engine
+from instrument.events import (ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet,
+                               PitchBend)
+from instrument.io_osc import DEFAULT_OSC_PORT, OSC_SPECS, OscError, OscServer, osc_event
+
+LATENTS = random_bundle().latents
+
+# One example message per address of the table, and the event it must become.
+EXAMPLES = {
+    "/sdga/note_on": ("/sdga/note_on", [60, 100, 2], NoteOn(60, 100, 2)),
+    "/sdga/note_off": ("/sdga/note_off", [60], NoteOff(60, 0, 0)),
+    "/sdga/bend": ("/sdga/bend", [-0.25, 1], PitchBend(-0.25, 1)),
+    "/sdga/cc": ("/sdga/cc", [123, 0], ControlChange(123, 0, 0)),
+    "/sdga/sustain": ("/sdga/sustain", [1.0], ControlChange(64, 127, 0)),
+    "/sdga/panic": ("/sdga/panic", [], Panic()),
+    "/sdga/latent/<name>": ("/sdga/latent/z3", [0.75], LatentSet(3, 0.75, knob=True)),
+    "/sdga/z/<index>": ("/sdga/z/5", [-1.5], LatentSet(5, -1.5)),
+    "/sdga/param/<name>": ("/sdga/param/release_ms", [120.0], ParamSet(Param.RELEASE_MS, 120.0)),
+    "/sdga/knob/<name>": ("/sdga/knob/output_gain_db", [1.0], ParamSet(Param.OUTPUT_GAIN_DB, 12.0)),
+}
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+# ---------------------------------------------------------------------------------------------- OSC
+def test_every_osc_address_has_an_example():
+    assert set(EXAMPLES) == {spec.address for spec in OSC_SPECS}
+    assert DEFAULT_OSC_PORT == 9000
+    assert all(spec.address.startswith("/sdga/") and spec.doc for spec in OSC_SPECS)
+
+
+@pytest.mark.parametrize("key", sorted(EXAMPLES))
+def test_osc_message_to_event(key):
+    address, args, expected = EXAMPLES[key]
+    assert osc_event(address, args, LATENTS) == expected
+
+
+@pytest.mark.parametrize("address, args", [
+    ("/sdga/nope", []), ("/other/note_on", [60, 100]), ("/sdga/note_on", [60]), ("/sdga/note_on", [60, 100, 1, 2]),
+    ("/sdga/note_on", ["x", 100]), ("/sdga/note_on", [200, 100]), ("/sdga/note_on", [60, 100, 16]),
+    ("/sdga/latent/nope", [0.5]), ("/sdga/z/x", [0.5]), ("/sdga/z/99", [0.5]), ("/sdga/param/volume", [1.0]),
+    ("/sdga/param/", [1.0]), ("/sdga/latent/a/b", [0.5]),
+])
+def test_bad_osc_messages_are_refused(address, args):
+    with pytest.raises(OscError):
+        osc_event(address, args, LATENTS)
+
+
+def test_osc_server_round_trip_and_oscsend():
+    from pythonosc.udp_client import SimpleUDPClient
+
+    queue = EventQueue()
+    with OscServer(queue, LATENTS, port=0) as server:
+        host, port = server.address
+        client = SimpleUDPClient(host, port)
+        for key in sorted(EXAMPLES):
+            address, args, _ = EXAMPLES[key]
+            client.send_message(address, args)
+        client.send_message("/sdga/unknown", [1])
+        assert wait_for(lambda: server.received == len(EXAMPLES) + 1)
+        events = list(queue.drain())
+        assert events == [EXAMPLES[key][2] for key in sorted(EXAMPLES)]
+        assert server.errors == 1 and "unknown" in server.last_error
+        if shutil.which("oscsend"):
+            subprocess.run(["oscsend", host, str(port), "/sdga/note_on", "ii", "62", "90"], check=True, timeout=10)
+            assert wait_for(lambda: len(queue) == 1)
+            assert list(queue.drain()) == [NoteOn(62, 90, 0)]
+
+
+def test_osc_drives_the_engine():
+    queue = EventQueue()
+    engine = Engine(random_bundle())
+    engine.prepare(48000, 256, 2)
+    with OscServer(queue, LATENTS, port=0) as server:
+        from pythonosc.udp_client import SimpleUDPClient
+
+        SimpleUDPClient(*server.address).send_message("/sdga/note_on", [60, 100])
+        assert wait_for(lambda: len(queue) == 1)
+    out = np.zeros(256, np.float32)
+    engine.process(queue.drain(), out)
+    engine.process(queue.drain(), out)
+    assert engine.voices.active_voices == 1 and out.any()
+
+
+# ---------------------------------------------------------------------------------------------- JACK
+@pytest.fixture(scope="module")
+def jack_server(tmp_path_factory):
+    """A private JACK server with the dummy driver (48 kHz, 128-frame periods), for this module's tests."""
+    if shutil.which("jackd") is None or shutil.which("jack_lsp") is None:
+        pytest.skip("jackd not installed")
+    name = f"sdga_test_{os.getpid()}"
+    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    log = open(tmp_path_factory.mktemp("jack") / "jackd.log", "w")
+    process = subprocess.Popen(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
+                               stdout=log, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        result = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=10)
+        return "system:playback_1" in result.stdout
+
+    try:
+        if not wait_for(ready, timeout=15.0):
+            pytest.skip("jackd did not start")
+        yield name
+    finally:
+        portaudio = sys.modules.get("sounddevice")
+        if portaudio is not None:          # leave JACK while the server is up (PortAudio asserts otherwise)
+            portaudio._terminate()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        if portaudio is not None:          # no server now and autostart off: PortAudio comes back without JACK
+            portaudio._initialize()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_midi_virtual_port_over_jack(jack_server):
+    import mido
+
+    from instrument.io_midi import MidiInput, midi_backend
+
+    backend = midi_backend("UNIX_JACK")
+    queue = EventQueue()
+    with backend.open_output("out", virtual=True, client_name="sdga_test_keys") as keys, \
+            MidiInput(queue, virtual_name="sdga", api="UNIX_JACK", client_name="sdga_in",
+                      connect="sdga_test_keys:out") as midi:
+        assert "sdga_in:sdga" in backend.get_output_names()
+        time.sleep(0.1)
+        keys.send(mido.Message("note_on", note=64, velocity=80, channel=3))
+        keys.send(mido.Message("pitchwheel", pitch=4096))
+        keys.send(mido.Message("program_change", program=1))
+        assert wait_for(lambda: midi.received == 2 and midi.ignored == 1)
+    assert list(queue.drain()) == [NoteOn(64, 80, 3), PitchBend(0.5, 0)]
+    with pytest.raises(RuntimeError):
+        MidiInput(EventQueue(), api="UNIX_JACK", client_name="sdga_in2", connect="no_such:port")
+
+
+def test_audio_output_renders_in_the_callback(jack_server):
+    import sounddevice as sd
+
+    from instrument.io_audio import AudioOutput, rescan_audio_devices
+
+    rescan_audio_devices()
+    devices = [i for i, d in enumerate(sd.query_devices())
+               if d["max_output_channels"] >= 2 and "JACK" in sd.query_hostapis(d["hostapi"])["name"]]
+    if not devices:
+        pytest.skip("PortAudio has no JACK device")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = Engine(random_bundle())
+        engine.prepare(48000, 128, 2)
+        queue = EventQueue()
+        queue.push(NoteOn(60, 100))
+        with AudioOutput(engine, queue, device=devices[0], channels=2) as audio:
+            assert wait_for(lambda: audio.stats.callbacks > 100, timeout=10.0)
+            assert audio.output_latency_s > 0
+    finally:
+        torch.set_num_threads(previous)
+    assert engine.stats.errors == 0 and engine.stats.blocks == audio.stats.callbacks
+    assert engine.stats.intervals > 50 and engine.voices.active_voices == 1 and len(queue) == 0
