@@ -1,6 +1,6 @@
 """Are the latents musical controls, and how good is a model after N minutes? The experiments of issue 5.
 
-    python benchmarks/bench_latents.py [--out bench/latents] [--stages beta,time,quality] [--threads 2]
+    python benchmarks/bench_latents.py [--out runs/bench-latents] [--stages beta,time,quality] [--threads 2]
         [--betas 0.5,1,2,4,8] [--budget 10m] [--budgets 2m,5m,10m,20m]
         [--instruments violin,flute,trumpet,cello] [--quality-budget 10m] [--quick] [--max-steps N]
 
@@ -46,7 +46,7 @@ def print_table(title: str, rows: list[dict], columns: list[tuple[str, str, str]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench/latents"), help="results, runs, corpora, cache")
+    p.add_argument("--out", type=Path, default=Path("runs/bench-latents"), help="results, runs, corpora, cache")
     p.add_argument("--stages", default="beta,time,quality", help="comma list of beta, time, quality")
     p.add_argument("--betas", default=None, help="comma list [0.5,1,2,4,8; quick: 1,4]")
     p.add_argument("--beta", type=float, default=4.0, help="beta of the time and quality stages [4]")
@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     from training.synthetic_corpus import make_synthetic_corpus
     from training.train import TrainConfig, parse_duration
 
+    extra = {}
+    if args.loss:
+        from dataclasses import fields
+        if "loss_overrides" not in {f.name for f in fields(TrainConfig)}:
+            p.error("--loss needs TrainConfig.loss_overrides (passed to LossConfig by run_training)")
+        pairs = [item.split("=", 1) for item in args.loss]
+        extra["loss_overrides"] = {k: int(v) if v.lstrip("-").isdigit() else float(v) for k, v in pairs}
     if args.threads:
         torch.set_num_threads(args.threads)
     q = args.quick
@@ -101,14 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"synthetic corpora ready in {time.time() - t0:.1f} s: {train_dir}, {eval_dir}")
     base = TrainConfig(corpus_dir=train_dir, cache_dir=cache, latent_dim=args.latents, beta=args.beta,
                        max_time_s=budget, max_steps=args.max_steps, augment=False, seed=args.seed,
-                       num_threads=args.threads, progress=False,
+                       num_threads=args.threads, progress=False, **extra,
                        **({"batch_size": 4, "window_seconds": 0.5, "val_every_steps": 20} if q else {}))
-    if args.loss:
-        from dataclasses import fields, replace
-        if "loss_overrides" not in {f.name for f in fields(TrainConfig)}:
-            p.error("--loss needs TrainConfig.loss_overrides (passed to LossConfig by run_training)")
-        pairs = [item.split("=", 1) for item in args.loss]
-        base = replace(base, loss_overrides={k: int(v) if v.lstrip("-").isdigit() else float(v) for k, v in pairs})
     inv = not args.no_invariance
     results = []
     if "beta" in stages:

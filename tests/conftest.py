@@ -1,6 +1,11 @@
 """Shared fixtures. Keep them small and generic; everything writes under pytest's tmp folders."""
 from __future__ import annotations
 
+import os
+
+# Sleeping OpenMP waiters: the suite stays fast when another process shares the 2 cores (see training/cli.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import shutil
 from pathlib import Path
 from typing import Callable

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+# OpenMP threads that spin while waiting turn a second busy program on a 2-core laptop into a 3-5x slowdown
+# of training (measured: 5.2 s vs 1.8 s per step with another process on one core). Sleeping waiters cost
+# little when the machine is quiet. Set before torch is imported; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_BAD_INPUT = 2
 

@@ -53,6 +53,7 @@ class TrainConfig:
     progress: bool = True
     heldout_seconds: float = 30.0             # at most this much held-out audio is resynthesised at the end
     model_overrides: dict = field(default_factory=dict)
+    loss_overrides: dict = field(default_factory=dict)     # LossConfig fields, e.g. beta_warmup_steps
 
     @property
     def window_frames(self) -> int:
@@ -164,7 +165,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     data = prepare_data(cfg, log=log)
     model_config = ModelConfig(sample_rate=cfg.sample_rate, hop_size=cfg.hop_size, latent_dim=cfg.latent_dim,
                                **cfg.model_overrides)
-    loss_config = LossConfig(beta=cfg.beta, learning_rate=cfg.learning_rate)
+    loss_config = LossConfig(beta=cfg.beta, learning_rate=cfg.learning_rate, **cfg.loss_overrides)
     ckpt_dir = out_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
     resume_from = str(last_ckpt) if cfg.resume and last_ckpt.exists() else None
