@@ -67,6 +67,8 @@ def train_main(argv: list[str] | None = None) -> int:
     except CorpusError as exc:
         print(f"sdga-train: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if "rank" in summary:                 # a DDP worker process: rank 0 reports
+        return 0
     h = summary["heldout"]
     t = summary["training"]
     print(f"\ndone in {summary['total_seconds']:.0f} s: {t['steps']} steps, "

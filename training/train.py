@@ -171,7 +171,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     resume_from = str(last_ckpt) if cfg.resume and last_ckpt.exists() else None
     if cfg.resume and resume_from is None:
         log(f"--resume: no checkpoint at {last_ckpt}; starting fresh")
-    if resume_from is None and ckpt_dir.exists():
+    # Under DDP Lightning re-launches this script once per extra device (LOCAL_RANK set): only rank 0 cleans up.
+    if resume_from is None and ckpt_dir.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
         stale = list(ckpt_dir.glob("*.ckpt"))
         for path in stale:
             path.unlink()
@@ -244,6 +245,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     if not interrupted:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(str(last_ckpt))
+    if trainer.global_rank != 0:          # DDP workers stop here; rank 0 exports and evaluates
+        return {"rank": trainer.global_rank}
     best = checkpoint.best_model_path
     if best and Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
