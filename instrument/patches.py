@@ -250,7 +250,7 @@ def save_patch(path: str | Path, *, name: str | None = None, model: str | Path |
                               else round(float(v), 4)) for k, v in params.items()}
     if effects:
         data["effects"] = [e.to_dict() for e in effects]
-    text = "# sdga patch (saved by sdga; see mappings/README-section.md for the schema)\n"
+    text = "# sdga patch (saved by sdga; see the README's Patches section for the schema)\n"
     text += yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
     load_patch(path, text=text)                       # refuse to write what would not load back
     _atomic_write(path, text)
