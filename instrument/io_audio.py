@@ -1,12 +1,21 @@
 """Audio output: a sounddevice OutputStream whose callback only drains the event queue, renders and copies.
 
 The engine must be prepared (its sample rate and block size are the stream's). The callback never raises
-(Engine.process catches everything) and counts underflows and callbacks that overran their time budget.
+(Engine.process catches everything) and counts underflows and callbacks that overran their time budget. It
+measures its own load (compute time / block duration) with time.perf_counter into preallocated arrays: a ring
+of the latest values (:meth:`AudioOutput.recent_loads`, for a status display) and a histogram of every value
+(:meth:`AudioOutput.load_percentiles`). An optional ``tap`` (e.g. a recorder's ``push``) sees every rendered
+block; it must not block or allocate. An optional ``block_events(queued, n_frames) -> events`` (a mapping
+router's smoothing ramps) may add events to each block.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
 
 from .engine import Engine
 from .events import EventQueue
@@ -26,15 +35,22 @@ def rescan_audio_devices() -> None:
 class AudioStats:
     callbacks: int = 0
     underflows: int = 0             # PortAudio reported an output underflow (a gap was heard)
+    startup_underflows: int = 0     # of those, in the first second of callbacks (stream start-up)
     late: int = 0                   # callbacks whose compute time exceeded the block's duration
+    hook_errors: int = 0            # block_events raised (the block got the queued events only)
     max_callback_ms: float = 0.0
+
+
+LOAD_BINS_PER_UNIT = 200           # load histogram: 0.5 % bins ...
+LOAD_MAX = 4.0                     # ... up to 400 % of the block budget (the last bin collects the rest)
 
 
 class AudioOutput:
     """Plays ``engine`` on an output device; events come from ``queue`` (MIDI/OSC threads push to it)."""
 
     def __init__(self, engine: Engine, queue: EventQueue, *, device=None, channels: int = 2,
-                 latency: str | float = "low"):
+                 latency: str | float = "low", tap: Callable[[np.ndarray], None] | None = None,
+                 block_events: Callable[[Iterable, int], Iterable] | None = None, load_history: int = 8192):
         if engine.state is None:
             raise ValueError("prepare the engine first")
         self.engine = engine
@@ -44,20 +60,60 @@ class AudioOutput:
         self.latency = latency
         self.stats = AudioStats()
         self._stream = None
+        self.tap = tap
+        self.block_events = block_events
         self._budget_s = engine.block_size / engine.sample_rate
+        self._blocks_per_second = max(1, math.ceil(engine.sample_rate / engine.block_size))
+        self._loads = np.zeros(int(load_history))          # ring of the latest loads (fraction of the budget)
+        self._load_count = 0
+        self._load_hist = np.zeros(int(LOAD_MAX * LOAD_BINS_PER_UNIT) + 1, dtype=np.int64)
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         started = time.perf_counter()
         stats = self.stats
         if status.output_underflow:
             stats.underflows += 1
-        self.engine.process(self.queue.drain(), outdata)
+            if stats.callbacks < self._blocks_per_second:
+                stats.startup_underflows += 1
+        events = self.queue.drain()
+        if self.block_events is not None:
+            try:
+                events = self.block_events(events, frames)
+            except Exception:
+                stats.hook_errors += 1
+                events = self.queue.drain()
+        self.engine.process(events, outdata)
+        if self.tap is not None:
+            self.tap(outdata)
         elapsed = time.perf_counter() - started
+        budget = frames / self.engine.sample_rate if frames else self._budget_s
+        load = elapsed / budget
+        self._loads[self._load_count % self._loads.shape[0]] = load
+        self._load_hist[min(int(load * LOAD_BINS_PER_UNIT), self._load_hist.shape[0] - 1)] += 1
+        self._load_count += 1
         stats.callbacks += 1
-        if elapsed > self._budget_s:
+        if elapsed > budget:
             stats.late += 1
         if elapsed * 1000.0 > stats.max_callback_ms:
             stats.max_callback_ms = elapsed * 1000.0
+
+    def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
+        """Callback loads (compute time / block duration) of about the last ``seconds`` (a copy; any thread)."""
+        count = self._load_count
+        n = min(count, self._loads.shape[0], max(1, int(round(seconds * self._blocks_per_second))))
+        if n == 0:
+            return np.zeros(0)
+        index = (np.arange(count - n, count) % self._loads.shape[0])
+        return self._loads[index].copy()
+
+    def load_percentiles(self, *percentiles: float) -> list[float]:
+        """Percentiles of every callback's load so far (0.5 % resolution; nan before the first callback)."""
+        hist = self._load_hist.copy()
+        total = int(hist.sum())
+        if total == 0:
+            return [math.nan] * len(percentiles)
+        cumulative = np.cumsum(hist)
+        return [float(np.searchsorted(cumulative, total * p / 100.0) + 0.5) / LOAD_BINS_PER_UNIT for p in percentiles]
 
     def start(self) -> "AudioOutput":
         import sounddevice as sd
@@ -68,6 +124,11 @@ class AudioOutput:
                                            latency=self.latency, callback=self._callback)
             self._stream.start()
         return self
+
+    @property
+    def device_latency_s(self) -> float:
+        """What PortAudio reports as the stream's output latency (0 before start)."""
+        return float(self._stream.latency) if self._stream is not None else 0.0
 
     @property
     def output_latency_s(self) -> float:

@@ -122,45 +122,92 @@ def osc_event(address: str, args: Sequence, latents: Sequence[LatentInfo] = ()) 
 
 class OscServer:
     """UDP OSC server on ``host:port`` (port 0: any free port, see :attr:`address`), pushing events to a queue
-    from its own thread. Use as a context manager or call :meth:`start` / :meth:`close`."""
+    from its own thread. Use as a context manager or call :meth:`start` / :meth:`close`.
+
+    Every message goes to ``router.osc(address, args)`` (default: the ``/sdga/`` table above, with ``latents``).
+    Counters (read by the UI): ``received`` (messages), ``errors`` (messages the router refused, plus datagrams
+    that are not OSC at all: ``malformed_packets``), ``last_error``. Bundles are applied at once (time tags are
+    ignored). Nothing a client sends can stop the thread.
+    """
 
     def __init__(self, queue: EventQueue, latents: Sequence[LatentInfo] = (), host: str = "127.0.0.1",
-                 port: int = DEFAULT_OSC_PORT):
-        from pythonosc.dispatcher import Dispatcher
-        from pythonosc.osc_server import BlockingOSCUDPServer
+                 port: int = DEFAULT_OSC_PORT, router=None):
+        import socket
 
+        if router is None:
+            from .routing import DefaultRouter
+
+            router = DefaultRouter(latents)
         self.queue = queue
-        self.latents = list(latents)
+        self.router = router
         self.received = 0
         self.errors = 0
+        self.malformed_packets = 0
         self.last_error = ""
-        dispatcher = Dispatcher()
-        dispatcher.set_default_handler(self._handle)
-        self._server = BlockingOSCUDPServer((host, port), dispatcher)
-        self.address: tuple[str, int] = self._server.server_address
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, sockaddr = infos[0]
+        self._socket = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self._socket.bind(sockaddr)
+        except OSError:
+            self._socket.close()
+            raise
+        self._socket.settimeout(0.05)
+        self.address: tuple[str, int] = self._socket.getsockname()[:2]
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _handle(self, address: str, *args) -> None:
-        self.received += 1
+    def _refuse(self, why: str) -> None:
+        self.errors += 1
+        self.last_error = why
+
+    def handle_datagram(self, data: bytes) -> None:
+        """Parse one UDP datagram and route every message in it (the server thread calls this)."""
+        from pythonosc.osc_packet import OscPacket
+
         try:
-            self.queue.push(osc_event(address, args, self.latents))
-        except (OscError, TypeError, ValueError) as exc:
-            self.errors += 1
-            self.last_error = str(exc)
+            messages = [timed.message for timed in OscPacket(data).messages]
+        except Exception as exc:                       # ParseError, and whatever odd bytes make the parser raise
+            self.malformed_packets += 1
+            self._refuse(f"not an OSC packet ({len(data)} bytes): {exc}")
+            return
+        for message in messages:
+            self.received += 1
+            try:
+                for event in self.router.osc(message.address, tuple(message.params)):
+                    self.queue.push(event)
+            except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+                self._refuse(str(exc) or type(exc).__name__)
+
+    def _serve(self) -> None:
+        sock = self._socket
+        while not self._stop.is_set():
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                self.handle_datagram(data)
+            except Exception as exc:                   # a broken router must not end the server
+                self._refuse(f"router failed: {exc!r}")
 
     def start(self) -> "OscServer":
         if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="sdga-osc", daemon=True)
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._serve, name="sdga-osc", daemon=True)
             self._thread.start()
         return self
 
     def close(self) -> None:
+        self._stop.set()
         if self._thread is not None:
-            self._server.shutdown()
             self._thread.join(timeout=2.0)
             self._thread = None
-        self._server.server_close()
+        self._socket.close()
 
     def __enter__(self) -> "OscServer":
         return self.start()

@@ -194,3 +194,40 @@ def test_audio_output_renders_in_the_callback(jack_server):
         torch.set_num_threads(previous)
     assert engine.stats.errors == 0 and engine.stats.blocks == audio.stats.callbacks
     assert engine.stats.intervals > 50 and engine.voices.active_voices == 1 and len(queue) == 0
+
+
+def test_audio_callback_measures_load_and_feeds_tap_and_hooks():
+    """The callback (called directly, no stream): load ring and histogram, startup underflows, the tap sees every
+    block, block_events adds events, and a failing hook leaves the queued events playing."""
+    from types import SimpleNamespace
+
+    from instrument.io_audio import AudioOutput
+
+    engine = Engine(random_bundle())
+    engine.prepare(48000, 128, 2)
+    queue = EventQueue()
+    seen = []
+    added = []
+
+    def hook(events, frames):
+        added.append(frames)
+        return [*events, PitchBend(0.0)]
+
+    audio = AudioOutput(engine, queue, tap=lambda block: seen.append(float(np.abs(block).max())), block_events=hook,
+                        load_history=64)
+    out = np.zeros((128, 2), np.float32)
+    queue.push(NoteOn(60, 100))
+    for k in range(500):
+        audio._callback(out, 128, None, SimpleNamespace(output_underflow=k in (3, 400)))
+    assert audio.stats.callbacks == 500 and len(seen) == 500 and max(seen) > 0 and added == [128] * 500
+    assert (audio.stats.underflows, audio.stats.startup_underflows) == (2, 1)     # 375 callbacks = 1 s
+    loads = audio.recent_loads(1.0)
+    assert loads.shape == (64,) and (loads > 0).all()                                # the ring holds 64
+    median, p99 = audio.load_percentiles(50, 99)
+    assert 0 < median <= p99 and abs(median - np.median(loads)) < 0.5
+    assert engine.stats.events == 1 + 500 and engine.stats.errors == 0
+
+    audio.block_events = lambda events, frames: 1 / 0
+    queue.push(NoteOff(60))
+    audio._callback(out, 128, None, SimpleNamespace(output_underflow=False))
+    assert audio.stats.hook_errors == 1 and engine.stats.events == 502

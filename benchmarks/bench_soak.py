@@ -1,0 +1,159 @@
+"""Soak test of the live instrument: sdga-play on a JACK dummy device for N seconds under continuous MIDI and OSC.
+
+    .venv/bin/python benchmarks/bench_soak.py [MODEL.sdga] [--seconds 60] [--block-size 128] [--voices 8]
+
+Starts a private ``jackd --no-realtime -d dummy`` (48 kHz, real-time paced, no sound card), runs
+``python -m instrument.play`` on it with ``--record`` and ``--stats-json``, plays overlapping notes from a JACK
+MIDI port (4 note-ons a second, each held 0.6 s, plus pitch bend) and sends OSC latent changes (20 a second,
+every latent in turn). Prints: underflows after the first second, non-finite samples in the recording, RSS of
+the sdga-play process at start and end (after 2 s, then every 5 s: memory must stay flat), callback load
+median / p99 (compute time per block / block duration), late callbacks and dropped events.
+
+Without a model file an untrained model of the default architecture is used (same cost as a trained one).
+Timings depend on what else the machine runs: the load average is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from jack_dummy import jack_dummy_server  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model", nargs="?", type=Path)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--voices", type=int, default=8)
+    p.add_argument("--keep", action="store_true", help="keep the work folder (recording, stats, jackd log)")
+    p.add_argument("--realtime", action="store_true",
+                   help="run jackd with real-time scheduling (as on stage; needs root or an rtprio limit)")
+    args = p.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="sdga_soak_"))
+    model = args.model
+    if model is None:
+        from instrument.bundle import random_bundle, save_bundle
+
+        model = save_bundle(work / "random.sdga", random_bundle())
+    name = f"sdga_soak_{os.getpid()}"
+    with jack_dummy_server(name, 48000, args.block_size, work / "jackd.log", realtime=args.realtime) as env:
+        os.environ.update({k: env[k] for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")})
+        import rtmidi
+        from pythonosc.udp_client import SimpleUDPClient
+
+        keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "soak_keys")
+        keys.open_virtual_port("out")
+        command = [sys.executable, "-m", "instrument.play", str(model), "--device", "JACK", "--block-size",
+                   str(args.block_size), "--voices", str(args.voices), "--midi", "soak_keys", "--osc-port", "0",
+                   "--duration", str(args.seconds), "--record", str(work / "take.wav"),
+                   "--stats-json", str(work / "stats.json"), "--quiet"]
+        player = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, bufsize=1)
+        lines: list[str] = []
+        port = None
+        for line in player.stdout:
+            lines.append(line.rstrip())
+            if "OSC: listening on udp" in line:
+                port = int(line.rsplit(":", 1)[1].split()[0])
+            if "sdga-play: playing" in line:
+                break
+        if port is None:
+            print("\n".join(lines))
+            raise SystemExit("sdga-play did not start")
+        reader = threading.Thread(target=lambda: lines.extend(l.rstrip() for l in player.stdout), daemon=True)
+        reader.start()
+        started = time.monotonic()
+        osc = SimpleUDPClient("127.0.0.1", port)
+        info = next((l for l in lines if "latents:" in l), "")
+        latent_names = info.split("latents: ", 1)[1].split(")")[0].split(", ") if info else ["0"]
+        rng = np.random.default_rng(0)
+        rss: list[tuple[float, float]] = []
+        held: list[tuple[float, int]] = []
+        next_note = next_osc = 0.0
+        next_rss = 2.0
+        notes = osc_sent = 0
+        while player.poll() is None:
+            now = time.monotonic() - started
+            if now >= args.seconds - 0.3:
+                break
+            if now >= next_note:
+                note = int(rng.integers(45, 76))
+                keys.send_message([0x90, note, int(rng.integers(40, 127))])
+                keys.send_message([0xE0, 0, int(rng.integers(48, 80))])
+                held.append((now + 0.6, note))
+                notes += 1
+                next_note += 0.25
+            for t_off, note in [h for h in held if h[0] <= now]:
+                keys.send_message([0x80, note, 0])
+                held.remove((t_off, note))
+            if now >= next_osc:
+                osc.send_message(f"/sdga/latent/{latent_names[osc_sent % len(latent_names)]}", float(rng.random()))
+                osc_sent += 1
+                next_osc += 0.05
+            if now >= next_rss:
+                rss.append((now, rss_mb(player.pid)))
+                next_rss += 5.0
+            wake = min([next_note, next_osc, next_rss] + [t for t, _ in held])
+            time.sleep(max(0.001, wake - (time.monotonic() - started)))
+        for _, note in held:
+            keys.send_message([0x80, note, 0])
+        code = player.wait(timeout=60)
+        reader.join(timeout=5)
+        keys.close_port()
+        keys.delete()
+    stats = json.loads((work / "stats.json").read_text())
+    import soundfile as sf
+
+    audio, _ = sf.read(str(work / "take.wav"), dtype="float32")
+    nonfinite = int((~np.isfinite(audio)).sum())
+    print(f"sdga-play soak: {args.seconds:g} s, block {args.block_size}, {args.voices} voices, JACK dummy 48 kHz; "
+          f"{'real-time' if args.realtime else 'no real-time'} scheduling; exit code {code}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"  sent: {notes} notes (+bends), {osc_sent} OSC latent changes")
+    print(f"  underflows after the first second: {stats['underflows'] - stats['startup_underflows']} "
+          f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
+          f"{stats['callbacks']}")
+    print(f"  callback load: median {100 * stats['load_median']:.1f}%, p99 {100 * stats['load_p99']:.1f}%, max "
+          f"{stats['max_callback_ms']:.2f} ms of {1000 * args.block_size / 48000:.2f} ms")
+    print(f"  non-finite samples: {nonfinite} of {audio.size}; peak {float(np.abs(audio).max(initial=0)):.3f}; "
+          f"recording dropped blocks: {stats['record']['dropped_blocks']}")
+    print(f"  events applied {stats['events']}, dropped {stats['dropped_events']}; engine errors "
+          f"{stats['engine_errors']}; MIDI malformed {stats['midi']['malformed']}; OSC refused {stats['osc']['errors']}")
+    if rss:
+        trace = ", ".join(f"{t:.0f}s {m:.1f}" for t, m in rss)
+        print(f"  RSS (MB): start {rss[0][1]:.1f}, end {rss[-1][1]:.1f} (change {rss[-1][1] - rss[0][1]:+.1f}); "
+              f"trace: {trace}; at exit, stream closed: {stats['rss_mb']:.1f}")
+    if code != 0:
+        print("\n".join(lines))
+    if args.keep:
+        print(f"  work folder: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""The live instrument: ``sdga-play MODEL`` plays a model file from MIDI and OSC on an audio device.
+
+Threads: rtmidi's thread and the OSC thread hand each message to a router (:mod:`instrument.routing`) and push
+its events into the EventQueue; the audio callback drains the queue, renders, copies the block into the
+recorder's ring and measures its own load; the main thread prints the status line (~4x/s) and waits for
+Ctrl-C, SIGTERM or ``--duration``. Startup order: model (a bad file exits 2 before any device opens), router,
+engine, MIDI, OSC, recorder, audio stream.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .events import LatentSet, NoteOn, param_event, param_spec
+
+__all__ = ["main", "build_parser"]
+
+PROG = "sdga-play"
+
+
+class UsageError(Exception):
+    """Refused before playing (bad arguments, model, mapping or port): printed, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Play an sdga model live from MIDI and OSC.")
+    p.add_argument("model", type=Path, nargs="?", help="model file (.sdga)")
+    a = p.add_argument_group("audio")
+    a.add_argument("--device", default=None, help="output device: index or part of its name (see --list-devices)")
+    a.add_argument("--block-size", type=int, default=128, help="frames per callback (default 128)")
+    a.add_argument("--sample-rate", type=int, default=None, help="device rate (default: the model's)")
+    a.add_argument("--voices", type=int, default=8, help="polyphony (default 8)")
+    a.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    m = p.add_argument_group("MIDI")
+    m.add_argument("--list-midi", action="store_true", help="list MIDI inputs and exit")
+    m.add_argument("--midi", nargs="+", action="extend", default=[], metavar="NAME",
+                   help="also receive from the MIDI inputs whose name contains NAME (repeatable)")
+    m.add_argument("--midi-all", action="store_true", help="receive from every MIDI input")
+    m.add_argument("--no-virtual-midi", action="store_true", help="do not create the virtual input port 'sdga'")
+    m.add_argument("--midi-api", choices=("auto", "jack", "alsa"), default="auto",
+                   help="MIDI system (auto: JACK when its server runs, else ALSA)")
+    o = p.add_argument_group("OSC")
+    o.add_argument("--osc-port", type=int, default=9000, help="UDP port (default 9000; 0 = any free port)")
+    o.add_argument("--osc-host", default="127.0.0.1",
+                   help="address to listen on (default loopback; 0.0.0.0 lets anyone on the network play it)")
+    o.add_argument("--no-osc", action="store_true", help="no OSC server")
+    c = p.add_argument_group("control")
+    c.add_argument("--latent", action="append", default=[], metavar="NAME=KNOB",
+                   help="start a latent (name or importance rank) at a 0..1 knob value; repeatable")
+    c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="start an engine parameter at a value in its unit (or a choice name); repeatable")
+    c.add_argument("--mapping", type=Path, default=None, help="YAML mapping file (instrument.mapping)")
+    r = p.add_argument_group("session")
+    r.add_argument("--record", type=Path, default=None, metavar="FILE", help="record what is played (WAV: float)")
+    r.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    r.add_argument("--quiet", action="store_true", help="no status line")
+    r.add_argument("--stats-json", type=Path, default=None, metavar="FILE", help="write the exit summary as JSON")
+    return p
+
+
+def _assignments(items: Sequence[str], what: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UsageError(f"--{what} expects NAME=VALUE, got {item!r}")
+        out.append((name.strip(), value.strip()))
+    return out
+
+
+def _initial_latents(bundle, items: Sequence[str]) -> list[LatentSet]:
+    events = []
+    for name, text in _assignments(items, "latent"):
+        try:
+            info = bundle.latent(int(name) if name.isdigit() else name)
+            knob = float(text)
+        except KeyError as exc:
+            raise UsageError(f"--latent {name}={text}: {exc.args[0]}") from None
+        except (IndexError, ValueError) as exc:
+            raise UsageError(f"--latent {name}={text}: {exc}; latents: {', '.join(bundle.latent_names)}") from None
+        if not 0.0 <= knob <= 1.0:
+            raise UsageError(f"--latent {name}={text}: knob values are 0..1")
+        events.append(LatentSet(info.index, knob, knob=True))
+    return events
+
+
+def _initial_params(items: Sequence[str]) -> list[tuple[str, float]]:
+    out = []
+    for name, text in _assignments(items, "param"):
+        try:
+            spec = param_spec(name)
+        except KeyError as exc:
+            raise UsageError(str(exc).strip('"')) from None
+        if text in spec.choices:
+            value = float(spec.choices.index(text))
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                raise UsageError(f"--param {name}={text}: not a number"
+                                 + (f" or one of {', '.join(spec.choices)}" if spec.choices else "")) from None
+        if not math.isfinite(value):
+            raise UsageError(f"--param {name}={text}: not a finite number")
+        out.append((name, value))
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _device(text: str | None):
+    if text is None:
+        return None
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def _load_router(args, bundle, log):
+    if args.mapping is None:
+        from .routing import DefaultRouter
+
+        return DefaultRouter(bundle.latents)
+    try:
+        import importlib
+
+        mapping = importlib.import_module("instrument.mapping")
+    except ModuleNotFoundError as exc:
+        if exc.name == "instrument.mapping":
+            raise UsageError("--mapping needs instrument/mapping.py (YAML mappings), which this installation "
+                             "does not have yet") from None
+        raise
+    try:
+        return mapping.load_router(args.mapping, bundle, on_message=log, model_path=args.model)
+    except Exception as exc:       # YAML, schema, file errors: all refused before playing
+        raise UsageError(f"mapping {args.mapping}: {exc}") from None
+
+
+def _midi_api(choice: str) -> str | None:
+    from .io_midi import ALSA_API, JACK_API, MidiPortError, midi_input_names
+
+    if choice != "auto":
+        return {"jack": JACK_API, "alsa": ALSA_API}[choice]
+    for api in (JACK_API, ALSA_API):
+        try:
+            midi_input_names(api)
+            return api
+        except MidiPortError:
+            continue
+    return None
+
+
+def _open_midi(args, router, queue, log) -> list:
+    """MidiInput objects (possibly none); explicit --midi requests that fail are UsageErrors."""
+    from .io_midi import MidiInput, MidiPortError, match_midi_inputs, midi_input_names
+
+    wanted = bool(args.midi or args.midi_all)
+    if args.no_virtual_midi and not wanted:
+        return []
+    api = _midi_api(args.midi_api)
+    if api is None:
+        if wanted:
+            raise UsageError("no MIDI system available (no JACK server, no ALSA sequencer)")
+        log("MIDI: not available (no JACK server, no ALSA sequencer); OSC only")
+        return []
+    try:
+        sources: list[str] = []
+        if wanted:
+            names = midi_input_names(api)
+            sources = [n for n in names if not n.startswith("sdga:")] if args.midi_all else \
+                match_midi_inputs(args.midi, names, exclude_client="sdga")
+        midi = MidiInput(queue, virtual_name=None if args.no_virtual_midi else "sdga", api=api, connect=sources,
+                         client_name="sdga", router=router)
+    except MidiPortError as exc:
+        if wanted:
+            raise UsageError(str(exc)) from None
+        log(f"MIDI: {exc}; OSC only")
+        return []
+    log(f"MIDI ({api}): {', '.join(midi.port_names) or '(no ports)'}")
+    return [midi]
+
+
+def _warm_up(bundle, sample_rate: int, block_size: int, voices: int) -> None:
+    """Render a little on a throwaway engine so the first callbacks do not pay for lazy initialisation."""
+    from .engine import Engine
+
+    engine = Engine(bundle)
+    engine.prepare(sample_rate, block_size, voices)
+    out = np.zeros(block_size, dtype=np.float32)
+    engine.process([NoteOn(60, 100)], out)
+    for _ in range(max(8, 4096 // block_size)):
+        engine.process((), out)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return math.nan
+
+
+class _Session:
+    """What is open while playing, and the numbers the status line and the summary read."""
+
+    def __init__(self, bundle, engine, queue, audio, midi: list, osc, recorder, started: float):
+        self.bundle, self.engine, self.queue, self.audio = bundle, engine, queue, audio
+        self.midi, self.osc, self.recorder, self.started = midi, osc, recorder, started
+
+    def midi_counts(self) -> tuple[int, int, int]:
+        return (sum(m.received for m in self.midi), sum(m.ignored for m in self.midi),
+                sum(m.malformed for m in self.midi))
+
+    def status_line(self) -> str:
+        loads = self.audio.recent_loads(1.0)
+        load = f"{100.0 * float(np.median(loads)):4.0f}%" if loads.size else "   -"
+        voices = self.engine.voices
+        _, _, bad_midi = self.midi_counts()
+        bad_osc = self.osc.errors if self.osc is not None else 0
+        line = (f"load {load} | underflows {self.audio.stats.underflows} | voices {voices.active_voices}/"
+                f"{self.engine.max_voices} | dropped {self.queue.dropped} | bad midi {bad_midi} osc {bad_osc}")
+        if voices.out_of_range_notes:
+            line += f" | OUT OF RANGE x{voices.out_of_range_notes}"
+        if self.engine.stats.errors:
+            line += f" | ENGINE ERRORS {self.engine.stats.errors}"
+        return line
+
+    def summary(self) -> dict:
+        engine, audio = self.engine, self.audio
+        median, p99 = audio.load_percentiles(50, 99)
+        z = engine.state.z.detach().numpy()
+        received, ignored, malformed = self.midi_counts()
+        return {
+            "seconds": time.monotonic() - self.started,
+            "sample_rate": engine.sample_rate, "block_size": engine.block_size,
+            "callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
+            "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
+            "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
+            "engine_errors": engine.stats.errors, "engine_last_error": engine.stats.last_error,
+            "voice_resets": engine.stats.voice_resets, "events": engine.stats.events,
+            "dropped_events": self.queue.dropped, "ignored_events": engine.voices.ignored_events,
+            "out_of_range_notes": engine.voices.out_of_range_notes,
+            "midi": {"ports": [n for m in self.midi for n in m.port_names], "received": received, "ignored": ignored,
+                     "malformed": malformed, "last_error": next((m.last_error for m in self.midi if m.last_error), "")},
+            "osc": None if self.osc is None else {
+                "address": list(self.osc.address), "received": self.osc.received, "errors": self.osc.errors,
+                "malformed_packets": self.osc.malformed_packets, "last_error": self.osc.last_error},
+            "latents": {l.name: round(float(l.z_to_knob(z[l.index])), 4) for l in self.bundle.latents},
+            "record": None if self.recorder is None else {
+                "path": str(self.recorder.path), "seconds": self.recorder.seconds, "blocks": self.recorder.blocks,
+                "dropped_blocks": self.recorder.dropped_blocks, "error": self.recorder.error},
+            "rss_mb": _rss_mb(),
+        }
+
+
+def _print_summary(s: dict, out) -> None:
+    block_ms = 1000.0 * s["block_size"] / s["sample_rate"]
+    pct = lambda x: "-" if not math.isfinite(x) else f"{100.0 * x:.1f}%"   # noqa: E731
+    print(f"{PROG} summary: played {s['seconds']:.1f} s, {s['callbacks']} callbacks", file=out)
+    print(f"  callback load: median {pct(s['load_median'])}, p99 {pct(s['load_p99'])}, max "
+          f"{s['max_callback_ms']:.2f} ms of {block_ms:.2f} ms", file=out)
+    print(f"  underflows: {s['underflows']} ({s['startup_underflows']} in the first second); late callbacks: "
+          f"{s['late_callbacks']}", file=out)
+    print(f"  engine errors: {s['engine_errors']}; voice resets: {s['voice_resets']}"
+          + (f"; last error: {s['engine_last_error']}" if s["engine_last_error"] else ""), file=out)
+    midi, osc = s["midi"], s["osc"]
+    print(f"  events: {s['events']} applied, {s['dropped_events']} dropped (queue full), {s['ignored_events']} ignored "
+          f"by the engine", file=out)
+    print(f"  MIDI: {midi['received']} events, {midi['ignored']} ignored, {midi['malformed']} malformed"
+          + (f" (last: {midi['last_error']})" if midi["last_error"] else ""), file=out)
+    if osc is not None:
+        print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC)"
+              + (f" (last: {osc['last_error']})" if osc["last_error"] else ""), file=out)
+    if s["out_of_range_notes"]:
+        print(f"  out-of-range notes: {s['out_of_range_notes']} (outside the model's pitch range; played anyway)",
+              file=out)
+    print("  latents: " + " ".join(f"{k}={v:.3f}" for k, v in s["latents"].items()), file=out)
+    rec = s["record"]
+    if rec is not None:
+        print(f"  recording: {rec['path']}: {rec['seconds']:.2f} s, {rec['dropped_blocks']} dropped blocks"
+              + (f", ERROR: {rec['error']}" if rec["error"] else ""), file=out)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def _list_devices() -> int:
+    import sounddevice as sd
+
+    print(sd.query_devices())
+    return 0
+
+
+def _list_midi(choice: str) -> int:
+    from .io_midi import MidiPortError, midi_input_names
+
+    api = _midi_api(choice)
+    if api is None:
+        print("no MIDI system available (no JACK server, no ALSA sequencer)")
+        return 1
+    try:
+        names = midi_input_names(api)
+    except MidiPortError as exc:
+        print(exc)
+        return 1
+    print(f"MIDI inputs ({api}):")
+    for name in names:
+        print(f"  {name}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_devices:
+        return _list_devices()
+    if args.list_midi:
+        return _list_midi(args.midi_api)
+    if args.model is None:
+        parser.error("the model file is required")
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _play(args, stop)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _play(args, stop: threading.Event) -> int:
+    import torch
+
+    from .bundle import load_bundle
+    from .engine import Engine
+    from .events import EventQueue
+    from .modelfile import ModelFileError
+
+    status_width = [0]
+
+    def log(text: str) -> None:               # any thread; clears the status line first
+        print("\r" + " " * status_width[0] + "\r" + text if status_width[0] else text, flush=True)
+
+    if args.block_size < 1 or args.voices < 1 or (args.sample_rate is not None and args.sample_rate < 1000):
+        raise UsageError("--block-size and --voices must be >= 1, --sample-rate >= 1000")
+    if args.duration is not None and not args.duration > 0:
+        raise UsageError("--duration must be > 0")
+    try:
+        bundle = load_bundle(args.model, with_encoder=False)
+    except (ModelFileError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    latents = _initial_latents(bundle, args.latent)
+    params = _initial_params(args.param)
+    router = _load_router(args, bundle, log)
+
+    torch.set_num_threads(1)
+    sys.setswitchinterval(0.001)      # the callback waits at most ~1 ms for the GIL held by another thread
+    sample_rate = int(args.sample_rate or bundle.config.sample_rate)
+    _warm_up(bundle, sample_rate, args.block_size, args.voices)
+    engine = Engine(bundle)
+    engine.prepare(sample_rate, args.block_size, args.voices)
+    for name, value in params:
+        engine.set_param(name, value)
+    queue = EventQueue(capacity=4096)
+    for event in latents:
+        queue.push(event)
+    # Optional router hooks (a mapping router has them; the default router needs none).
+    if callable(getattr(router, "prepare", None)):
+        router.prepare(sample_rate, engine.hop_size)
+    if callable(getattr(router, "sync", None)):
+        router.sync([*latents, *(param_event(name, value) for name, value in params)])
+    log(f"{PROG}: {args.model} ({len(bundle.latents)} latents: {', '.join(bundle.latent_names)}); "
+        f"{engine.describe()}")
+    if callable(getattr(router, "describe", None)):
+        log(router.describe())
+
+    with ExitStack() as stack:
+        if callable(getattr(router, "close", None)):
+            stack.callback(router.close)
+        midi = _open_midi(args, router, queue, log)
+        for m in midi:
+            stack.callback(m.close)
+        osc = None
+        if not args.no_osc:
+            from .io_osc import OscServer
+
+            try:
+                osc = OscServer(queue, bundle.latents, host=args.osc_host, port=args.osc_port, router=router)
+            except OSError as exc:
+                raise UsageError(f"OSC: cannot listen on {args.osc_host}:{args.osc_port}: {exc}") from None
+            stack.callback(osc.close)
+            osc.start()
+            host, port = osc.address
+            log(f"OSC: listening on udp {host}:{port} (/sdga/...)")
+            if not _is_loopback(args.osc_host):
+                print(f"{PROG}: WARNING: OSC listens on {args.osc_host}, not loopback: ANYONE on the network can "
+                      f"play this instrument and change its settings. Use --osc-host 127.0.0.1 unless you mean it.",
+                      file=sys.stderr, flush=True)
+        recorder = None
+        if args.record is not None:
+            from .recording import RingRecorder
+
+            try:
+                recorder = RingRecorder(args.record, sample_rate, channels=1).start()
+            except Exception as exc:       # unwritable path, unknown format
+                raise UsageError(f"cannot record to {args.record}: {exc}") from None
+            stack.callback(recorder.close)   # runs after the stream closed (ExitStack unwinds in reverse)
+
+        import sounddevice as sd
+
+        from .io_audio import AudioOutput
+
+        device = _device(args.device)
+        try:
+            info = sd.query_devices(device, "output")
+        except (ValueError, sd.PortAudioError) as exc:
+            raise UsageError(f"audio device {args.device!r}: {exc}") from None
+        channels = max(1, min(2, int(info["max_output_channels"])))
+        audio = AudioOutput(engine, queue, device=device, channels=channels,
+                            tap=recorder.push if recorder is not None else None,
+                            block_events=getattr(router, "block_events", None))
+        try:
+            audio.start()
+        except sd.PortAudioError as exc:
+            print(f"{PROG}: cannot open audio device {info['name']!r} at {sample_rate} Hz, block "
+                  f"{args.block_size}: {exc}", file=sys.stderr)
+            return 1
+        stack.callback(audio.close)
+        if callable(getattr(router, "watch", None)):
+            router.watch()                     # hot reload of the mapping file
+        started = time.monotonic()
+        session = _Session(bundle, engine, queue, audio, midi, osc, recorder, started)
+        block_ms = 1000.0 * args.block_size / sample_rate
+        frame_ms = 1000.0 * engine.control_delay_samples / sample_rate
+        log(f"audio: {info['name']} ({channels} ch, {sample_rate} Hz)")
+        log(f"latency added: block {block_ms:.2f} ms + control frame {frame_ms:.2f} ms = {block_ms + frame_ms:.2f} ms; "
+            f"PortAudio reports {1000.0 * audio.device_latency_s:.2f} ms output latency")
+        if recorder is not None:
+            log(f"recording to {args.record}")
+        log(f"{PROG}: playing" + (f" for {args.duration:g} s" if args.duration else "") + " (Ctrl-C to stop)")
+        tty = sys.stdout.isatty() and not args.quiet
+        deadline = started + args.duration if args.duration else math.inf
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            stop.wait(min(0.25, remaining))
+            if tty:
+                line = session.status_line()
+                print("\r" + line.ljust(status_width[0]), end="", flush=True)
+                status_width[0] = len(line)
+        signal.signal(signal.SIGINT, signal.default_int_handler)    # a second Ctrl-C interrupts the shutdown
+        if tty:
+            print()
+            status_width[0] = 0
+        audio.close()          # stop the stream first, then ports and the recording (the stack)
+    summary = session.summary()
+    _print_summary(summary, sys.stdout)
+    if args.stats_json is not None:
+        args.stats_json.parent.mkdir(parents=True, exist_ok=True)
+        args.stats_json.write_text(json.dumps(summary, indent=1))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""A private JACK server with the dummy driver (real-time paced, no sound card), for tests and benchmarks.
+
+``with jack_dummy_server("name") as env:`` starts ``jackd --no-realtime -n name -d dummy`` and yields the
+environment a client needs (``JACK_DEFAULT_SERVER=name``, ``JACK_NO_START_SERVER=1``); the server is killed
+on exit. Raises :class:`JackUnavailable` when jackd is not installed or does not come up.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["JackUnavailable", "jack_dummy_server", "jack_env"]
+
+
+class JackUnavailable(RuntimeError):
+    pass
+
+
+def jack_env(name: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["JACK_DEFAULT_SERVER"] = name
+    env["JACK_NO_START_SERVER"] = "1"
+    return env
+
+
+@contextmanager
+def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, log_path: Path | None = None,
+                      timeout_s: float = 15.0, realtime: bool = False) -> Iterator[dict[str, str]]:
+    """``realtime``: run jackd (and so its clients' process threads) with SCHED_FIFO, as a live setup would;
+    needs the privilege (root or an rtprio limit)."""
+    if shutil.which("jackd") is None or shutil.which("jack_lsp") is None:
+        raise JackUnavailable("jackd / jack_lsp not installed")
+    env = jack_env(name)
+    log = open(log_path, "w") if log_path is not None else subprocess.DEVNULL
+    process = subprocess.Popen(["jackd", "--realtime" if realtime else "--no-realtime", "-n", name, "-d", "dummy", "-r", str(sample_rate),
+                                "-p", str(period)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            result = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=10, env=env)
+            if "system:playback_1" in result.stdout:
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise JackUnavailable(f"jackd did not start (exit code {process.poll()})")
+            time.sleep(0.05)
+        yield env
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log is not subprocess.DEVNULL:
+            log.close()

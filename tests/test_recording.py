@@ -1,0 +1,47 @@
+"""Contract of the recorder ring: every pushed block reaches the file in order (across wrap-arounds), a full ring
+drops whole blocks and counts them, the audio-thread side allocates nothing."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import soundfile as sf
+
+from instrument.recording import RingRecorder
+
+
+def test_blocks_reach_the_file_in_order(tmp_path):
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((n, 2)).astype(np.float32) for n in [128] * 50 + [65, 1, 300]]
+    with RingRecorder(tmp_path / "take.wav", 48000, channels=1, ring_seconds=0.01, poll_s=0.001) as recorder:
+        for block in blocks:          # a 480-frame ring: wraps many times; wait for room like a slow callback
+            while block.shape[0] > recorder.capacity - (recorder._written - recorder._read):
+                pass
+            recorder.push(block)
+    audio, rate = sf.read(str(tmp_path / "take.wav"), dtype="float32")
+    assert rate == 48000 and recorder.dropped_blocks == 0 and recorder.blocks == len(blocks)
+    np.testing.assert_array_equal(audio, np.concatenate([b[:, 0] for b in blocks]))   # float WAV: exact
+    assert recorder.seconds == len(audio) / 48000
+
+
+def test_full_ring_drops_whole_blocks(tmp_path):
+    recorder = RingRecorder(tmp_path / "take.flac", 48000, channels=1, ring_seconds=0.01)   # not started: no drain
+    block = np.ones(128, dtype=np.float32)
+    for _ in range(5):
+        recorder.push(block)
+    assert (recorder.blocks, recorder.dropped_blocks) == (3, 2)
+
+
+def test_push_allocates_nothing(tmp_path):
+    recorder = RingRecorder(tmp_path / "take.wav", 48000, ring_seconds=1.0)
+    block = np.ones((128, 2), dtype=np.float32)
+    recorder.push(block)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(200):
+            recorder.push(block)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 1024, grown

@@ -1,0 +1,122 @@
+"""Contract of the router seam (MIDI/OSC message -> events) and of the malformed-input counters of the MIDI and
+OSC front ends. No ports or devices: MidiInput without ports, OscServer on a free loopback port."""
+from __future__ import annotations
+
+import time
+
+import mido
+import pytest
+
+from instrument.bundle import random_bundle
+from instrument.events import ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, PitchBend
+from instrument.io_midi import MidiInput, MidiPortError, match_midi_inputs
+from instrument.io_osc import OscError, OscServer
+from instrument.routing import LATENT_CCS, LATENT_CCS_ALT, DefaultRouter, Router
+
+LATENTS = random_bundle().latents
+
+
+def test_default_router_midi():
+    router = DefaultRouter(LATENTS)
+    assert isinstance(router, Router)
+    assert router.midi(mido.Message("note_on", note=60, velocity=90, channel=2), 5) == [NoteOn(60, 90, 2, 5)]
+    assert router.midi(mido.Message("note_on", note=60, velocity=0)) == [NoteOff(60, 0, 0)]
+    assert router.midi(mido.Message("pitchwheel", pitch=-8192)) == [PitchBend(-1.0, 0)]
+    for cc in (64, 120, 121, 123):
+        assert router.midi(mido.Message("control_change", control=cc, value=127)) == [ControlChange(cc, 127, 0)]
+    assert router.midi(mido.Message("program_change", program=3)) == []
+    for ccs in (LATENT_CCS, LATENT_CCS_ALT):
+        for rank, cc in enumerate(ccs):
+            events = router.midi(mido.Message("control_change", control=cc, value=127))
+            assert events == [LatentSet(LATENTS[rank].index, 1.0, knob=True)]
+    assert router.midi(mido.Message("control_change", control=1, value=0))[0].value == 0.0
+
+
+def test_latent_ccs_follow_the_importance_order_and_the_latent_count():
+    reordered = list(reversed(LATENTS[:3]))
+    router = DefaultRouter(reordered)
+    assert router.midi(mido.Message("control_change", control=1, value=64)) == \
+        [LatentSet(reordered[0].index, 64 / 127, knob=True)]
+    assert router.midi(mido.Message("control_change", control=4, value=64)) == [ControlChange(4, 64, 0)]
+    assert "CC1=" in router.describe()
+
+
+def test_default_router_osc():
+    router = DefaultRouter(LATENTS)
+    assert router.osc("/sdga/note_on", (60.0, 100.0)) == [NoteOn(60.0, 100.0, 0)]       # Pd sends floats
+    assert router.osc("/sdga/latent/z2", (0.25,)) == [LatentSet(2, 0.25, knob=True)]
+    with pytest.raises(ValueError):
+        router.osc("/sdga/nope", ())
+    with pytest.raises(OscError):
+        router.osc("/sdga/note_on", ("x", 1))
+
+
+def test_midi_input_counts_malformed_bytes_and_routes_through_the_router():
+    calls = []
+
+    class Recorder:
+        def midi(self, message, offset=0):
+            calls.append(message)
+            if message.type == "control_change":
+                raise ValueError("refused")
+            return [NoteOn(1)] if message.type == "note_on" else []
+
+        def osc(self, address, args):
+            return []
+
+    queue = EventQueue()
+    with MidiInput(queue, virtual_name=None, router=Recorder()) as midi:    # no ports: only the decoding
+        for data in ([0x90, 60, 100], [0x90, 200, 1], [0x3C], [0x90, 60], [0xF4], [0xC0, 1], [0xB0, 1, 2]):
+            midi._on_bytes((data, 0.0))
+    assert [m.type for m in calls] == ["note_on", "program_change", "control_change"]
+    assert (midi.received, midi.ignored, midi.malformed) == (1, 1, 5)
+    assert "refused" in midi.last_error and list(queue.drain()) == [NoteOn(1)]
+
+
+def test_match_midi_inputs():
+    names = ["sdga:sdga", "a2j:Keystation [20] (capture): Keystation MIDI 1", "fluid:out", "sdga_test_keys:out"]
+    assert match_midi_inputs(["keystation"], names, exclude_client="sdga") == [names[1]]
+    assert match_midi_inputs(["fluid:out", "out"], names, exclude_client="sdga") == [names[2], names[3]]
+    assert match_midi_inputs(["sdga"], names, exclude_client="sdga") == ["sdga_test_keys:out"]
+    with pytest.raises(MidiPortError, match="inputs: a2j"):
+        match_midi_inputs(["nothing"], names, exclude_client="sdga")
+
+
+def test_osc_server_counts_garbage_and_keeps_serving():
+    import socket
+
+    from pythonosc.udp_client import SimpleUDPClient
+
+    queue = EventQueue()
+    with OscServer(queue, LATENTS, port=0) as server:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for garbage in (b"", b"\x00", b"/sdga/note_on", b"/sdga/note_on\x00\x00\x00,ii\x00\x00\x00\x01", b"#bundle\x00x"):
+            udp.sendto(garbage, server.address)
+        udp.close()
+        SimpleUDPClient(*server.address).send_message("/sdga/note_on", [60, 100])
+        deadline = time.monotonic() + 5
+        while len(queue) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert list(queue.drain()) == [NoteOn(60, 100, 0)]
+    assert server.malformed_packets >= 4 and server.errors == server.malformed_packets
+
+
+def test_osc_server_uses_the_router():
+    class Everything:
+        def midi(self, message, offset=0):
+            return []
+
+        def osc(self, address, args):
+            if address == "/bad":
+                raise ValueError("bad")
+            return [NoteOn(len(args)), NoteOff(len(args))]
+
+    queue = EventQueue()
+    server = OscServer(queue, port=0, router=Everything())
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    for address in ("/anything", "/bad"):
+        server.handle_datagram(OscMessageBuilder(address).build().dgram)
+    server.close()
+    assert list(queue.drain()) == [NoteOn(0), NoteOff(0)]
+    assert (server.received, server.errors, server.last_error) == (2, 1, "bad")
