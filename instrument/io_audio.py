@@ -6,7 +6,10 @@ measures its own load (compute time / block duration) with time.perf_counter int
 of the latest values (:meth:`AudioOutput.recent_loads`, for a status display) and a histogram of every value
 (:meth:`AudioOutput.load_percentiles`). An optional ``tap`` (e.g. a recorder's ``push``) sees every rendered
 block; it must not block or allocate. An optional ``block_events(queued, n_frames) -> events`` (a mapping
-router's smoothing ramps) may add events to each block.
+router's smoothing ramps) may add events to each block. An optional ``effects`` chain
+(:class:`~instrument.effects.EffectsChain`, prepared at the stream's rate, block size and channels) processes
+each block in place after the engine and before the tap, so recordings include the effects; if it raises, the
+error is counted in ``hook_errors`` and the dry block plays.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ class AudioStats:
     underflows: int = 0             # PortAudio reported an output underflow (a gap was heard)
     startup_underflows: int = 0     # of those, in the first second of callbacks (stream start-up)
     late: int = 0                   # callbacks whose compute time exceeded the block's duration
-    hook_errors: int = 0            # block_events raised (the block got the queued events only)
+    hook_errors: int = 0            # block_events raised (queued events only) or effects raised (dry block)
     max_callback_ms: float = 0.0
 
 
@@ -50,7 +53,8 @@ class AudioOutput:
 
     def __init__(self, engine: Engine, queue: EventQueue, *, device=None, channels: int = 2,
                  latency: str | float = "low", tap: Callable[[np.ndarray], None] | None = None,
-                 block_events: Callable[[Iterable, int], Iterable] | None = None, load_history: int = 8192):
+                 block_events: Callable[[Iterable, int], Iterable] | None = None, effects=None,
+                 load_history: int = 8192):
         if engine.state is None:
             raise ValueError("prepare the engine first")
         self.engine = engine
@@ -62,6 +66,8 @@ class AudioOutput:
         self._stream = None
         self.tap = tap
         self.block_events = block_events
+        self.effects = effects
+        self._dry = np.zeros((engine.block_size, max(1, self.channels)), dtype=np.float32)   # effects fallback
         self._budget_s = engine.block_size / engine.sample_rate
         self._blocks_per_second = max(1, math.ceil(engine.sample_rate / engine.block_size))
         self._loads = np.zeros(int(load_history))          # ring of the latest loads (fraction of the budget)
@@ -83,6 +89,8 @@ class AudioOutput:
                 stats.hook_errors += 1
                 events = self.queue.drain()
         self.engine.process(events, outdata)
+        if self.effects is not None:
+            self._run_effects(outdata, frames)
         if self.tap is not None:
             self.tap(outdata)
         elapsed = time.perf_counter() - started
@@ -96,6 +104,18 @@ class AudioOutput:
             stats.late += 1
         if elapsed * 1000.0 > stats.max_callback_ms:
             stats.max_callback_ms = elapsed * 1000.0
+
+    def _run_effects(self, outdata: np.ndarray, frames: int) -> None:
+        dry = self._dry
+        keep = frames <= dry.shape[0] and outdata.ndim == 2 and outdata.shape[1] == dry.shape[1]
+        if keep:
+            np.copyto(dry[:frames], outdata)
+        try:
+            self.effects.process(outdata)
+        except Exception:
+            self.stats.hook_errors += 1
+            if keep:
+                np.copyto(outdata, dry[:frames])
 
     def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
         """Callback loads (compute time / block duration) of about the last ``seconds`` (a copy; any thread)."""

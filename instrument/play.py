@@ -1,10 +1,12 @@
 """The live instrument: ``sdga-play MODEL`` plays a model file from MIDI and OSC on an audio device.
 
-Threads: rtmidi's thread and the OSC thread hand each message to a router (:mod:`instrument.routing`) and push
-its events into the EventQueue; the audio callback drains the queue, renders, copies the block into the
-recorder's ring and measures its own load; the main thread prints the status line (~4x/s) and waits for
-Ctrl-C, SIGTERM or ``--duration``. Startup order: model (a bad file exits 2 before any device opens), router,
-engine, MIDI, OSC, recorder, audio stream.
+Threads: rtmidi's thread and the OSC thread hand each message to a router (:mod:`instrument.mapping`'s
+MappingRouter: the ``--mapping`` file, the ``--patch``'s mapping, or without either the default CC bindings of
+:func:`instrument.routing.default_mapping_text`) and push its events into the EventQueue; the audio callback
+drains the queue, renders, runs the effects chain, copies the block into the recorder's ring and measures its
+own load; the main thread prints the status line (~4x/s) and waits for Ctrl-C, SIGTERM or ``--duration``.
+Startup order: patch and model (a bad file exits 2 before any device opens), router (the patch is recalled
+at once, then --latent / --param on top), engine, MIDI, OSC, recorder, audio stream.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Play an sdga model live from MIDI and OSC.")
-    p.add_argument("model", type=Path, nargs="?", help="model file (.sdga)")
+    p.add_argument("model", type=Path, nargs="?", help="model file (.sdga); optional with a --patch that names one")
     a = p.add_argument_group("audio")
     a.add_argument("--device", default=None, help="output device: index or part of its name (see --list-devices)")
     a.add_argument("--block-size", type=int, default=128, help="frames per callback (default 128)")
@@ -61,9 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a latent (name or importance rank) at a 0..1 knob value; repeatable")
     c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="start an engine parameter at a value in its unit (or a choice name); repeatable")
-    c.add_argument("--mapping", type=Path, default=None, help="YAML mapping file (instrument.mapping)")
+    c.add_argument("--mapping", type=Path, default=None, metavar="FILE",
+                   help="YAML mapping file (instrument.mapping; default: the --patch's mapping, else CC 1..8 and "
+                        "70..77 to the latents)")
+    c.add_argument("--patch", type=Path, default=None, metavar="FILE",
+                   help="start from this patch (latents, parameters, effects; its model when MODEL is not given)")
+    c.add_argument("--learn", default=None, metavar="TARGET",
+                   help="MIDI learn at start: the first control moved is bound to TARGET and written to --mapping")
+    c.add_argument("--osc-feedback", default=None, metavar="HOST:PORT",
+                   help="send moved targets' values over OSC to HOST:PORT (overrides the mapping's feedback)")
     r = p.add_argument_group("session")
     r.add_argument("--record", type=Path, default=None, metavar="FILE", help="record what is played (WAV: float)")
+    r.add_argument("--save-patch", type=Path, default=None, metavar="FILE",
+                   help="at exit, save the sound playing then as a patch file")
     r.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     r.add_argument("--quiet", action="store_true", help="no status line")
     r.add_argument("--stats-json", type=Path, default=None, metavar="FILE", help="write the exit summary as JSON")
@@ -133,24 +145,69 @@ def _device(text: str | None):
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def _load_router(args, bundle, log):
-    if args.mapping is None:
-        from .routing import DefaultRouter
+def _feedback(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"--osc-feedback expects HOST:PORT (port 1..65535), got {text!r}")
+    return host, int(port)
 
-        return DefaultRouter(bundle.latents)
-    try:
-        import importlib
 
-        mapping = importlib.import_module("instrument.mapping")
-    except ModuleNotFoundError as exc:
-        if exc.name == "instrument.mapping":
-            raise UsageError("--mapping needs instrument/mapping.py (YAML mappings), which this installation "
-                             "does not have yet") from None
-        raise
+SHIPPED_PATCHES = Path(__file__).resolve().parents[1] / "patches"
+
+
+def _load_router(bundle, log, *, mapping_path: Path | None, model_path: Path, effects,
+                 feedback: tuple[str, int] | None):
+    """A MappingRouter: the mapping file, or without one the default CC bindings plus the shipped patches."""
+    from . import mapping
+    from .routing import default_mapping_text
+
+    if mapping_path is not None:
+        try:
+            return mapping.load_router(mapping_path, bundle, effects=effects, feedback=feedback, on_message=log,
+                                       model_path=model_path)
+        except Exception as exc:       # YAML, schema, file errors: all refused before playing
+            raise UsageError(f"mapping {mapping_path}: {exc}") from None
+    patches = SHIPPED_PATCHES if SHIPPED_PATCHES.is_dir() and any(SHIPPED_PATCHES.glob("*.yaml")) else None
+    text = default_mapping_text(len(bundle.latents), patches is not None)
     try:
-        return mapping.load_router(args.mapping, bundle, on_message=log, model_path=args.model)
-    except Exception as exc:       # YAML, schema, file errors: all refused before playing
-        raise UsageError(f"mapping {args.mapping}: {exc}") from None
+        m = mapping.parse_mapping(None, bundle, text=text, patches=patches)
+    except mapping.MappingError as exc:      # shipped patches that do not fit this model: play without them
+        log(f"patches in {patches} not loaded: {exc}")
+        patches = None
+        m = mapping.parse_mapping(None, bundle, text=default_mapping_text(len(bundle.latents)))
+    return mapping.MappingRouter(m, bundle, effects=effects, feedback=feedback, on_message=log,
+                                 patches_override=patches, model_path=model_path)
+
+
+def _load_patch(args):
+    """The --patch file (None without one); its model must exist when MODEL is not given."""
+    if args.patch is None:
+        return None
+    from .patches import load_patch
+
+    try:
+        patch = load_patch(args.patch, model=args.model, require_model=args.model is None)
+    except Exception as exc:          # PatchError names file, line and key
+        raise UsageError(str(exc)) from None
+    if patch.model is None:
+        raise UsageError(f"patch {args.patch} names no model file: give MODEL")
+    return patch
+
+
+def _recall(router, patch, bundle) -> list:
+    """Events that set the patch's sound at once (the router also swaps in its effects)."""
+    from .patches import PatchError
+
+    try:
+        patch = patch.resolve(bundle.latents)
+    except PatchError as exc:
+        raise UsageError(str(exc)) from None
+    where = patch.path.resolve() if patch.path is not None else None
+    index = next((i for i, q in enumerate(router.mapping.patches)
+                  if where is not None and q.path is not None and q.path.resolve() == where), None)
+    return router.recall(patch if index is None else index, glide_ms=0)
 
 
 def _midi_api(choice: str) -> str | None:
@@ -223,9 +280,10 @@ def _rss_mb() -> float:
 class _Session:
     """What is open while playing, and the numbers the status line and the summary read."""
 
-    def __init__(self, bundle, engine, queue, audio, midi: list, osc, recorder, started: float):
+    def __init__(self, bundle, engine, queue, audio, midi: list, osc, recorder, started: float, effects):
         self.bundle, self.engine, self.queue, self.audio = bundle, engine, queue, audio
         self.midi, self.osc, self.recorder, self.started = midi, osc, recorder, started
+        self.effects = effects
 
     def midi_counts(self) -> tuple[int, int, int]:
         return (sum(m.received for m in self.midi), sum(m.ignored for m in self.midi),
@@ -265,6 +323,8 @@ class _Session:
             "osc": None if self.osc is None else {
                 "address": list(self.osc.address), "received": self.osc.received, "errors": self.osc.errors,
                 "malformed_packets": self.osc.malformed_packets, "last_error": self.osc.last_error},
+            "hook_errors": audio.stats.hook_errors,
+            "effects": {"chain": [e.type for e in self.effects.effects], "swaps": self.effects.swaps},
             "latents": {l.name: round(float(l.z_to_knob(z[l.index])), 4) for l in self.bundle.latents},
             "record": None if self.recorder is None else {
                 "path": str(self.recorder.path), "seconds": self.recorder.seconds, "blocks": self.recorder.blocks,
@@ -291,6 +351,9 @@ def _print_summary(s: dict, out) -> None:
     if osc is not None:
         print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC)"
               + (f" (last: {osc['last_error']})" if osc["last_error"] else ""), file=out)
+    if s["hook_errors"]:
+        print(f"  hook errors: {s['hook_errors']} (ramps or effects failed; those blocks played dry)", file=out)
+    print("  effects: " + (" > ".join(s["effects"]["chain"]) or "none"), file=out)
     if s["out_of_range_notes"]:
         print(f"  out-of-range notes: {s['out_of_range_notes']} (outside the model's pitch range; played anyway)",
               file=out)
@@ -334,8 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_devices()
     if args.list_midi:
         return _list_midi(args.midi_api)
-    if args.model is None:
-        parser.error("the model file is required")
+    if args.model is None and args.patch is None:
+        parser.error("the model file is required (or a --patch that names one)")
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -353,13 +416,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _play(args, stop: threading.Event) -> int:
-    import torch
-
-    from .bundle import load_bundle
-    from .engine import Engine
-    from .events import EventQueue
-    from .modelfile import ModelFileError
-
     status_width = [0]
 
     def log(text: str) -> None:               # any thread; clears the status line first
@@ -369,13 +425,37 @@ def _play(args, stop: threading.Event) -> int:
         raise UsageError("--block-size and --voices must be >= 1, --sample-rate >= 1000")
     if args.duration is not None and not args.duration > 0:
         raise UsageError("--duration must be > 0")
+    if args.learn is not None and args.mapping is None:
+        raise UsageError("--learn writes the learned binding into a mapping file: give --mapping FILE (a new "
+                         "file may hold just 'version: 1')")
+    feedback = _feedback(args.osc_feedback)
+    patch = _load_patch(args)
+    model_path = args.model if args.model is not None else patch.model
+
+    import torch                     # after the checks above: a refusal is quick
+
+    from .bundle import load_bundle
+    from .engine import Engine
+    from .events import EventQueue
+    from .modelfile import ModelFileError
+
     try:
-        bundle = load_bundle(args.model, with_encoder=False)
+        bundle = load_bundle(model_path, with_encoder=False)
     except (ModelFileError, OSError) as exc:
         raise UsageError(str(exc)) from None
     latents = _initial_latents(bundle, args.latent)
     params = _initial_params(args.param)
-    router = _load_router(args, bundle, log)
+    from .effects import EffectsChain
+
+    effects = EffectsChain()            # empty: a no-op; patch recall swaps effects in
+    mapping_path = args.mapping if args.mapping is not None else (patch.mapping if patch is not None else None)
+    router = _load_router(bundle, log, mapping_path=mapping_path, model_path=model_path, effects=effects,
+                          feedback=feedback)
+    if args.learn is not None:
+        try:
+            router.learn(args.learn)
+        except ValueError as exc:
+            raise UsageError(f"--learn: {exc}") from None
 
     torch.set_num_threads(1)
     sys.setswitchinterval(0.001)      # the callback waits at most ~1 ms for the GIL held by another thread
@@ -383,24 +463,20 @@ def _play(args, stop: threading.Event) -> int:
     _warm_up(bundle, sample_rate, args.block_size, args.voices)
     engine = Engine(bundle)
     engine.prepare(sample_rate, args.block_size, args.voices)
-    for name, value in params:
-        engine.set_param(name, value)
+    effects.prepare(sample_rate, args.block_size)
     queue = EventQueue(capacity=4096)
-    for event in latents:
-        queue.push(event)
-    # Optional router hooks (a mapping router has them; the default router needs none).
-    if callable(getattr(router, "prepare", None)):
-        router.prepare(sample_rate, engine.hop_size)
-    if callable(getattr(router, "sync", None)):
-        router.sync([*latents, *(param_event(name, value) for name, value in params)])
-    log(f"{PROG}: {args.model} ({len(bundle.latents)} latents: {', '.join(bundle.latent_names)}); "
+    router.prepare(sample_rate, engine.hop_size)
+    log(f"{PROG}: {model_path} ({len(bundle.latents)} latents: {', '.join(bundle.latent_names)}); "
         f"{engine.describe()}")
-    if callable(getattr(router, "describe", None)):
-        log(router.describe())
+    log(router.describe())
+    # The patch first, then --latent / --param on top; the first callback applies them in this order.
+    given = [*latents, *(param_event(name, value) for name, value in params)]
+    for event in [*(_recall(router, patch, bundle) if patch is not None else []), *given]:
+        queue.push(event)
+    router.sync(given)
 
     with ExitStack() as stack:
-        if callable(getattr(router, "close", None)):
-            stack.callback(router.close)
+        stack.callback(router.close)
         midi = _open_midi(args, router, queue, log)
         for m in midi:
             stack.callback(m.close)
@@ -440,9 +516,9 @@ def _play(args, stop: threading.Event) -> int:
         except (ValueError, sd.PortAudioError) as exc:
             raise UsageError(f"audio device {args.device!r}: {exc}") from None
         channels = max(1, min(2, int(info["max_output_channels"])))
-        audio = AudioOutput(engine, queue, device=device, channels=channels,
-                            tap=recorder.push if recorder is not None else None,
-                            block_events=getattr(router, "block_events", None))
+        effects.prepare(sample_rate, args.block_size, channels)      # keeps a patch's effects waiting to start
+        audio = AudioOutput(engine, queue, device=device, channels=channels, effects=effects,
+                            tap=recorder.push if recorder is not None else None, block_events=router.block_events)
         try:
             audio.start()
         except sd.PortAudioError as exc:
@@ -450,10 +526,9 @@ def _play(args, stop: threading.Event) -> int:
                   f"{args.block_size}: {exc}", file=sys.stderr)
             return 1
         stack.callback(audio.close)
-        if callable(getattr(router, "watch", None)):
-            router.watch()                     # hot reload of the mapping file
+        router.watch()                         # hot reload of the mapping file
         started = time.monotonic()
-        session = _Session(bundle, engine, queue, audio, midi, osc, recorder, started)
+        session = _Session(bundle, engine, queue, audio, midi, osc, recorder, started, effects)
         block_ms = 1000.0 * args.block_size / sample_rate
         frame_ms = 1000.0 * engine.control_delay_samples / sample_rate
         log(f"audio: {info['name']} ({channels} ch, {sample_rate} Hz)")
@@ -483,8 +558,19 @@ def _play(args, stop: threading.Event) -> int:
     if args.stats_json is not None:
         args.stats_json.parent.mkdir(parents=True, exist_ok=True)
         args.stats_json.write_text(json.dumps(summary, indent=1))
+    code = 0
+    if args.save_patch is not None:
+        from .patches import save_engine_patch
+
+        try:
+            saved = save_engine_patch(args.save_patch, engine, model=model_path, effects=effects.effects,
+                                      mapping=args.mapping, description=f"saved by {PROG}")
+            print(f"{PROG}: saved the sound as {saved}")
+        except Exception as exc:
+            print(f"{PROG}: cannot save the patch {args.save_patch}: {exc}", file=sys.stderr)
+            code = 1
     sys.stdout.flush()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ controller thread, never on the audio thread, so it may allocate; it must be qui
 CC 120/121/123 as the engine knows them (:func:`~instrument.events.from_mido`), CC 1..8 and CC 70..77 to the
 latents in importance order as 0..1 knobs, and OSC through the ``/sdga/`` address table
 (:data:`~instrument.io_osc.OSC_SPECS`). YAML mappings (``instrument.mapping.load_router``) return another
-object with the same two methods.
+object with the same two methods. ``sdga-play`` without ``--mapping`` plays through a mapping router built
+from :func:`default_mapping_text` (the same CCs as YAML bindings, smoothed), so patch recall, learn and save
+work without a file.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .bundle import LatentInfo
 from .events import Event, LatentSet, from_mido
 from .io_osc import osc_event
 
-__all__ = ["Router", "DefaultRouter", "LATENT_CCS", "LATENT_CCS_ALT"]
+__all__ = ["Router", "DefaultRouter", "LATENT_CCS", "LATENT_CCS_ALT", "default_mapping_text"]
 
 LATENT_CCS = tuple(range(1, 9))        # CC 1..8 -> latents 0..7 in importance order
 LATENT_CCS_ALT = tuple(range(70, 78))  # CC 70..77 (sound controllers; many knob boxes send these)
@@ -63,3 +65,17 @@ class DefaultRouter:
         names = {l.index: l.name for l in self.latents}
         ccs = ", ".join(f"CC{cc}={names[i]}" for cc, i in sorted(self.cc_to_latent.items()) if cc < 70)
         return f"default routing: notes, bend, sustain, CC120/121/123; latents {ccs or '(none)'} (also CC70..77)"
+
+
+def default_mapping_text(n_latents: int, patches: bool = False, latent_ccs: Sequence[int] = LATENT_CCS,
+                         latent_ccs_alt: Sequence[int] = LATENT_CCS_ALT) -> str:
+    """DefaultRouter's latent CCs as a mapping file's text (``instrument.mapping``), for ``n_latents`` latents;
+    with ``patches``, program change N also recalls patch N. Everything else passes through."""
+    lines = ["version: 1", "name: default routing", "mappings:"]
+    for ccs in (latent_ccs, latent_ccs_alt):
+        lines += [f"  - {{cc: {int(cc)}, target: latent/{rank}}}" for rank, cc in enumerate(ccs) if rank < n_latents]
+    if patches:
+        lines.append("  - {program: true, target: patch/select}")
+    if lines[-1] == "mappings:":
+        lines[-1] = "mappings: []"
+    return "\n".join(lines) + "\n"

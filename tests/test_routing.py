@@ -120,3 +120,26 @@ def test_osc_server_uses_the_router():
     server.close()
     assert list(queue.drain()) == [NoteOn(0), NoteOff(0)]
     assert (server.received, server.errors, server.last_error) == (2, 1, "bad")
+
+
+def test_default_mapping_routes_latent_ccs_like_the_default_router():
+    """sdga-play without --mapping plays through a MappingRouter built from default_mapping_text: the same CCs
+    reach the same latents (smoothed: the ramp ends on DefaultRouter's value), notes pass through, and program
+    change recalls patch N when there are patches."""
+    from instrument.mapping import MappingRouter, parse_mapping
+    from instrument.routing import default_mapping_text
+
+    bundle = random_bundle()
+    default = DefaultRouter(bundle.latents)
+    router = MappingRouter(parse_mapping(None, bundle, text=default_mapping_text(len(bundle.latents))), bundle)
+    router.prepare(48000, 128)
+    for i, cc in enumerate((*LATENT_CCS, *LATENT_CCS_ALT)):
+        message = mido.Message("control_change", control=cc, value=20 + 5 * i)
+        assert router.midi(message) == []                         # the ramp comes per block
+        last = [e for e in router.tick(48000) if isinstance(e, LatentSet)][-1]
+        expected = default.midi(message)[0]
+        assert (last.index, last.value, last.knob) == (expected.index, pytest.approx(expected.value), True)
+    note = mido.Message("note_on", note=60, velocity=90)
+    assert router.midi(note) == default.midi(note)
+    assert "program" not in default_mapping_text(8) and "patch/select" in default_mapping_text(8, patches=True)
+    assert default_mapping_text(2).count("latent/") == 4
