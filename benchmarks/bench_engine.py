@@ -1,7 +1,7 @@
 """Engine callback cost and note-on delay.
 
     .venv/bin/python benchmarks/bench_engine.py [MODEL.sdga] [--blocks 64 128 256 512] [--voices 1 4 8 16]
-                                                [--seconds 2] [--sample-rate 48000]
+                                                [--seconds 2] [--sample-rate 48000] [--repeats 1]
 
 For every block size x voice count: prepare an engine with that many voices, hold that many notes, and time
 ``process`` per block (one torch thread, as in the live instrument). Reports median and p99 compute time as
@@ -10,7 +10,8 @@ frame (hop, 128 samples at 48 kHz) only some blocks render a frame, so their med
 frame's cost; the mean is the sustained load. Then measures the note-on -> first-sample delay from rendered audio.
 
 Without a model file an untrained model of the default architecture is used (same cost as a trained one).
-Timings depend on what else the machine runs: the load average is printed with the table.
+Timings depend on what else the machine runs: the load average is printed with the table, and
+``--repeats N`` measures every cell N times (fresh engines) and prints the median of each statistic.
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--voices", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--seconds", type=float, default=2.0, help="audio time per cell")
     p.add_argument("--sample-rate", type=int, default=48000)
+    p.add_argument("--repeats", type=int, default=1, help="measure every cell this many times; report medians")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     bundle = load_bundle(args.model, with_encoder=False) if args.model else random_bundle()
@@ -90,28 +92,30 @@ def main(argv=None) -> int:
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     header = "block (ms)      " + "".join(f"{v:>4} voice{'s' if v > 1 else ' '}            " for v in args.voices)
 
-    def cell(t: np.ndarray, budget: float) -> str:
-        return (f"{100 * np.median(t) / budget:5.1f} /{100 * np.percentile(t, 99) / budget:5.1f} "
-                f"/{100 * np.mean(t) / budget:5.1f}")
+    def cell(measure, budget: float) -> str:
+        runs = [measure() for _ in range(max(1, args.repeats))]
+        stats = [np.median([f(t) for t in runs]) for f in (np.median, lambda t: np.percentile(t, 99), np.mean)]
+        return " /".join(f"{100 * s / budget:5.1f}" for s in stats)
 
     print("\ncompute time per process() call as % of the block's real-time budget: median / p99 / mean")
     print("A. every voice holds a note (sustained)")
     print(header)
     for block in args.blocks:
         budget = block / sr
-        cells = [cell(time_blocks(bundle, sr, block, v, args.seconds), budget) for v in args.voices]
+        cells = [cell(lambda: time_blocks(bundle, sr, block, v, args.seconds), budget) for v in args.voices]
         print(f"{block:5d} ({1000 * budget:5.2f}) " + "".join(f"{c:>23}" for c in cells))
     print("B. same, with a 5 Hz pitch-bend vibrato (inputs change every frame: no decoder caching)")
     print(header)
     for block in args.blocks:
         budget = block / sr
-        cells = [cell(time_blocks(bundle, sr, block, v, args.seconds, moving=True), budget) for v in args.voices]
+        cells = [cell(lambda: time_blocks(bundle, sr, block, v, args.seconds, moving=True), budget)
+                 for v in args.voices]
         print(f"{block:5d} ({1000 * budget:5.2f}) " + "".join(f"{c:>23}" for c in cells))
     block = 128
     budget = block / sr
     print(f"C. {max(args.voices)}-voice engine, block {block}: "
-          f"1 note {cell(time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=1), budget)}; "
-          f"silence {cell(time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=0), budget)}")
+          f"1 note {cell(lambda: time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=1), budget)}; "
+          f"silence {cell(lambda: time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=0), budget)}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     engine = Engine(bundle)
     engine.prepare(sr, 128, 1)

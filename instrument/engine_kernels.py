@@ -1,11 +1,14 @@
 """The engine's per-frame hot path: one decoder step and one synth interval for V voices, on buffers
 allocated once.
 
-These compute exactly what :class:`instrument.model.Decoder` and :func:`instrument.dsp.synthesize` compute
-(tests check both to float precision), rearranged for one frame at a time: the three input MLPs' first
-layers are one matmul, their second layers one batched matmul, the GRU is one ``gru_cell``, every
-elementwise op writes into a preallocated tensor, and the noise filter is a precomputed linear map
-(band magnitudes -> FIR spectrum) applied to a precomputed table of noise spectra.
+These compute what :class:`instrument.model.Decoder` and :func:`instrument.dsp.synthesize` compute (tests
+check both to float precision, and a minute of a held note against the offline synth), rearranged for one
+frame at a time in a few numba kernels (compiled once per machine, cached; fastmath off except
+reassociation inside the matmuls' dot products): the decoder's input part and its per-frame part are one
+call each, with LayerNorm, LeakyReLU and the GRU cell fused between the matmuls; the synth's controls are
+one call and the interval one more. Sines come from the exact phase of every sample (Chebyshev recurrence
+over harmonics in float64, nothing carried between samples: no drift). The noise filter's FIR is a
+precomputed linear map of the band magnitudes, convolved directly with the interval's white noise.
 
 Rates: the decoder's controls are rate-independent. At a device rate other than the model's, harmonics are
 rendered at the device rate (its Nyquist mask drops what does not fit) and the noise bands are resampled
@@ -17,9 +20,7 @@ import math
 
 import numpy as np
 import torch
-
-_layer_norm = torch.layer_norm            # the C function, without functional's Python dispatch checks
-_leaky_relu_ = torch._C._nn.leaky_relu_
+from numba import njit
 from torch import nn
 
 from . import dsp
@@ -79,10 +80,6 @@ def _mlp_parts(mlp: nn.Module) -> tuple[list[nn.Linear], list[nn.LayerNorm], flo
     return linears, norms, float(slope)
 
 
-class _Rows:
-    """Views of the first ``a`` rows (voices) of a kernel's buffers, made once in prepare."""
-
-
 def _w(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().float().contiguous()
 
@@ -99,6 +96,8 @@ class DecoderStep:
     of z_mlp(z)), so its contribution is folded into the GRU's input bias whenever z changes; and when no
     voice's (f0, loudness) changed since the previous frame (sustained notes, idle voices) the input MLPs and
     input projections are reused. Decoders of another structure run through the module (slower).
+    The matmuls take voices four at a time, so a voice's result can differ in the last bits with the number
+    of voices computed (as with BLAS), never by more than float rounding.
     """
 
     def __init__(self, decoder: Decoder, n_voices: int):
@@ -146,58 +145,59 @@ class DecoderStep:
             raise UnsupportedDecoder("unexpected LayerNorm")
         if len({n.eps for n in norms}) != 1 or out_lin[0].weight.shape != (h, G + 2 * h):
             raise UnsupportedDecoder("unexpected LayerNorm eps / out_mlp input size")
-        self._slope, self._eps, self._h = slopes.pop(), norms[0].eps, (h,)
+        self._slope, self._eps = float(slopes.pop()), float(norms[0].eps)
         f0_b, ld_b = branches[0], branches[1]
-        # Input MLPs of f0 and loudness side by side: (V, 2) -> (V, 2, h).
+        f32 = lambda t: _w(t).numpy()                     # noqa: E731  float32, contiguous, owned
+        # Input MLPs of f0 and loudness side by side: layer 1 (V, 2) -> (V, 2h), layer 2 per branch.
         w1 = torch.zeros(2, 2 * h)
         w1[0, :h] = f0_b[0][0].weight[:, 0]
         w1[1, h:] = ld_b[0][0].weight[:, 0]
-        self._w1 = _w(w1)
-        self._b1 = _w(torch.cat([f0_b[0][0].bias, ld_b[0][0].bias]))
-        self._g1 = _w(torch.stack([f0_b[1][0].weight, ld_b[1][0].weight]))               # (2, h)
-        self._be1 = _w(torch.stack([f0_b[1][0].bias, ld_b[1][0].bias]))
-        self._w2 = _w(torch.stack([f0_b[0][1].weight.t(), ld_b[0][1].weight.t()]))      # (2, h, h)
-        self._b2 = _w(torch.stack([f0_b[0][1].bias, ld_b[0][1].bias]).unsqueeze(1))     # (2, 1, h)
-        self._g2 = _w(torch.stack([f0_b[1][1].weight, ld_b[1][1].weight]).unsqueeze(1))
-        self._be2 = _w(torch.stack([f0_b[1][1].bias, ld_b[1][1].bias]).unsqueeze(1))
+        self._w1 = f32(w1)
+        self._b1 = f32(torch.cat([f0_b[0][0].bias, ld_b[0][0].bias]))
+        self._g1 = f32(torch.cat([f0_b[1][0].weight, ld_b[1][0].weight]))
+        self._be1 = f32(torch.cat([f0_b[1][0].bias, ld_b[1][0].bias]))
+        self._w2 = f32(torch.stack([f0_b[0][1].weight, ld_b[0][1].weight]))             # (2, h, h) (out, in)
+        self._b2 = f32(torch.stack([f0_b[0][1].bias, ld_b[0][1].bias]))                 # (2, h)
+        self._g2 = f32(torch.stack([f0_b[1][1].weight, ld_b[1][1].weight]))
+        self._be2 = f32(torch.stack([f0_b[1][1].bias, ld_b[1][1].bias]))
         # GRU: input projection split into the (f0, loudness) part and the z part (folded into the bias).
         w_ih = gru.weight_ih_l0                                                           # (3G, 3h)
-        self._w_ih_fl = _w(w_ih[:, :2 * h].t())                                          # (2h, 3G)
-        self._w_ih_z = _w(w_ih[:, 2 * h:])                                               # (3G, h)
+        self._w_ih_fl = f32(w_ih[:, :2 * h])                                             # (3G, 2h)
+        self._w_ih_z = _w(w_ih[:, 2 * h:])                                               # (3G, h) torch
         self._b_ih = _w(gru.bias_ih_l0)
-        self._w_hh, self._b_hh = _w(gru.weight_hh_l0.t()), _w(gru.bias_hh_l0)
+        self._b_ih_z = self._b_ih.clone()                 # GRU input bias with z's contribution
+        self._b_ih_z_np = self._b_ih_z.numpy()
+        self._w_hh, self._b_hh = f32(gru.weight_hh_l0), f32(gru.bias_hh_l0)
         self._z_mlp = dec.z_mlp
         # out_mlp layer 1 on [gru_out, f0_h, loudness_h], split into the GRU part and the input part.
         wo1 = out_lin[0].weight
-        self._wo1_g, self._wo1_fl = _w(wo1[:, :G].t()), _w(wo1[:, G:].t())
-        self._bo1 = _w(out_lin[0].bias)
-        self._no1 = (_w(out_norm[0].weight), _w(out_norm[0].bias))
-        self._wo2, self._bo2 = _w(out_lin[1].weight.t()), _w(out_lin[1].bias)
-        self._no2 = (_w(out_norm[1].weight), _w(out_norm[1].bias))
-        self._wout, self._bout = _w(dec.out.weight.t()), _w(dec.out.bias)
-        # Buffers (full size) and, for every row count a = 1..V, views of their first a rows.
-        self._b_ih_z = self._b_ih.clone()                 # GRU input bias with z's contribution
-        x1, fl = torch.zeros(V, 2 * h), torch.zeros(V, 2, h)
-        gi, gh = torch.zeros(V, 3 * G), torch.zeros(V, 3 * G)     # gi: input projection (+ bias), cached
-        ofl = torch.zeros(V, h)                           # out_mlp layer-1 input part (+ bias), cached
-        rz, n, tmp = torch.zeros(V, 2 * G), torch.zeros(V, G), torch.zeros(V, G)
-        o1, o2 = torch.zeros(V, h), torch.zeros(V, h)
-        self._rows = [None]
-        for a in range(1, V + 1):
-            r = _Rows()
-            r.inputs, r.inputs_np, r.previous = self.inputs[:a], self.inputs_np[:a], self._previous[:a]
-            r.x1, r.x1_3 = x1[:a], x1[:a].view(a, 2, h)
-            r.x2 = torch.zeros(2, a, h)
-            r.fl, r.fl_flat = fl[:a], fl[:a].view(a, 2 * h)
-            r.gi, r.gh, r.ofl, r.rz, r.n, r.o1, r.o2 = gi[:a], gh[:a], ofl[:a], rz[:a], n[:a], o1[:a], o2[:a]
-            r.raw = self.raw[:a]
-            r.rz_np, r.n_np, r.tmp_np = rz.numpy()[:a], n.numpy()[:a], tmp.numpy()[:a]
-            r.r_np, r.zg_np = r.rz_np[:, :G], r.rz_np[:, G:]
-            r.gi_rz, r.gh_rz = gi.numpy()[:a, :2 * G], gh.numpy()[:a, :2 * G]
-            r.gi_n, r.gh_n = gi.numpy()[:a, 2 * G:], gh.numpy()[:a, 2 * G:]
-            self._rows.append(r)
+        self._wo1_g, self._wo1_fl, self._bo1 = f32(wo1[:, :G]), f32(wo1[:, G:]), f32(out_lin[0].bias)
+        self._no1 = (f32(out_norm[0].weight), f32(out_norm[0].bias))
+        self._wo2, self._bo2 = f32(out_lin[1].weight), f32(out_lin[1].bias)
+        self._no2 = (f32(out_norm[1].weight), f32(out_norm[1].bias))
+        self._wout, self._bout = f32(dec.out.weight), f32(dec.out.bias)
+        # Buffers.
+        self._x1 = np.zeros((V, 2 * h), np.float32)       # input layer 1 (both branches)
+        self._x2 = np.zeros((2, V, h), np.float32)        # input layer 2, per branch
+        self._fl = np.zeros((V, 2 * h), np.float32)       # input MLP outputs [f0_h, loudness_h]
+        self._gi = np.zeros((V, 3 * G), np.float32)       # GRU input projection (+ bias), cached
+        self._ofl = np.zeros((V, h), np.float32)          # out_mlp layer-1 input part (+ bias), cached
+        self._gh = np.zeros((V, 3 * G), np.float32)       # GRU recurrent projection
+        self._o1, self._o2 = np.zeros((V, h), np.float32), np.zeros((V, h), np.float32)
+        self._raw_np = self.raw.numpy()
         self._cached_rows = 0                             # rows of gi / ofl valid for self._previous
-        self._state_t: torch.Tensor | None = None
+        self._compile()
+
+    def _compile(self) -> None:
+        """Compile (or load from numba's cache) the kernels for these buffers now, not in the first callback."""
+        _rows_equal(self.inputs_np, self._previous, 0)
+        _input_step(self.inputs_np, self._w1, self._b1, self._g1, self._be1, self._w2, self._b2, self._g2, self._be2,
+                    self._w_ih_fl, self._b_ih_z_np, self._wo1_fl, self._bo1, self._x1, self._x2, self._fl, self._gi,
+                    self._ofl, self._eps, self._slope, 0)
+        state = np.zeros((1, self.config.gru_size), np.float32)
+        _held_step(state, self._gi, self._gh, self._ofl, self._o1, self._o2, self._raw_np, self._w_hh, self._b_hh,
+                   self._wo1_g, self._no1[0], self._no1[1], self._wo2, self._bo2, self._no2[0], self._no2[1],
+                   self._wout, self._bout, self._eps, self._slope, 0)
 
     def run(self, gru_state: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """One frame for voices ``0 .. rows-1`` (default all): gru_state (V, G), contiguous, updated in
@@ -207,50 +207,21 @@ class DecoderStep:
             return self.raw
         if not self.fused:
             return self._run_module(gru_state)
-        h, eps, slope = self._h, self._eps, self._slope
-        if gru_state is not self._state_t:
-            self._state_t, state_np = gru_state, gru_state.numpy()
-            self._state_rows = [None] + [(gru_state[:a], state_np[:a]) for a in range(1, self.n_voices + 1)]
-        r = self._rows[rows]
-        state, state_np = self._state_rows[rows]
+        eps, slope = self._eps, self._slope
         if self._z_changed:
             z_h = self._z_mlp(self.z.unsqueeze(0))[0]
             torch.addmv(self._b_ih, self._w_ih_z, z_h, out=self._b_ih_z)
             self._cached_rows = 0
             self._z_changed = False
-        if rows > self._cached_rows or not np.array_equal(r.inputs_np, r.previous):
+        if rows > self._cached_rows or not _rows_equal(self.inputs_np, self._previous, rows):
             self._cached_rows = rows
-            r.previous[:] = r.inputs_np
-            torch.addmm(self._b1, r.inputs, self._w1, out=r.x1)
-            y = _layer_norm(r.x1_3, h, None, None, eps)
-            torch.addcmul(self._be1, y, self._g1, out=y)
-            _leaky_relu_(y, slope)
-            torch.baddbmm(self._b2, y.transpose(0, 1), self._w2, out=r.x2)
-            y = _layer_norm(r.x2, h, None, None, eps)
-            torch.addcmul(self._be2, y, self._g2, out=y)
-            _leaky_relu_(y, slope)
-            r.fl.copy_(y.transpose(0, 1))
-            torch.addmm(self._b_ih_z, r.fl_flat, self._w_ih_fl, out=r.gi)
-            torch.addmm(self._bo1, r.fl_flat, self._wo1_fl, out=r.ofl)
-        # GRU cell (PyTorch's equations): r, z = sigmoid(gi + gh); n = tanh(gi_n + r * gh_n);
-        # h' = n + z * (h - n).
-        torch.addmm(self._b_hh, state, self._w_hh, out=r.gh)
-        np.add(r.gi_rz, r.gh_rz, out=r.rz_np)
-        r.rz.sigmoid_()
-        np.multiply(r.r_np, r.gh_n, out=r.n_np)
-        r.n_np += r.gi_n
-        r.n.tanh_()
-        np.subtract(state_np, r.n_np, out=r.tmp_np)
-        r.tmp_np *= r.zg_np
-        np.add(r.n_np, r.tmp_np, out=state_np)
-        # out_mlp and output layer.
-        torch.addmm(r.ofl, state, self._wo1_g, out=r.o1)
-        y = _layer_norm(r.o1, h, self._no1[0], self._no1[1], eps)
-        _leaky_relu_(y, slope)
-        torch.addmm(self._bo2, y, self._wo2, out=r.o2)
-        y = _layer_norm(r.o2, h, self._no2[0], self._no2[1], eps)
-        _leaky_relu_(y, slope)
-        torch.addmm(self._bout, y, self._wout, out=r.raw)
+            self._previous[:rows] = self.inputs_np[:rows]
+            _input_step(self.inputs_np, self._w1, self._b1, self._g1, self._be1, self._w2, self._b2, self._g2,
+                        self._be2, self._w_ih_fl, self._b_ih_z_np, self._wo1_fl, self._bo1, self._x1, self._x2,
+                        self._fl, self._gi, self._ofl, eps, slope, rows)
+        _held_step(gru_state.numpy(), self._gi, self._gh, self._ofl, self._o1, self._o2, self._raw_np, self._w_hh,
+                   self._b_hh, self._wo1_g, self._no1[0], self._no1[1], self._wo2, self._bo2, self._no2[0],
+                   self._no2[1], self._wout, self._bout, eps, slope, rows)
         return self.raw
 
     def _run_module(self, gru_state: torch.Tensor) -> torch.Tensor:
@@ -267,26 +238,18 @@ class DecoderStep:
 
 # ---------------------------------------------------------------------------------------------- synth
 class _Frame:
-    """One frame of controls for V voices: dsp.SynthControls (V, 1, ...) plus flat NumPy views and the
-    harmonic amplitudes amplitude * distribution (unmasked); ``rows[a]`` holds the views of voices 0..a-1."""
+    """One frame of controls for V voices: dsp.SynthControls (V, 1, ...) plus flat NumPy views of it, and the
+    harmonic amplitudes amplitude * distribution (unmasked)."""
 
     def __init__(self, V: int, H: int, N: int):
         self.controls = dsp.SynthControls(
             f0_hz=torch.full((V, 1), 440.0), amplitude=torch.zeros(V, 1),
             harmonic_distribution=torch.zeros(V, 1, H), noise_magnitudes=torch.zeros(V, 1, N))
-        amps_t = torch.zeros(V, H)
-        noise_t = self.controls.noise_magnitudes.view(V, N)
-        f0_2d = self.controls.f0_hz.numpy()                       # (V, 1)
-        amp_2d = self.controls.amplitude.numpy()
-        dist = self.controls.harmonic_distribution.numpy()[:, 0]  # (V, H)
-        self.f0, self.amp, self.dist, self.noise, self.amps = f0_2d[:, 0], amp_2d[:, 0], dist, noise_t.numpy(), \
-            amps_t.numpy()
-        self.rows = [None]
-        for a in range(1, V + 1):
-            r = _Rows()
-            r.f0_2d, r.amp_2d, r.amp, r.dist = f0_2d[:a], amp_2d[:a], amp_2d[:a, 0], dist[:a]
-            r.noise_t, r.noise, r.amps = noise_t[:a], noise_t.numpy()[:a], amps_t.numpy()[:a]
-            self.rows.append(r)
+        self.f0 = self.controls.f0_hz.numpy()[:, 0]                          # (V,)
+        self.amp = self.controls.amplitude.numpy()[:, 0]
+        self.dist = self.controls.harmonic_distribution.numpy()[:, 0]        # (V, H)
+        self.noise = self.controls.noise_magnitudes.numpy()[:, 0]            # (V, N)
+        self.amps = np.zeros((V, H), dtype=np.float32)
 
     def zero_voice(self, v: int) -> None:
         self.amp[v] = 0.0
@@ -314,23 +277,18 @@ class StreamingSynth:
         self.model_sample_rate = float(model_sample_rate)
         self.hop_size = hop = int(hop_size)
         self.noise_bias = float(noise_bias)
-        f32 = np.float32
         with torch.no_grad():
             self.band_map = noise_band_map(N, model_sample_rate, sample_rate)         # (N, N_dev) float64
             n_dev = self.band_map.shape[1]
             irs = dsp.noise_impulse_responses(torch.eye(n_dev, dtype=torch.float64))  # (N_dev, ir)
             self.ir_size = ir_size = irs.shape[-1]
             self.tail_size = tail = ir_size - 1
-            conv_len = hop + ir_size - 1
-            self.n_fft = n_fft = 1 << (conv_len - 1).bit_length()
-            n_bins = n_fft // 2 + 1
-            spectrum = self.band_map.to(torch.complex128) @ torch.fft.rfft(irs, n=n_fft)   # (N, bins)
-            self._band_to_spectrum = torch.view_as_real(spectrum).reshape(N, 2 * n_bins).float().contiguous()
+            # The FIR design is linear in the magnitudes: model bands -> FIR taps is one (N, ir) map.
+            self._ir_map = (self.band_map @ irs).numpy().copy()                      # float64
             generator = torch.Generator().manual_seed(int(seed))
             self.noise_frames = T = int(noise_frames)
             self.noise_table = torch.rand(T, hop, generator=generator) * 2.0 - 1.0      # (T, hop)
-            self._noise_spectra = torch.fft.rfft(self.noise_table, n=n_fft)            # (T, bins) complex64
-            self._noise_spectra_np = self._noise_spectra.numpy()
+            self._noise_table_np = self.noise_table.numpy()
             offsets = (np.arange(V, dtype=np.int64) * (T // V)) % T
             self._noise_index = torch.from_numpy(offsets.copy())
             self._noise_index_np = self._noise_index.numpy()
@@ -342,71 +300,36 @@ class StreamingSynth:
                                         noise_tail=torch.zeros(V, tail))
             self._phase = self.state.phase_cycles.numpy()
             self._tail = self.state.noise_tail.numpy()
-            self._ramp = (np.arange(hop, dtype=f32) / f32(hop)).astype(f32)
-            self._hnum = np.arange(1, H + 1, dtype=f32)
-            self._hnum_t = torch.from_numpy(self._hnum)
-            # Full-size buffers, and views of their first a rows for a = 1..V.
-            df, f0max, hsum = np.zeros((V, 1), f32), np.zeros((V, 1), f32), np.zeros((V, 1), f32)
-            f0s, ph_a, ph_b = np.zeros((V, hop), f32), np.zeros((V, hop)), np.zeros((V, hop))
-            ph32_t, angles = torch.zeros(V, hop, 1), torch.zeros(V, hop, H)
-            tmp_h, mask = np.zeros((V, H), f32), np.zeros((V, H), bool)
-            amps2, both = torch.zeros(V, 2, H), torch.zeros(V, 2, hop)
-            ir_spec_real = torch.zeros(V, 2 * n_bins)
-            nspec, prod = torch.zeros(V, n_bins, dtype=torch.complex64), torch.zeros(V, n_bins, dtype=torch.complex64)
-            filt = torch.zeros(V, n_fft)
-            self._rows = [None]
-            for a in range(1, V + 1):
-                r = _Rows()
-                r.df, r.f0max, r.hsum = df[:a], f0max[:a], hsum[:a]
-                r.f0s, r.ph_a, r.ph_b = f0s[:a], ph_a[:a], ph_b[:a]
-                r.ph_b_t, r.ph_last = torch.from_numpy(ph_b[:a]), ph_b[:a, -1]
-                r.phase, r.phase_2d, r.tail = self._phase[:a], self._phase[:a, None], self._tail[:a]
-                r.ph32_t, r.ph32 = ph32_t[:a], ph32_t.numpy()[:a, :, 0]
-                r.angles, r.angles_t = angles[:a], angles[:a].transpose(1, 2)
-                r.tmp_h, r.mask = tmp_h[:a], mask[:a]
-                r.amps2, r.a0, r.a1 = amps2[:a], amps2.numpy()[:a, 0], amps2.numpy()[:a, 1]
-                r.both, r.both0, r.both1 = both[:a], both.numpy()[:a, 0], both.numpy()[:a, 1]
-                r.ir_spec_real = ir_spec_real[:a]
-                r.ir_spec = torch.view_as_complex(ir_spec_real[:a].view(a, n_bins, 2))
-                r.nspec, r.nspec_np, r.prod = nspec[:a], nspec.numpy()[:a], prod[:a]
-                r.filt = filt[:a]
-                r.filt_head, r.filt_hop = filt.numpy()[:a, :tail], filt.numpy()[:a, :hop]
-                r.filt_tail = filt.numpy()[:a, hop:hop + tail]
-                r.noise_index = self._noise_index_np[:a]
-                self._rows.append(r)
+            self._ramp = (np.arange(hop, dtype=np.float32) / np.float32(hop)).astype(np.float32)
+            # Scratch for the render kernel (one voice at a time).
+            self._ir, self._ir32 = np.zeros(ir_size), np.zeros(ir_size, np.float32)
+            self._filt = np.zeros(hop + tail, np.float32)
+            self._scratch = [np.zeros(hop) for _ in range(5)]        # 2 cos, sin_h, sin_(h-1), two sums
         self._raw: torch.Tensor | None = None
         self._out: torch.Tensor | None = None
+        # Compile (or load from numba's cache) the kernels now, not in the first callback.
+        f32 = np.zeros(V, np.float32)
+        cur = self.cur
+        _controls_kernel(0, np.zeros((V, 1 + H + N), np.float32), f32, f32, self.noise_bias, cur.f0, cur.amp, cur.dist,
+                         cur.noise, cur.amps, self.model_sample_rate / 2.0)
+        _render_kernel(0, np.zeros((V, hop), np.float32), cur.f0, cur.f0, cur.amps, cur.amps, cur.noise, self._phase,
+                       self._tail, self._noise_table_np, self._noise_index_np, self._ramp, self.sample_rate,
+                       self._ir_map, self._ir, self._ir32, self._filt, *self._scratch)
 
     # ------------------------------------------------------------------------------------------ controls
     def set_controls(self, raw: torch.Tensor, amp_gain: np.ndarray, noise_gain: np.ndarray,
                      rows: int | None = None) -> None:
         """raw (V, 1 + H + N) decoder outputs -> ``cur`` (dsp.raw_to_controls at the model's rate), with the
-        amplitude scaled by amp_gain (V,) and the noise magnitudes by noise_gain (V,). ``raw`` is overwritten.
+        amplitude scaled by amp_gain (V,) and the noise magnitudes by noise_gain (V,).
         ``cur.f0`` must hold this frame's f0 already."""
         rows = self.n_voices if rows is None else rows
         if rows <= 0:
             return
         if raw is not self._raw:
-            H = self.n_harmonics
-            self._raw, raw_np = raw, raw.numpy()
-            self._raw_rows = [None] + [(raw[:a], raw_np[:a], raw_np[:a, 0], raw_np[:a, 1:1 + H],
-                                        raw_np[:a, 1 + H:]) for a in range(1, self.n_voices + 1)]
-        raw_t, raw_np, raw_amp, raw_h, raw_n = self._raw_rows[rows]
-        cur, r = self.cur.rows[rows], self._rows[rows]
-        raw_n += self.noise_bias
-        raw_t.sigmoid_()
-        raw_t.pow_(math.log(10.0))
-        raw_np *= 2.0
-        raw_np += 1e-7
-        np.multiply(raw_amp, amp_gain[:rows], out=cur.amp)
-        np.multiply(cur.f0_2d, self._hnum, out=r.tmp_h)
-        np.less(r.tmp_h, self.model_sample_rate / 2.0, out=r.mask)
-        np.multiply(raw_h, r.mask, out=cur.dist)
-        np.add.reduce(cur.dist, axis=1, keepdims=True, out=r.hsum)
-        np.maximum(r.hsum, 1e-7, out=r.hsum)
-        cur.dist /= r.hsum
-        np.multiply(raw_n, noise_gain[:rows, None], out=cur.noise)
-        np.multiply(cur.dist, cur.amp_2d, out=cur.amps)
+            self._raw, self._raw_np = raw, raw.numpy()
+        cur = self.cur
+        _controls_kernel(rows, self._raw_np, amp_gain, noise_gain, self.noise_bias, cur.f0, cur.amp, cur.dist, cur.noise,
+                         cur.amps, self.model_sample_rate / 2.0)
 
     def restart_voice(self, v: int, offset: int) -> None:
         """Voice v starts fresh at sample ``offset`` of the next interval: its previous frame becomes the
@@ -442,43 +365,260 @@ class StreamingSynth:
         rows = self.n_voices if rows is None else rows
         if rows > 0:
             if out is not self._out:
-                self._out, out_np = out, out.numpy()
-                self._out_rows = [None] + [out_np[:a] for a in range(1, self.n_voices + 1)]
-            self._render(self._out_rows[rows], self.cur.rows[rows], self.last.rows[rows], self._rows[rows])
+                self._out, self._out_np = out, out.numpy()
+            cur, last = self.cur, self.last
+            _render_kernel(rows, self._out_np, cur.f0, last.f0, cur.amps, last.amps, cur.noise, self._phase,
+                           self._tail, self._noise_table_np, self._noise_index_np, self._ramp, self.sample_rate,
+                           self._ir_map, self._ir, self._ir32, self._filt, *self._scratch)
         self.interval += 1
         self._noise_index_np += 1
         np.remainder(self._noise_index_np, self.noise_frames, out=self._noise_index_np)
         self.cur, self.last = self.last, self.cur
         self.state.last = self.last.controls
 
-    def _render(self, out, cur, last, r) -> None:
-        # Harmonic part (dsp.render_harmonic for one frame): f0 ramp, phase in float64, sines, two mat-vecs.
-        np.subtract(cur.f0_2d, last.f0_2d, out=r.df)
-        np.multiply(r.df, self._ramp, out=r.f0s)
-        r.f0s += last.f0_2d
-        np.divide(r.f0s, self.sample_rate, out=r.ph_a, dtype=np.float64)
-        np.add.accumulate(r.ph_a, axis=1, out=r.ph_b)
-        r.ph_b += r.phase_2d
-        r.ph_b_t.frac_()                        # phase >= 0, so frac == remainder(., 1)
-        r.phase[:] = r.ph_last
-        np.copyto(r.ph32, r.ph_b, casting="same_kind")
-        r.ph32 *= np.float32(2.0 * math.pi)
-        torch.mul(r.ph32_t, self._hnum_t, out=r.angles)
-        r.angles.sin_()
-        np.maximum(last.f0_2d, cur.f0_2d, out=r.f0max)
-        np.multiply(r.f0max, self._hnum, out=r.tmp_h)
-        np.less(r.tmp_h, self.sample_rate / 2.0, out=r.mask)
-        np.multiply(last.amps, r.mask, out=r.a0)
-        np.multiply(cur.amps, r.mask, out=r.a1)
-        r.a1 -= r.a0
-        torch.bmm(r.amps2, r.angles_t, out=r.both)
-        np.multiply(r.both1, self._ramp, out=out)
-        out += r.both0
-        # Filtered noise (dsp.render_noise for one frame), overlap-added with the tail.
-        torch.mm(cur.noise_t, self._band_to_spectrum, out=r.ir_spec_real)
-        np.take(self._noise_spectra_np, r.noise_index, axis=0, out=r.nspec_np)
-        torch.mul(r.nspec, r.ir_spec, out=r.prod)
-        torch.fft.irfft(r.prod, n=self.n_fft, out=r.filt)
-        r.filt_head += r.tail
-        out += r.filt_hop
-        r.tail[:] = r.filt_tail
+
+# ---------------------------------------------------------------------------------------------- numba kernels
+# Compiled once per machine (cache=True); fastmath stays off so every operation rounds as written.
+_LOG10 = math.log(10.0)
+
+
+@njit(cache=True)
+def _controls_kernel(rows, raw, amp_gain, noise_gain, noise_bias, f0, amp, dist, noise, amps, nyquist_model):
+    """dsp.raw_to_controls for one frame of voices 0..rows-1 (exp_sigmoid in float64, stored as float32)."""
+    H = dist.shape[1]
+    N = noise.shape[1]
+    for v in range(rows):
+        a = 2.0 * (1.0 / (1.0 + math.exp(-float(raw[v, 0])))) ** _LOG10 + 1e-7
+        amp_v = np.float32(a) * amp_gain[v]
+        amp[v] = amp_v
+        f = f0[v]
+        total = 0.0
+        for h in range(H):
+            if f * np.float32(h + 1) < nyquist_model:
+                x = np.float32(2.0 * (1.0 / (1.0 + math.exp(-float(raw[v, 1 + h])))) ** _LOG10 + 1e-7)
+            else:
+                x = np.float32(0.0)
+            dist[v, h] = x
+            total += float(x)
+        scale = np.float32(max(total, 1e-7))
+        for h in range(H):
+            d = dist[v, h] / scale
+            dist[v, h] = d
+            amps[v, h] = d * amp_v
+        g = noise_gain[v]
+        for n in range(N):
+            x = float(raw[v, 1 + H + n]) + noise_bias
+            noise[v, n] = np.float32(2.0 * (1.0 / (1.0 + math.exp(-x))) ** _LOG10 + 1e-7) * g
+
+
+@njit(cache=True)
+def _render_kernel(rows, out, cur_f0, last_f0, cur_amps, last_amps, cur_noise, phase, tail, noise_table, noise_index,
+                   ramp, sample_rate, ir_map, ir, ir32, filt, c2, s1, s2, acc0, acc1):
+    """One interval of voices 0..rows-1: harmonic bank (render_harmonic) + filtered noise (render_noise).
+
+    Sines: sin(h x) by the Chebyshev recurrence over h in float64 from x = float32(2 pi phase), exact per
+    sample (nothing carries over between samples, so no drift). Noise: the FIR (a linear map of the band
+    magnitudes, in float64) convolved directly with the interval's white noise in float32 (as the FFT path
+    of render_noise), overlap-added with the tail.
+    """
+    hop = out.shape[1]
+    H = cur_amps.shape[1]
+    N, n_ir = ir_map.shape
+    n_tail = tail.shape[1]
+    two_pi = np.float32(2.0 * math.pi)
+    for v in range(rows):
+        # f0 ramp (float32, as upsample_linear) and phase (float64 cumsum, then wrapped).
+        f_last, f_cur = last_f0[v], cur_f0[v]
+        df = f_cur - f_last
+        p0 = phase[v]
+        cum = 0.0
+        for s in range(hop):
+            f = df * ramp[s] + f_last
+            cum += float(f) / sample_rate
+            p = cum + p0
+            p -= math.floor(p)
+            x = float(np.float32(np.float32(p) * two_pi))
+            c2[s] = 2.0 * math.cos(x)
+            s1[s] = math.sin(x)
+            s2[s] = 0.0
+            acc0[s] = 0.0
+            acc1[s] = 0.0
+            if s == hop - 1:
+                phase[v] = p
+        # Harmonics below Nyquist for the higher f0 of the two frames.
+        f_max = max(f_last, f_cur)
+        n_h = 0
+        while n_h < H and f_max * np.float32(n_h + 1) < sample_rate / 2.0:
+            n_h += 1
+        for h in range(n_h):
+            a0 = last_amps[v, h]
+            d = float(cur_amps[v, h] - a0)
+            a0 = float(a0)
+            if h == 0:
+                for s in range(hop):
+                    acc0[s] = a0 * s1[s]
+                    acc1[s] = d * s1[s]
+            else:
+                for s in range(hop):
+                    t = c2[s] * s1[s] - s2[s]
+                    s2[s] = s1[s]
+                    s1[s] = t
+                    acc0[s] += a0 * t
+                    acc1[s] += d * t
+        for s in range(hop):
+            out[v, s] = np.float32(acc0[s] + float(ramp[s]) * acc1[s])
+        # Filtered noise.
+        for j in range(n_ir):
+            ir[j] = 0.0
+        for n in range(N):
+            m = float(cur_noise[v, n])
+            if m != 0.0:
+                for j in range(n_ir):
+                    ir[j] += m * ir_map[n, j]
+        for j in range(n_ir):
+            ir32[j] = np.float32(ir[j])
+        for j in range(n_tail):
+            filt[j] = tail[v, j]
+        for j in range(n_tail, filt.shape[0]):
+            filt[j] = 0.0
+        frame = noise_index[v]
+        for k in range(hop):
+            w = noise_table[frame, k]
+            for j in range(n_ir):
+                filt[k + j] += w * ir32[j]
+        for s in range(hop):
+            out[v, s] += filt[s]
+        for j in range(n_tail):
+            tail[v, j] = filt[hop + j]
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _matmul_acc(x, x_col, w, out, out_col, rows):
+    """out[i, out_col + j] += sum_k x[i, x_col + k] w[j, k] for rows i < rows; w (N, K) is nn.Linear's layout.
+
+    Each sum is a dot product over contiguous memory, vectorised (``reassoc`` lets LLVM split it into lanes:
+    a different rounding order than BLAS, not a less accurate one); four rows share each weight row.
+    """
+    N, K = w.shape
+    i0 = 0
+    while i0 + 4 <= rows:
+        x0, x1 = x[i0, x_col:x_col + K], x[i0 + 1, x_col:x_col + K]
+        x2, x3 = x[i0 + 2, x_col:x_col + K], x[i0 + 3, x_col:x_col + K]
+        for j in range(N):
+            wj = w[j]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for k in range(K):
+                wk = wj[k]
+                a0 += x0[k] * wk
+                a1 += x1[k] * wk
+                a2 += x2[k] * wk
+                a3 += x3[k] * wk
+            out[i0, out_col + j] += a0
+            out[i0 + 1, out_col + j] += a1
+            out[i0 + 2, out_col + j] += a2
+            out[i0 + 3, out_col + j] += a3
+        i0 += 4
+    for i in range(i0, rows):
+        xi = x[i, x_col:x_col + K]
+        for j in range(N):
+            wj = w[j]
+            a0 = np.float32(0.0)
+            for k in range(K):
+                a0 += xi[k] * wj[k]
+            out[i, out_col + j] += a0
+
+
+@njit(cache=True)
+def _fill_rows(src, out, rows):
+    """out[i] = src for i < rows (src (N,)), or out[i] = src[i] (src (rows, N))."""
+    for i in range(rows):
+        if src.ndim == 1:
+            out[i, :] = src
+        else:
+            out[i, :] = src[i]
+
+
+@njit(cache=True)
+def _norm_act(x, col, width, g, b, eps, slope, out, out_col, rows):
+    """LayerNorm (stats in float64) + affine + LeakyReLU of x[i, col:col+width] into out[i, out_col:...]."""
+    for i in range(rows):
+        mean = 0.0
+        for j in range(width):
+            mean += float(x[i, col + j])
+        mean /= width
+        var = 0.0
+        for j in range(width):
+            d = float(x[i, col + j]) - mean
+            var += d * d
+        rstd = 1.0 / math.sqrt(var / width + eps)
+        for j in range(width):
+            y = np.float32((float(x[i, col + j]) - mean) * rstd) * g[j] + b[j]
+            out[i, out_col + j] = y if y >= 0 else y * slope
+
+
+@njit(cache=True)
+def _input_layer(inputs, w1, b1, g1, be1, eps, slope, out, rows):
+    """The f0 and loudness MLPs' first layers (1 -> h each) with their LayerNorm and LeakyReLU: out (V, 2h)."""
+    h2 = out.shape[1]
+    h = h2 // 2
+    for i in range(rows):
+        for j in range(h2):
+            out[i, j] = inputs[i, 0] * w1[0, j] + inputs[i, 1] * w1[1, j] + b1[j]
+    _norm_act(out, 0, h, g1[:h], be1[:h], eps, slope, out, 0, rows)
+    _norm_act(out, h, h, g1[h:], be1[h:], eps, slope, out, h, rows)
+
+
+@njit(cache=True)
+def _gru_update(gi, gh, state, rows):
+    """PyTorch's GRU cell from the projections gi, gh (rows, 3G): r, z = sigmoid(gi + gh);
+    n = tanh(gi_n + r * gh_n); h' = n + z * (h - n), in place on state."""
+    G = state.shape[1]
+    for i in range(rows):
+        for j in range(G):
+            r = np.float32(1.0 / (1.0 + math.exp(-float(gi[i, j] + gh[i, j]))))
+            z = np.float32(1.0 / (1.0 + math.exp(-float(gi[i, G + j] + gh[i, G + j]))))
+            n = np.float32(math.tanh(float(gi[i, 2 * G + j] + r * gh[i, 2 * G + j])))
+            state[i, j] = n + z * (state[i, j] - n)
+
+
+@njit(cache=True)
+def _input_step(inputs, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_fl, b_ih_z, wo1_fl, bo1, x1, x2, fl, gi, ofl, eps,
+                slope, rows):
+    """The decoder's input part (f0 and loudness MLPs, their GRU input projection and out_mlp layer-1 part)."""
+    h = x2.shape[2]
+    _input_layer(inputs, w1, b1, g1, be1, eps, slope, x1, rows)
+    for k in range(2):
+        _fill_rows(b2[k], x2[k], rows)
+        _matmul_acc(x1, k * h, w2[k], x2[k], 0, rows)
+        _norm_act(x2[k], 0, h, g2[k], be2[k], eps, slope, fl, k * h, rows)
+    _fill_rows(b_ih_z, gi, rows)
+    _matmul_acc(fl, 0, w_ih_fl, gi, 0, rows)
+    _fill_rows(bo1, ofl, rows)
+    _matmul_acc(fl, 0, wo1_fl, ofl, 0, rows)
+
+
+@njit(cache=True)
+def _held_step(state, gi, gh, ofl, o1, o2, raw, w_hh, b_hh, wo1_g, g1, be1, wo2, bo2, g2, be2, wout, bout, eps,
+                slope, rows):
+    """The decoder's per-frame part (GRU cell, out_mlp, output layer): state updated in place, raw written."""
+    h = o1.shape[1]
+    _fill_rows(b_hh, gh, rows)
+    _matmul_acc(state, 0, w_hh, gh, 0, rows)
+    _gru_update(gi, gh, state, rows)
+    _fill_rows(ofl, o1, rows)
+    _matmul_acc(state, 0, wo1_g, o1, 0, rows)
+    _norm_act(o1, 0, h, g1, be1, eps, slope, o1, 0, rows)
+    _fill_rows(bo2, o2, rows)
+    _matmul_acc(o1, 0, wo2, o2, 0, rows)
+    _norm_act(o2, 0, h, g2, be2, eps, slope, o2, 0, rows)
+    _fill_rows(bout, raw, rows)
+    _matmul_acc(o2, 0, wout, raw, 0, rows)
+
+
+@njit(cache=True)
+def _rows_equal(a, b, rows):
+    for i in range(rows):
+        for j in range(a.shape[1]):
+            if a[i, j] != b[i, j]:
+                return False
+    return True
