@@ -93,11 +93,12 @@ def save_model_file(path: Path | str, tensors: dict[str, torch.Tensor], metadata
         METADATA_KEY_SDGA_SHA256: hashlib.sha256(metadata_json.encode("utf-8")).hexdigest(),
     }
     data = safetensors_save(cpu_tensors, metadata=header_metadata)
-    _write_atomically(path, data)
+    write_atomically(path, data)
     return path
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: a crash never leaves a half-written ``path``."""
     directory = path.parent if str(path.parent) else Path(".")
     file_descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:

@@ -12,13 +12,13 @@ importance rank (``0``); names are checked against the model when a bundle is gi
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import yaml
 
+from .modelfile import write_atomically
 from .effects import EFFECTS, EffectConfig
 from .events import PARAMS, Event, LatentSet, Param, ParamSet
 from .targets import KeySpec, MappingError, YamlFile
@@ -205,19 +205,7 @@ def load_patches(where: str | Path | Sequence[str | Path], bundle=None) -> tuple
 # ---------------------------------------------------------------------------------------------- saving
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, text.encode("utf-8"))
 
 
 def _rel(path: Path, target: str | Path) -> str:

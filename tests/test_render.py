@@ -12,6 +12,7 @@ import torch
 
 from instrument.bundle import random_bundle, save_bundle
 from instrument.render import main, midi_file_events, render_midi
+from test_engine import sine_bundle
 
 SR = 48000
 NOTES = [(57, 0.10, 0.50), (64, 0.60, 1.00), (69, 1.10, 1.50), (45, 1.60, 2.00)]   # (note, on s, off s)
@@ -25,17 +26,6 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def sine_bundle(seed: int = 0):
-    """Untrained model whose output is the fundamental only: its pitch is easy to measure."""
-    b = random_bundle(seed=seed)
-    H = b.config.n_harmonics
-    with torch.no_grad():
-        out = b.decoder.out
-        out.weight[1:] = 0.0
-        out.bias[1] = 8.0
-        out.bias[2:1 + H] = -8.0
-        out.bias[1 + H:] = -40.0
-    return b
 
 
 def write_midi(path, notes=NOTES, bpm: float = 120.0) -> None:
