@@ -35,6 +35,16 @@ def _fmt(x, spec=".3f"):
     return str(x)
 
 
+def _value(text: str):
+    """A --loss value: int, float or string (e.g. posterior_noise=frame)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def print_table(title: str, rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """columns: (key, header, format spec)."""
     print(f"\n{title}")
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if "loss_overrides" not in {f.name for f in fields(TrainConfig)}:
             p.error("--loss needs TrainConfig.loss_overrides (passed to LossConfig by run_training)")
         pairs = [item.split("=", 1) for item in args.loss]
-        extra["loss_overrides"] = {k: int(v) if v.lstrip("-").isdigit() else float(v) for k, v in pairs}
+        extra["loss_overrides"] = {k: _value(v) for k, v in pairs}
     if args.threads:
         torch.set_num_threads(args.threads)
     q = args.quick

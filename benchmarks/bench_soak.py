@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--voices", type=int, default=8)
+    p.add_argument("--no-virtual-midi", action="store_true", help="sdga-play without its virtual MIDI port (one JACK client fewer)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (recording, stats, jackd log)")
     p.add_argument("--realtime", action="store_true",
                    help="run jackd with real-time scheduling (as on stage; needs root or an rtprio limit)")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         command = [sys.executable, "-m", "instrument.play", str(model), "--device", "JACK", "--block-size",
                    str(args.block_size), "--voices", str(args.voices), "--midi", "soak_keys", "--osc-port", "0",
                    "--duration", str(args.seconds), "--record", str(work / "take.wav"),
-                   "--stats-json", str(work / "stats.json"), "--quiet"]
+                   "--stats-json", str(work / "stats.json"), "--quiet"] + (["--no-virtual-midi"] if args.no_virtual_midi else [])
         player = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, bufsize=1)
         lines: list[str] = []
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
     print(f"  underflows after the first second: {stats['underflows'] - stats['startup_underflows']} "
           f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
           f"{stats['callbacks']}")
+    print(f"  callbacks that began > half a block late (CPU or GIL wait): {stats.get('late_starts')}; max start "
+          f"delay {stats.get('max_start_delay_ms', float('nan')):.2f} ms")
     print(f"  callback load: median {100 * stats['load_median']:.1f}%, p99 {100 * stats['load_p99']:.1f}%, max "
           f"{stats['max_callback_ms']:.2f} ms of {1000 * args.block_size / 48000:.2f} ms")
     print(f"  non-finite samples: {nonfinite} of {audio.size}; peak {float(np.abs(audio).max(initial=0)):.3f}; "

@@ -42,6 +42,10 @@ class AudioStats:
     late: int = 0                   # callbacks whose compute time exceeded the block's duration
     hook_errors: int = 0            # block_events raised (queued events only) or effects raised (dry block)
     max_callback_ms: float = 0.0
+    # How long after PortAudio's callback time the Python callback began (waiting for the CPU or the GIL): time
+    # that the load figures do not see. Measured with the stream clock; 0 where the host API gives no time.
+    max_start_delay_ms: float = 0.0
+    late_starts: int = 0            # callbacks that began more than half a block late
 
 
 LOAD_BINS_PER_UNIT = 200           # load histogram: 0.5 % bins ...
@@ -77,6 +81,13 @@ class AudioOutput:
     def _callback(self, outdata, frames, time_info, status) -> None:
         started = time.perf_counter()
         stats = self.stats
+        stream = self._stream
+        if stream is not None and time_info.currentTime > 0.0:
+            delay = stream.time - time_info.currentTime
+            if delay * 1000.0 > stats.max_start_delay_ms:
+                stats.max_start_delay_ms = delay * 1000.0
+            if delay > 0.5 * self._budget_s:
+                stats.late_starts += 1
         if status.output_underflow:
             stats.underflows += 1
             if stats.callbacks < self._blocks_per_second:

@@ -11,6 +11,7 @@ at once, then --latent / --param on top), engine, MIDI, OSC, recorder, audio str
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import json
 import math
@@ -313,6 +314,7 @@ class _Session:
             "sample_rate": engine.sample_rate, "block_size": engine.block_size,
             "callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
             "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
+            "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
             "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
             "engine_errors": engine.stats.errors, "engine_last_error": engine.stats.last_error,
             "voice_resets": engine.stats.voice_resets, "events": engine.stats.events,
@@ -519,6 +521,9 @@ def _play(args, stop: threading.Event) -> int:
         effects.prepare(sample_rate, args.block_size, channels)      # keeps a patch's effects waiting to start
         audio = AudioOutput(engine, queue, device=device, channels=channels, effects=effects,
                             tap=recorder.push if recorder is not None else None, block_events=router.block_events)
+        gc.collect()
+        gc.freeze()        # everything allocated so far (torch, the model) leaves the collector's view, so a
+        #                    collection triggered in the callback scans only what is new: no 50-100 ms pauses
         try:
             audio.start()
         except sd.PortAudioError as exc:

@@ -24,6 +24,11 @@ class LossConfig:
     learning_rate: float = 2e-3
     lr_decay_steps: int = 4000        # exponential decay by 10x over this many steps
     grad_clip: float = 2.0
+    # Posterior sampling noise: "window" draws one eps per latent per training window, shared by all its frames
+    # (z_t = mean_t + std_t * eps); "frame" draws it per frame. Per-frame noise is white at the frame rate, so
+    # the decoder's GRU averages it away: the latents then carry timbre as small mean offsets under a std
+    # near 1, where the KL is rotation-invariant and no beta disentangles (measured: README, beta table).
+    posterior_noise: str = "window"
 
 
 class SdgaModule(pl.LightningModule):
@@ -32,6 +37,8 @@ class SdgaModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["mel_basis"])
         self.model_config = ModelConfig.from_dict(model_config)
         self.loss_config = LossConfig(**loss_config)
+        if self.loss_config.posterior_noise not in ("window", "frame"):
+            raise ValueError(f"posterior_noise must be 'window' or 'frame', got {self.loss_config.posterior_noise!r}")
         self.decoder = Decoder(self.model_config)
         self.encoder = Encoder(self.model_config, mel_basis)
         self.spectral_loss = spectral_loss_module(self.model_config.sample_rate)
@@ -55,7 +62,7 @@ class SdgaModule(pl.LightningModule):
     def forward_batch(self, batch: dict, sample: bool, noise_generator: torch.Generator | None = None) -> dict:
         audio, f0_hz, loudness_db = batch["audio"], batch["f0_hz"], batch["loudness_db"]
         mean, logvar = self.encoder(audio)                 # (B, F + 1, D)
-        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
+        z = mean + self._posterior_eps(mean) * torch.exp(0.5 * logvar) if sample else mean
         noise = torch.rand(audio.shape, generator=noise_generator, device=audio.device) * 2.0 - 1.0
         harmonic, filtered = self.render(f0_hz, loudness_db, z, noise)
         output = harmonic + filtered
@@ -63,6 +70,11 @@ class SdgaModule(pl.LightningModule):
         kl_per_dim = kl_divergence(mean, logvar).mean(dim=(0, 1))   # (D,) nats per frame
         return {"output": output, "harmonic": harmonic, "noise": filtered, "spectral": spectral,
                 "kl_per_dim": kl_per_dim, "kl": kl_per_dim.sum()}
+
+    def _posterior_eps(self, mean: torch.Tensor) -> torch.Tensor:
+        if self.loss_config.posterior_noise == "frame":
+            return torch.randn_like(mean)
+        return torch.randn(mean.shape[0], 1, mean.shape[2], dtype=mean.dtype, device=mean.device).expand_as(mean)
 
     # ------------------------------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
