@@ -163,12 +163,16 @@ class DecoderStep:
         # GRU: input projection split into the (f0, loudness) part and the z part (folded into the bias).
         w_ih = gru.weight_ih_l0                                                           # (3G, 3h)
         self._w_ih_fl = f32(w_ih[:, :2 * h])                                             # (3G, 2h)
-        self._w_ih_z = _w(w_ih[:, 2 * h:])                                               # (3G, h) torch
-        self._b_ih = _w(gru.bias_ih_l0)
-        self._b_ih_z = self._b_ih.clone()                 # GRU input bias with z's contribution
-        self._b_ih_z_np = self._b_ih_z.numpy()
+        self._w_ih_z = f32(w_ih[:, 2 * h:])                                              # (3G, h)
+        self._b_ih = f32(gru.bias_ih_l0)
+        self._b_ih_z_np = self._b_ih.copy()               # GRU input bias with z's contribution
+        z_b = branches[2]                                 # z_mlp, run by a kernel when z changes (no torch)
+        self._zw = (f32(z_b[0][0].weight), f32(z_b[0][0].bias), f32(z_b[1][0].weight), f32(z_b[1][0].bias),
+                    f32(z_b[0][1].weight), f32(z_b[0][1].bias), f32(z_b[1][1].weight), f32(z_b[1][1].bias))
+        self._z2 = self.z_np.reshape(1, -1)               # a view of z as one row
+        self._zt = (np.zeros((1, h), np.float32), np.zeros((1, h), np.float32), np.zeros((1, 3 * G), np.float32))
+        self._z_shifts = 0                                # cached rows shifted by z changes since a recompute
         self._w_hh, self._b_hh = f32(gru.weight_hh_l0), f32(gru.bias_hh_l0)
-        self._z_mlp = dec.z_mlp
         # out_mlp layer 1 on [gru_out, f0_h, loudness_h], split into the GRU part and the input part.
         wo1 = out_lin[0].weight
         self._wo1_g, self._wo1_fl, self._bo1 = f32(wo1[:, :G]), f32(wo1[:, G:]), f32(out_lin[0].bias)
@@ -190,6 +194,8 @@ class DecoderStep:
 
     def _compile(self) -> None:
         """Compile (or load from numba's cache) the kernels for these buffers now, not in the first callback."""
+        _z_step(self._z2, *self._zw, self._w_ih_z, self._b_ih, *self._zt, self._b_ih_z_np, self._gi, 0,
+                self._eps, self._slope)
         _rows_equal(self.inputs_np, self._previous, 0)
         _input_step(self.inputs_np, self._w1, self._b1, self._g1, self._be1, self._w2, self._b2, self._g2, self._be2,
                     self._w_ih_fl, self._b_ih_z_np, self._wo1_fl, self._bo1, self._x1, self._x2, self._fl, self._gi,
@@ -209,9 +215,14 @@ class DecoderStep:
             return self._run_module(gru_state)
         eps, slope = self._eps, self._slope
         if self._z_changed:
-            z_h = self._z_mlp(self.z.unsqueeze(0))[0]
-            torch.addmv(self._b_ih, self._w_ih_z, z_h, out=self._b_ih_z)
-            self._cached_rows = 0
+            # New GRU input bias; the cached input projections of unchanged voices move by the bias change
+            # instead of being recomputed (a latent ramp changes z every frame). Recomputed now and then so
+            # rounding cannot accumulate.
+            self._z_shifts += 1
+            if self._z_shifts >= 256:
+                self._cached_rows = self._z_shifts = 0
+            _z_step(self._z2, *self._zw, self._w_ih_z, self._b_ih, *self._zt, self._b_ih_z_np, self._gi,
+                    self._cached_rows, eps, slope)
             self._z_changed = False
         if rows > self._cached_rows or not _rows_equal(self.inputs_np, self._previous, rows):
             self._cached_rows = rows
@@ -613,6 +624,26 @@ def _held_step(state, gi, gh, ofl, o1, o2, raw, w_hh, b_hh, wo1_g, g1, be1, wo2,
     _norm_act(o2, 0, h, g2, be2, eps, slope, o2, 0, rows)
     _fill_rows(bout, raw, rows)
     _matmul_acc(o2, 0, wout, raw, 0, rows)
+
+
+@njit(cache=True)
+def _z_step(z, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_z, b_ih, t1, t2, bias, b_ih_z, gi, rows, eps, slope):
+    """z (1, D) changed: b_ih_z = b_ih + w_ih_z @ z_mlp(z) (t1, t2, bias: scratch rows), and the cached GRU
+    input projections gi[:rows] move by the change of that bias."""
+    h = t1.shape[1]
+    _fill_rows(b1, t1, 1)
+    _matmul_acc(z, 0, w1, t1, 0, 1)
+    _norm_act(t1, 0, h, g1, be1, eps, slope, t1, 0, 1)
+    _fill_rows(b2, t2, 1)
+    _matmul_acc(t1, 0, w2, t2, 0, 1)
+    _norm_act(t2, 0, h, g2, be2, eps, slope, t2, 0, 1)
+    _fill_rows(b_ih, bias, 1)
+    _matmul_acc(t2, 0, w_ih_z, bias, 0, 1)
+    for j in range(bias.shape[1]):
+        d = bias[0, j] - b_ih_z[j]
+        for i in range(rows):
+            gi[i, j] += d
+        b_ih_z[j] = bias[0, j]
 
 
 @njit(cache=True)

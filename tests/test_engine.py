@@ -136,6 +136,32 @@ def test_decoder_step_equals_decoder(bundle, V):
     assert torch.allclose(h, h_expected[0], atol=2e-5)
 
 
+@pytest.mark.parametrize("V", [1, 5])
+def test_decoder_step_follows_z_changes_on_held_notes(bundle, V):
+    """A latent ramp changes z every frame while the notes are held: the cached input projections are moved by
+    the bias change (not recomputed) and still equal Decoder.forward, past the periodic full recompute."""
+    dec, c = bundle.decoder, bundle.config
+    F = 300
+    g = torch.Generator().manual_seed(1)
+    f0 = (torch.rand(V, 1, generator=g) * 400 + 60).expand(V, F).contiguous()
+    loudness = (torch.rand(V, 1, generator=g) * -60).expand(V, F).contiguous()
+    z = torch.cumsum(torch.randn(F, c.latent_dim, generator=g) * 0.05, 0)
+    z[:3] = z[3]                                          # a few frames with z unchanged first
+    with torch.no_grad():
+        expected, _ = dec(f0, loudness, z.expand(V, F, -1))
+        step = DecoderStep(dec, V)
+        f0_in, loudness_in = dec.scale_inputs(f0, loudness)
+        h = torch.zeros(V, c.gru_size)
+        got = []
+        for k in range(F):
+            step.inputs[:, 0] = f0_in[:, k, 0]
+            step.inputs[:, 1] = loudness_in[:, k, 0]
+            if k == 0 or not torch.equal(z[k], z[k - 1]):
+                step.set_z_all(z[k])
+            got.append(step.run(h).clone())
+    assert torch.allclose(torch.stack(got, 1), expected, atol=5e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("sample_rate", [SR, 44100])
 def test_streaming_synth_equals_dsp_synthesize(sample_rate):
     """One interval at a time on preallocated buffers == dsp.synthesize over all frames (at the model rate;
