@@ -30,13 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instrument.bundle import load_bundle, random_bundle  # noqa: E402
 from instrument.engine import Engine  # noqa: E402
-from instrument.events import NoteOn, PitchBend  # noqa: E402
+from instrument.events import LatentSet, NoteOn, PitchBend  # noqa: E402
 
 
 def time_blocks(bundle, sample_rate: int, block: int, voices: int, seconds: float, notes: int | None = None,
-                moving: bool = False) -> np.ndarray:
+                moving: bool = False, ramp: bool = False) -> np.ndarray:
     """process() times with ``notes`` (default: ``voices``) held notes; ``moving``: a pitch-bend LFO
-    changes every voice's inputs every block (the decoder's full path on every frame)."""
+    changes every voice's inputs every block (the decoder's full path on every frame); ``ramp``: a latent
+    changes every block (as under a mapping's smoothing ramp or a fader move)."""
     engine = Engine(bundle)
     engine.prepare(sample_rate, block, voices)
     out = np.zeros(block, dtype=np.float32)
@@ -45,7 +46,8 @@ def time_blocks(bundle, sample_rate: int, block: int, voices: int, seconds: floa
     for _ in range(max(20, int(0.3 * sample_rate / block))):          # warm-up (past the decay)
         engine.process((), out)
     n_blocks = max(200, int(seconds * sample_rate / block))
-    bends = [[PitchBend(0.2 * math.sin(2 * math.pi * 5 * k * block / sample_rate))] if moving else []
+    bends = [([PitchBend(0.2 * math.sin(2 * math.pi * 5 * k * block / sample_rate))] if moving else [])
+             + ([LatentSet(0, 0.5 + 0.4 * math.sin(2 * math.pi * k * block / sample_rate), knob=True)] if ramp else [])
              for k in range(n_blocks)]
     times = np.empty(n_blocks)
     perf = time.perf_counter
@@ -116,6 +118,9 @@ def main(argv=None) -> int:
     print(f"C. {max(args.voices)}-voice engine, block {block}: "
           f"1 note {cell(lambda: time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=1), budget)}; "
           f"silence {cell(lambda: time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=0), budget)}")
+    print(f"D. block {block}, a latent moving every block (a fader or a smoothing ramp), held notes: " + "; ".join(
+        f"{v} voice{'s' if v > 1 else ''} {cell(lambda: time_blocks(bundle, sr, block, v, args.seconds, ramp=True), budget)}"
+        for v in args.voices))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     engine = Engine(bundle)
     engine.prepare(sr, 128, 1)

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small corpora, short budgets, quick evaluations")
     p.add_argument("--loss", action="append", default=[], metavar="KEY=VALUE",
                    help="LossConfig override for every run, e.g. beta_warmup_steps=100 (needs TrainConfig.loss_overrides)")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="ModelConfig override for every run, e.g. encoder_features=harmonic")
     args = p.parse_args(argv)
 
     import torch
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--loss needs TrainConfig.loss_overrides (passed to LossConfig by run_training)")
         pairs = [item.split("=", 1) for item in args.loss]
         extra["loss_overrides"] = {k: _value(v) for k, v in pairs}
+    if args.model:
+        extra["model_overrides"] = {k: _value(v) for k, v in (item.split("=", 1) for item in args.model)}
     if args.threads:
         torch.set_num_threads(args.threads)
     q = args.quick

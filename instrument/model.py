@@ -5,6 +5,7 @@ Only the decoder runs live; the encoder is used by training, latent analysis and
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -24,6 +25,10 @@ class ModelConfig:
     latent_dim: int = 8
     hidden_size: int = 192
     gru_size: int = 192
+    # Encoder input: "mel" (a log-mel spectrogram) or "harmonic" (the spectrum sampled at fixed multiples of
+    # f0: pitch-normalised, so the same timbre gives the same input at every pitch; experimental, see README).
+    encoder_features: str = "mel"
+    encoder_n_points: int = 64        # harmonic: points at 0.5, 1.0, ..., n_points / 2 times f0
     encoder_n_fft: int = 1024
     encoder_n_mels: int = 64
     encoder_gru_size: int = 96
@@ -44,7 +49,13 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")
+        data = dict(data)
+        data.setdefault("encoder_features", "mel")       # files written before the key existed
         return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.encoder_features not in ("harmonic", "mel"):
+            raise ValueError(f"encoder_features must be 'harmonic' or 'mel', got {self.encoder_features!r}")
 
     @property
     def n_outputs(self) -> int:
@@ -103,40 +114,75 @@ class Decoder(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Audio (B, S) -> per-frame posterior mean and log-variance of z (B, S // hop + 1, D).
+    """Audio (B, S) and f0_hz (B, S // hop + 1) -> per-frame posterior mean and log-variance of z
+    (B, S // hop + 1, D).
 
     The encoder runs at 1 / encoder_stride of the control frame rate (timbre moves slower than pitch and
     loudness, and training is 4x cheaper for it); its outputs are linearly interpolated to the control frames.
 
-    Input is a log-mel spectrogram with each frame's mean removed, so overall level (which reaches the decoder
-    directly as loudness) is not what z encodes. ``mel_basis`` (n_mels, n_fft // 2 + 1) is made by training
-    (librosa) and stored as a buffer, so the instrument never needs librosa to load it.
+    Input, per encoder frame, with a mean removed so that overall level (which reaches the decoder
+    directly as loudness) is not what z encodes:
+    - "harmonic": the log magnitude spectrum sampled at 0.5, 1, 1.5, ... times the frame's f0 (the harmonic
+      peaks and the noise floor between them), by linear interpolation between STFT bins, minus the mean of
+      the harmonics' points; points above Nyquist are set to the frame's lowest value. The same timbre at another pitch is the same
+      input, so the latents need not (and, under the KL, do not) carry pitch.
+    - "mel": a log-mel spectrogram; ``mel_basis`` (n_mels, n_fft // 2 + 1) is made by training (librosa) and
+      stored as a buffer, so the instrument never needs librosa to load it.
     """
 
     def __init__(self, config: ModelConfig, mel_basis: torch.Tensor | None = None):
         super().__init__()
         self.config = config
         n_bins = config.encoder_n_fft // 2 + 1
-        if mel_basis is None:
-            mel_basis = torch.zeros(config.encoder_n_mels, n_bins)
-        if tuple(mel_basis.shape) != (config.encoder_n_mels, n_bins):
-            raise ValueError(f"mel_basis shape {tuple(mel_basis.shape)} != {(config.encoder_n_mels, n_bins)}")
-        self.register_buffer("mel_basis", mel_basis.float())
+        if config.encoder_features == "mel":
+            if mel_basis is None:
+                mel_basis = torch.zeros(config.encoder_n_mels, n_bins)
+            if tuple(mel_basis.shape) != (config.encoder_n_mels, n_bins):
+                raise ValueError(f"mel_basis shape {tuple(mel_basis.shape)} != {(config.encoder_n_mels, n_bins)}")
+            self.register_buffer("mel_basis", mel_basis.float())
+            n_in = config.encoder_n_mels
+        else:
+            self.register_buffer("ratios", 0.5 * torch.arange(1, config.encoder_n_points + 1, dtype=torch.float32),
+                                 persistent=False)
+            n_in = config.encoder_n_points
         self.register_buffer("window", torch.hann_window(config.encoder_n_fft))
-        self.proj = _mlp(config.encoder_n_mels, config.hidden_size, n_layers=1)
+        self.proj = _mlp(n_in, config.hidden_size, n_layers=1)
         self.gru = nn.GRU(config.hidden_size, config.encoder_gru_size, batch_first=True, bidirectional=True)
         self.out = nn.Linear(2 * config.encoder_gru_size, 2 * config.latent_dim)
 
-    def features(self, audio: torch.Tensor) -> torch.Tensor:
+    def features(self, audio: torch.Tensor, f0_hz: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
         spec = torch.stft(audio, n_fft=c.encoder_n_fft, hop_length=c.hop_size * c.encoder_stride, window=self.window,
                           center=True, return_complex=True).abs()                     # (B, bins, F)
-        mel = torch.log(torch.matmul(self.mel_basis, spec) + 1e-5).transpose(1, 2)  # (B, F, mels)
-        return mel - mel.mean(-1, keepdim=True)
+        if c.encoder_features == "mel":
+            mel = torch.log(torch.matmul(self.mel_basis, spec) + 1e-5).transpose(1, 2)  # (B, F, mels)
+            return mel - mel.mean(-1, keepdim=True)
+        if f0_hz is None:
+            raise ValueError("this encoder reads the spectrum at multiples of f0: pass f0_hz")
+        n_bins, n_enc = spec.shape[1], spec.shape[2]
+        f0 = f0_hz[:, ::c.encoder_stride]                                           # control -> encoder frames
+        if f0.shape[1] < n_enc:
+            f0 = torch.cat([f0, f0[:, -1:].expand(-1, n_enc - f0.shape[1])], dim=1)
+        f0 = f0[:, :n_enc].clamp_min(20.0)
+        position = f0.unsqueeze(-1) * self.ratios * (c.encoder_n_fft / c.sample_rate)  # (B, F, P) in bins
+        valid = position < n_bins - 1
+        position = position.clamp(max=n_bins - 1.001)
+        low = position.floor().long()
+        frac = position - low
+        spec = spec.transpose(1, 2)                                                  # (B, F, bins)
+        mag = spec.gather(-1, low) * (1.0 - frac) + spec.gather(-1, low + 1) * frac
+        log_mag = torch.log(mag + 1e-5)
+        peaks = valid & (self.ratios == self.ratios.round())                         # the harmonics' points
+        count = peaks.sum(-1, keepdim=True).clamp_min(1)
+        mean = (log_mag * peaks).sum(-1, keepdim=True) / count
+        floor = torch.where(valid, log_mag, torch.full_like(log_mag, math.inf)).amin(-1, keepdim=True)
+        floor = torch.where(torch.isfinite(floor), floor, mean)
+        return torch.where(valid, log_mag, floor) - mean
 
-    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, f0_hz: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, S); f0_hz (B, S // hop + 1) at the control frames (needed by the "harmonic" encoder)."""
         n_frames = audio.shape[-1] // self.config.hop_size + 1
-        x, _ = self.gru(self.proj(self.features(audio)))
+        x, _ = self.gru(self.proj(self.features(audio, f0_hz)))
         x = self.out(x)                                                   # (B, F_coarse, 2D)
         x = nn.functional.interpolate(x.transpose(1, 2), size=n_frames, mode="linear", align_corners=True)
         mean, logvar = x.transpose(1, 2).chunk(2, dim=-1)

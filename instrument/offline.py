@@ -51,17 +51,30 @@ def render_controls(decoder: Decoder, f0_hz: np.ndarray | torch.Tensor, loudness
 
 
 @torch.inference_mode()
-def encode_means(encoder, audio: np.ndarray, chunk_seconds: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and log-variance per control frame (n_samples // hop + 1, D) for audio of any length."""
+def encode_means(encoder, audio: np.ndarray, f0_hz: np.ndarray | None = None, chunk_seconds: float = 20.0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and log-variance per control frame (n_samples // hop + 1, D) for audio of any length.
+
+    ``f0_hz`` per control frame (as the features give it; the last value is repeated where it is short) is
+    needed by an encoder reading the spectrum at multiples of f0 (``encoder_features == "harmonic"``)."""
     c = encoder.config
     step = int(chunk_seconds * c.sample_rate) // (c.hop_size * c.encoder_stride) * c.hop_size * c.encoder_stride
     means, logvars = [], []
     x = torch.as_tensor(np.asarray(audio, np.float32))
+    f0 = None
+    if f0_hz is not None:
+        f0 = torch.as_tensor(np.asarray(f0_hz, np.float32)).flatten()
+        need = len(x) // c.hop_size + 2 + c.encoder_n_fft // c.hop_size
+        if f0.shape[0] < need:
+            f0 = torch.cat([f0, f0[-1:].expand(need - f0.shape[0])])
+    elif getattr(c, "encoder_features", "mel") == "harmonic":
+        raise ValueError("this model's encoder needs f0_hz (features of the audio)")
     for start in range(0, max(1, len(x)), step):
         seg = x[start:start + step]
         if len(seg) < c.encoder_n_fft // 2 + 1:
             seg = torch.nn.functional.pad(seg, (0, c.encoder_n_fft // 2 + 1 - len(seg)))
-        m, lv = encoder(seg.view(1, -1))
+        seg_f0 = None if f0 is None else f0[start // c.hop_size:start // c.hop_size + len(seg) // c.hop_size + 1]
+        m, lv = encoder(seg.view(1, -1), None if seg_f0 is None else seg_f0.view(1, -1))
         keep = m.shape[1] if start + step >= len(x) else step // c.hop_size
         means.append(m[0, :keep])
         logvars.append(lv[0, :keep])

@@ -184,7 +184,11 @@ def latent_codes_for_corpus(bundle, files: Iterable[Path | str], factors: Sequen
             continue
         if name not in per_file:
             audio = load_corpus_audio(paths[name], c.sample_rate)
-            mean, _ = encode_means(bundle.encoder, audio)
+            f0 = None
+            if getattr(c, "encoder_features", "mel") == "harmonic":
+                from .features import FeatureSettings, extract_features
+                f0 = extract_features(audio, FeatureSettings(sample_rate=c.sample_rate, hop_size=c.hop_size)).f0_hz
+            mean, _ = encode_means(bundle.encoder, audio, f0)
             loud = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
             per_file[name] = (mean[: len(loud)], loud)
         mean, loud = per_file[name]

@@ -33,7 +33,7 @@ def pad_last_frame(x: np.ndarray) -> np.ndarray:
 
 def resynthesise(module, example, seed: int = 0) -> np.ndarray:
     """Resynthesis of a (held-out) example: its f0 and loudness, its own posterior-mean z."""
-    mean, _ = encode_means(module.encoder, example.audio)
+    mean, _ = encode_means(module.encoder, example.audio, example.features.f0_hz)
     n = example.n_frames
     z = mean[: n + 1]
     if z.shape[0] < n + 1:
@@ -92,7 +92,7 @@ def analyse_latents(module, examples: list, stats: dict, max_seconds: float = 12
     c = module.model_config
     means, kls, seconds = [], [], 0.0
     for ex in examples:
-        m, lv = encode_means(module.encoder, ex.audio)
+        m, lv = encode_means(module.encoder, ex.audio, ex.features.f0_hz)
         means.append(m)
         kls.append(0.5 * (m ** 2 + np.exp(lv) - 1.0 - lv))
         seconds += len(ex.audio) / c.sample_rate

@@ -24,11 +24,10 @@ class LossConfig:
     learning_rate: float = 2e-3
     lr_decay_steps: int = 4000        # exponential decay by 10x over this many steps
     grad_clip: float = 2.0
-    # Posterior sampling noise: "window" draws one eps per latent per training window, shared by all its frames
-    # (z_t = mean_t + std_t * eps); "frame" draws it per frame. Per-frame noise is white at the frame rate, so
-    # the decoder's GRU averages it away: the latents then carry timbre as small mean offsets under a std
-    # near 1, where the KL is rotation-invariant and no beta disentangles (measured: README, beta table).
-    posterior_noise: str = "window"
+    # Posterior sampling noise: "frame" draws eps per frame; "window" draws one eps per latent per training
+    # window, shared by all its frames (z_t = mean_t + std_t * eps), so that the decoder's GRU cannot average
+    # it away (experimental: no measured gain in disentanglement yet, see README).
+    posterior_noise: str = "frame"
 
 
 class SdgaModule(pl.LightningModule):
@@ -61,7 +60,7 @@ class SdgaModule(pl.LightningModule):
 
     def forward_batch(self, batch: dict, sample: bool, noise_generator: torch.Generator | None = None) -> dict:
         audio, f0_hz, loudness_db = batch["audio"], batch["f0_hz"], batch["loudness_db"]
-        mean, logvar = self.encoder(audio)                 # (B, F + 1, D)
+        mean, logvar = self.encoder(audio, f0_hz)          # (B, F + 1, D)
         z = mean + self._posterior_eps(mean) * torch.exp(0.5 * logvar) if sample else mean
         noise = torch.rand(audio.shape, generator=noise_generator, device=audio.device) * 2.0 - 1.0
         harmonic, filtered = self.render(f0_hz, loudness_db, z, noise)

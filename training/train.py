@@ -89,7 +89,9 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def make_mel_basis(config: ModelConfig) -> torch.Tensor:
+def make_mel_basis(config: ModelConfig) -> torch.Tensor | None:
+    if config.encoder_features != "mel":
+        return None
     import librosa
     return torch.from_numpy(librosa.filters.mel(sr=config.sample_rate, n_fft=config.encoder_n_fft,
                                                 n_mels=config.encoder_n_mels, fmin=30.0)).float()
