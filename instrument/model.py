@@ -159,18 +159,11 @@ class Encoder(nn.Module):
             return mel - mel.mean(-1, keepdim=True)
         if f0_hz is None:
             raise ValueError("this encoder reads the spectrum at multiples of f0: pass f0_hz")
-        n_bins, n_enc = spec.shape[1], spec.shape[2]
+        n_enc = spec.shape[2]
         f0 = f0_hz[:, ::c.encoder_stride]                                           # control -> encoder frames
         if f0.shape[1] < n_enc:
             f0 = torch.cat([f0, f0[:, -1:].expand(-1, n_enc - f0.shape[1])], dim=1)
-        f0 = f0[:, :n_enc].clamp_min(20.0)
-        position = f0.unsqueeze(-1) * self.ratios * (c.encoder_n_fft / c.sample_rate)  # (B, F, P) in bins
-        valid = position < n_bins - 1
-        position = position.clamp(max=n_bins - 1.001)
-        low = position.floor().long()
-        frac = position - low
-        spec = spec.transpose(1, 2)                                                  # (B, F, bins)
-        mag = spec.gather(-1, low) * (1.0 - frac) + spec.gather(-1, low + 1) * frac
+        mag, valid = sample_at_multiples(spec, f0[:, :n_enc], self.ratios, c.encoder_n_fft, c.sample_rate)
         log_mag = torch.log(mag + 1e-5)
         peaks = valid & (self.ratios == self.ratios.round())                         # the harmonics' points
         count = peaks.sum(-1, keepdim=True).clamp_min(1)
@@ -187,6 +180,20 @@ class Encoder(nn.Module):
         x = nn.functional.interpolate(x.transpose(1, 2), size=n_frames, mode="linear", align_corners=True)
         mean, logvar = x.transpose(1, 2).chunk(2, dim=-1)
         return mean, logvar.clamp(-12.0, 6.0)
+
+
+def sample_at_multiples(spec: torch.Tensor, f0_hz: torch.Tensor, ratios: torch.Tensor, n_fft: int,
+                        sample_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A magnitude spectrogram (B, bins, F) read at ratios (P,) times f0_hz (B, F), by linear interpolation
+    between bins: (values (B, F, P), valid (B, F, P): below the last bin, i.e. below Nyquist)."""
+    n_bins = spec.shape[1]
+    position = f0_hz.clamp_min(20.0).unsqueeze(-1) * ratios * (n_fft / sample_rate)     # (B, F, P) in bins
+    valid = position < n_bins - 1
+    position = position.clamp(max=n_bins - 1.001)
+    low = position.floor().long()
+    frac = position - low
+    spec = spec.transpose(1, 2)                                                      # (B, F, bins)
+    return spec.gather(-1, low) * (1.0 - frac) + spec.gather(-1, low + 1) * frac, valid
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,9 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps [no limit]")
     p.add_argument("--latents", type=int, default=8, help="number of timbre latents [8]")
     p.add_argument("--beta", type=float, default=4.0, help="weight of the KL term once annealed in [4]")
+    p.add_argument("--attributes", type=float, default=None, metavar="WEIGHT",
+                   help="weight of the attribute regularisation that ties latents 0-2 to brightness, breath and "
+                        "hollowness (0 = off) [0.3]")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--window", type=float, default=1.0, help="training window in seconds [1.0]")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate [2e-3]")
@@ -61,7 +64,8 @@ def train_main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, max_time_s=max_time or None, max_steps=args.max_steps, augment=not args.no_augment,
         augment_variants=args.augment_variants, val_every_steps=args.val_every, early_stop_patience=args.patience,
         seed=args.seed, resume=args.resume, accelerator=args.accelerator, devices=devices,
-        num_threads=args.threads, learning_rate=args.lr, progress=not args.no_progress)
+        num_threads=args.threads, learning_rate=args.lr, progress=not args.no_progress,
+        loss_overrides={} if args.attributes is None else {"attribute_weight": args.attributes})
     try:
         summary = run_training(cfg)
     except CorpusError as exc:

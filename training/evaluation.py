@@ -281,10 +281,12 @@ def _refine_f0(audio: np.ndarray, coarse_hz: float, sample_rate: int, max_harmon
 
 
 def measure_note(audio: np.ndarray, f0_ref_hz: float, sample_rate: int, hop_size: int,
-                 steady_from_s: float = 0.15) -> dict:
+                 steady_from_s: float = 0.15, unvoiced_by_peaks: bool = False) -> dict:
     """What a rendered held note measures as, from `steady_from_s` on: pYIN f0 (median over confidently voiced
     frames; its 10-cent grid refined by `_refine_f0`), its error in cents vs `f0_ref_hz`, the voiced fraction,
-    and the A-weighted loudness in dB (power mean over frames)."""
+    and the A-weighted loudness in dB (power mean over frames). With ``unvoiced_by_peaks``, a note pYIN calls
+    unvoiced (a breathy one) is measured by its harmonic peaks near `f0_ref_hz` (``f0_from``: "harmonic
+    peaks"); otherwise its f0 fields stay NaN."""
     from .features import FeatureSettings, extract_features
 
     feats = extract_features(np.asarray(audio, np.float32), FeatureSettings(sample_rate=sample_rate, hop_size=hop_size))
@@ -296,6 +298,15 @@ def measure_note(audio: np.ndarray, f0_ref_hz: float, sample_rate: int, hop_size
     out = {"f0_hz": math.nan, "f0_cents": math.nan, "f0_cents_pyin": math.nan, "voiced_fraction": frac,
            "loudness_db": loudness}
     if voiced.sum() < 3 or frac < 0.25:
+        if not unvoiced_by_peaks:
+            return out
+        # pYIN calls a breathy note unvoiced: read the pitch of its harmonics near the reference instead (a
+        # shift of more than the +-50-cent search lands on its edge and still fails a 5-cent check)
+        if not np.isfinite(audio).all() or not np.any(audio):
+            return out
+        coarse = float(f0_ref_hz)
+        fine = _refine_f0(np.asarray(audio[start * hop_size:], np.float64), coarse, sample_rate)
+        out.update(f0_hz=fine, f0_cents=float(1200 * np.log2(fine / f0_ref_hz)), f0_from="harmonic peaks")
         return out
     coarse = float(np.median(feats.f0_hz[start:][voiced]))
     fine = _refine_f0(np.asarray(audio[start * hop_size:], np.float64), coarse, sample_rate)
@@ -355,7 +366,7 @@ def invariance_check(bundle, n_steps: int = 5, pitches_hz: Sequence[float] | Non
                 z = bundle.default_z().numpy().copy()
                 z[info.index] = info.knob_to_z(knob)
                 audio, harmonic, noise, dist = _render_note(bundle, pitch, loud, z, seconds)
-                m = measure_note(audio, pitch, c.sample_rate, c.hop_size)
+                m = measure_note(audio, pitch, c.sample_rate, c.hop_size, unvoiced_by_peaks=True)
                 d = describe(audio[steady], harmonic[steady], noise[steady], dist[len(dist) // 3:], c.sample_rate)
                 descs[(pitch, knob)] = d
                 rows.append({"pitch_hz": pitch, "knob": knob, **m})

@@ -26,6 +26,10 @@ DESCRIPTORS = {
     "loudness_db": ("level", 3.0),
 }
 
+# Latents 0, 1, 2 of a model trained with the attribute regularisation (training.attributes.ATTRIBUTES) are
+# named after these descriptors, whatever else their sweep moves most.
+ANCHORED_DESCRIPTORS = ("centroid_octaves", "noise_ratio_db", "odd_even_db")
+
 
 def pad_last_frame(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x, x[-1:]], axis=0)
@@ -105,6 +109,7 @@ def analyse_latents(module, examples: list, stats: dict, max_seconds: float = 12
     f0, ld = reference_controls(stats, c.hop_size, c.sample_rate)
     infos: list[tuple[float, LatentInfo]] = []
     used: dict[str, int] = {}
+    anchors = ANCHORED_DESCRIPTORS if getattr(module.loss_config, "attribute_weight", 0.0) > 0 else ()
     order = np.argsort(-kl)
     for rank, d in enumerate(order):
         d = int(d)
@@ -119,6 +124,8 @@ def analyse_latents(module, examples: list, stats: dict, max_seconds: float = 12
             b = sweep_descriptors(module.decoder, f0, ld, z_high, c.sample_rate)
             deltas = {k: round(b[k] - a[k], 4) for k in a}
             key = max(DESCRIPTORS, key=lambda k: abs(deltas[k]) / DESCRIPTORS[k][1])
+            if d < len(anchors):                     # tied to an attribute in training: named after it
+                key = anchors[d]
             if deltas[key] < 0:                      # knob up = more of the named quality
                 low, high = high, low
                 deltas = {k: -v for k, v in deltas.items()}

@@ -12,6 +12,7 @@ import torch
 from instrument import dsp
 from instrument.model import Decoder, Encoder, ModelConfig, kl_divergence
 
+from .attributes import attribute_loss, frame_attributes
 from .metrics import spectral_loss_module
 
 
@@ -28,6 +29,11 @@ class LossConfig:
     # window, shared by all its frames (z_t = mean_t + std_t * eps), so that the decoder's GRU cannot average
     # it away (experimental: no measured gain in disentanglement yet, see README).
     posterior_noise: str = "frame"
+    # Attribute regularisation (training.attributes, AR-VAE): latents 0, 1, 2 ordered like the brightness,
+    # breath and hollowness measured from the audio; 0 = off. Chosen from the runs in
+    # benchmarks/results/latents_experiments_16k.txt (weight 1 / delta 10 disentangled less).
+    attribute_weight: float = 0.3
+    attribute_delta: float = 1.0
 
 
 class SdgaModule(pl.LightningModule):
@@ -67,8 +73,17 @@ class SdgaModule(pl.LightningModule):
         output = harmonic + filtered
         spectral = self.spectral_loss(output, audio)
         kl_per_dim = kl_divergence(mean, logvar).mean(dim=(0, 1))   # (D,) nats per frame
-        return {"output": output, "harmonic": harmonic, "noise": filtered, "spectral": spectral,
-                "kl_per_dim": kl_per_dim, "kl": kl_per_dim.sum()}
+        out = {"output": output, "harmonic": harmonic, "noise": filtered, "spectral": spectral,
+               "kl_per_dim": kl_per_dim, "kl": kl_per_dim.sum()}
+        if self.loss_config.attribute_weight > 0:
+            c = self.model_config
+            attributes, mask = frame_attributes(audio, f0_hz, loudness_db, c.hop_size, c.encoder_stride,
+                                                c.sample_rate)
+            z_frames = mean[:, ::c.encoder_stride][:, :attributes.shape[1]]   # the encoder's own frames
+            out["attributes"] = attribute_loss(z_frames, attributes[:, :z_frames.shape[1]],
+                                               mask[:, :z_frames.shape[1]], self.loss_config.attribute_delta,
+                                               noise_generator)
+        return out
 
     def _posterior_eps(self, mean: torch.Tensor) -> torch.Tensor:
         if self.loss_config.posterior_noise == "frame":
@@ -81,6 +96,9 @@ class SdgaModule(pl.LightningModule):
         beta = self.beta_at(self.global_step)
         loss = out["spectral"] + beta * self.loss_config.kl_scale * out["kl"]
         bs = batch["audio"].shape[0]
+        if "attributes" in out:
+            loss = loss + self.loss_config.attribute_weight * out["attributes"]
+            self.log("train/attributes", out["attributes"], batch_size=bs)
         self.log_dict({"train/loss": loss, "train/spectral": out["spectral"], "train/kl": out["kl"],
                        "train/beta": beta}, prog_bar=False, batch_size=bs)
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=bs)
@@ -95,6 +113,8 @@ class SdgaModule(pl.LightningModule):
         bs = batch["audio"].shape[0]
         val_loss = out["spectral"] + self.loss_config.beta * self.loss_config.kl_scale * out["kl"]
         active = (out["kl_per_dim"] > 0.01).sum().float()
+        if "attributes" in out:
+            self.log("val/attributes", out["attributes"], batch_size=bs, sync_dist=True)
         self.log_dict({"val/loss": val_loss, "val/spectral": out["spectral"], "val/kl": out["kl"],
                        "val/active_latents": active,
                        "val/harmonic_db": _energy_db(out["harmonic"]), "val/noise_db": _energy_db(out["noise"])},
