@@ -27,7 +27,8 @@ DESCRIPTORS = {
 }
 
 # Latents 0, 1, 2 of a model trained with the attribute regularisation (training.attributes.ATTRIBUTES) are
-# named after these descriptors, whatever else their sweep moves most.
+# named after these descriptors, whatever else their sweep moves most, if the sweep moves that descriptor by at
+# least one unit (else the knob would not do what its name says, and it is named by its sweep like the others).
 ANCHORED_DESCRIPTORS = ("centroid_octaves", "noise_ratio_db", "odd_even_db")
 
 
@@ -124,8 +125,8 @@ def analyse_latents(module, examples: list, stats: dict, max_seconds: float = 12
             b = sweep_descriptors(module.decoder, f0, ld, z_high, c.sample_rate)
             deltas = {k: round(b[k] - a[k], 4) for k in a}
             key = max(DESCRIPTORS, key=lambda k: abs(deltas[k]) / DESCRIPTORS[k][1])
-            if d < len(anchors):                     # tied to an attribute in training: named after it
-                key = anchors[d]
+            if d < len(anchors) and abs(deltas[anchors[d]]) >= DESCRIPTORS[anchors[d]][1]:
+                key = anchors[d]                     # tied to an attribute in training, and it moves it
             if deltas[key] < 0:                      # knob up = more of the named quality
                 low, high = high, low
                 deltas = {k: -v for k, v in deltas.items()}
