@@ -95,8 +95,23 @@ def with_offset(event: Event, offset: int) -> Event:
 
 
 # ---------------------------------------------------------------------------------------------- parameters
+class KnobRange:
+    """Knob 0..1 <-> value for a class with ``low``, ``high``, ``curve`` and ``clamp(value)``:
+    ``value = low + (high - low) * knob ** curve`` (also for an inverted range, high < low)."""
+
+    def from_knob(self, knob: float) -> float:
+        knob = min(max(float(knob), 0.0), 1.0)
+        return self.clamp(self.low + (self.high - self.low) * knob ** self.curve)
+
+    def to_knob(self, value: float) -> float:
+        span = self.high - self.low
+        if span == 0:
+            return 0.0
+        return min(max((self.clamp(value) - self.low) / span, 0.0), 1.0) ** (1.0 / self.curve)
+
+
 @dataclass(frozen=True)
-class ParamSpec:
+class ParamSpec(KnobRange):
     """One engine parameter: ``value = low + (high - low) * knob ** curve`` for a knob in 0..1."""
 
     name: str
@@ -111,16 +126,6 @@ class ParamSpec:
     def clamp(self, value: float) -> float:
         value = min(max(float(value), self.low), self.high)
         return float(round(value)) if self.choices or self.unit == "channel" else value
-
-    def from_knob(self, knob: float) -> float:
-        knob = min(max(float(knob), 0.0), 1.0)
-        return self.clamp(self.low + (self.high - self.low) * knob ** self.curve)
-
-    def to_knob(self, value: float) -> float:
-        span = self.high - self.low
-        if span == 0:
-            return 0.0
-        return ((self.clamp(value) - self.low) / span) ** (1.0 / self.curve)
 
 
 PARAMS: tuple[ParamSpec, ...] = (

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from .events import (CC_SUSTAIN, PARAMS, ControlChange, Event, LatentSet, Panic, ParamSet, PitchBend)
+from .events import (CC_SUSTAIN, PARAMS, ControlChange, Event, KnobRange, LatentSet, Panic, ParamSet, PitchBend)
 
 __all__ = ["MappingError", "Target", "ENGINE_TARGETS", "PATCH_TRIGGERS", "target_table", "Ramps", "KeySpec",
            "YamlFile", "keys_markdown"]
@@ -65,7 +65,7 @@ def _did_you_mean(value: str, choices: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------- targets
 @dataclass(frozen=True)
-class Target:
+class Target(KnobRange):
     """One thing a controller can move. ``value = low + (high - low) * knob ** curve`` for a 0..1 knob."""
 
     name: str
@@ -93,16 +93,6 @@ class Target:
     def clamp(self, value: float) -> float:
         value = min(max(float(value), min(self.low, self.high)), max(self.low, self.high))
         return float(round(value)) if (self.choices or self.unit in ("channel", "index")) else value
-
-    def from_knob(self, knob: float) -> float:
-        knob = min(max(float(knob), 0.0), 1.0)
-        return self.clamp(self.low + (self.high - self.low) * knob ** self.curve)
-
-    def to_knob(self, value: float) -> float:
-        span = self.high - self.low
-        if span == 0:
-            return 0.0
-        return min(max((self.clamp(value) - self.low) / span, 0.0), 1.0) ** (1.0 / self.curve)
 
     def event(self, value: float, channel: int = 0, offset: int = 0) -> Event | None:
         """The engine event that sets this target to ``value`` (in its unit); None for patch targets."""
