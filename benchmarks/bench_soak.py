@@ -11,6 +11,11 @@ median / p99 (compute time per block / block duration), late callbacks and dropp
 
 Without a model file an untrained model of the default architecture is used (same cost as a trained one).
 Timings depend on what else the machine runs: the load average is printed.
+
+``--null`` measures the machine's floor instead: the same JACK server, MIDI and OSC traffic and I/O threads
+(MidiInput in its child process, OscServer, the EventQueue drained by the callback), but a Python audio
+callback that only writes zeros. Underflows that happen there are the machine's (scheduling of JACK's
+threads), not the engine's.
 """
 from __future__ import annotations
 
@@ -42,6 +47,56 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _print_xruns(log: Path) -> None:
+    """The xruns jackd logged, by the client it blamed (PortAudio: the audio callback's client)."""
+    counts: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if "XRun" in line:
+            key = line.split(" was not finished")[0].split("XRun: ")[-1] if "client =" in line else "driver late wake-up"
+            counts[key] = counts.get(key, 0) + 1
+    print("  jackd xruns: " + (", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"))
+
+
+def null_player(seconds: float, block_size: int, stats_path: Path) -> int:
+    """What sdga-play's I/O does, without the engine: prints the two lines the soak waits for, writes stats."""
+    import sounddevice as sd
+
+    from instrument.events import EventQueue
+    from instrument.io_midi import MidiInput
+    from instrument.io_osc import OscServer
+
+    queue = EventQueue()
+    counts = {"callbacks": 0, "underflows": 0, "startup_underflows": 0, "late_callbacks": 0, "events": 0}
+    budget = block_size / 48000
+
+    def callback(outdata, frames, time_info, status):
+        started = time.perf_counter()
+        if status.output_underflow:
+            counts["underflows"] += 1
+            if counts["callbacks"] < 48000 // block_size:
+                counts["startup_underflows"] += 1
+        counts["events"] += sum(1 for _ in queue.drain())
+        outdata.fill(0.0)
+        counts["callbacks"] += 1
+        if time.perf_counter() - started > budget:
+            counts["late_callbacks"] += 1
+
+    with MidiInput(queue, virtual_name="sdga", api="UNIX_JACK", connect="soak_keys:out", client_name="sdga",
+                   separate_process=True) as midi, OscServer(queue, port=0) as osc:
+        print(f"OSC: listening on udp 127.0.0.1:{osc.address[1]}", flush=True)
+        stream = sd.OutputStream(48000, block_size, device="JACK", channels=2, dtype="float32",
+                                 latency="low", callback=callback)
+        stream.start()
+        print("sdga-play: playing (null player)", flush=True)
+        time.sleep(seconds)
+        stream.stop()
+        stream.close()
+        counts["midi"] = {"received": midi.received, "malformed": midi.malformed}
+        counts["osc"] = {"received": osc.received, "errors": osc.errors}
+    stats_path.write_text(json.dumps(counts))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", nargs="?", type=Path)
@@ -49,10 +104,14 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--voices", type=int, default=8)
     p.add_argument("--no-virtual-midi", action="store_true", help="sdga-play without its virtual MIDI port (one JACK client fewer)")
+    p.add_argument("--null", action="store_true", help="the machine's floor: same I/O and traffic, a callback that writes zeros")
+    p.add_argument("--as-null-player", nargs=3, metavar=("SECONDS", "BLOCK", "STATS"), help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work folder (recording, stats, jackd log)")
     p.add_argument("--realtime", action="store_true",
                    help="run jackd with real-time scheduling (as on stage; needs root or an rtprio limit)")
     args = p.parse_args(argv)
+    if args.as_null_player:
+        return null_player(float(args.as_null_player[0]), int(args.as_null_player[1]), Path(args.as_null_player[2]))
 
     work = Path(tempfile.mkdtemp(prefix="sdga_soak_"))
     model = args.model
@@ -72,6 +131,9 @@ def main(argv=None) -> int:
                    str(args.block_size), "--voices", str(args.voices), "--midi", "soak_keys", "--osc-port", "0",
                    "--duration", str(args.seconds), "--record", str(work / "take.wav"),
                    "--stats-json", str(work / "stats.json"), "--quiet"] + (["--no-virtual-midi"] if args.no_virtual_midi else [])
+        if args.null:
+            command = [sys.executable, str(Path(__file__).resolve()), "--as-null-player", str(args.seconds),
+                       str(args.block_size), str(work / "stats.json")]
         player = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, bufsize=1)
         lines: list[str] = []
@@ -127,6 +189,17 @@ def main(argv=None) -> int:
         keys.close_port()
         keys.delete()
     stats = json.loads((work / "stats.json").read_text())
+    if args.null:
+        print(f"null player (no engine) soak: {args.seconds:g} s, block {args.block_size}, JACK dummy 48 kHz; "
+              f"{'real-time' if args.realtime else 'no real-time'} scheduling; exit code {code}; load average "
+              f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        print(f"  sent: {notes} notes (+bends), {osc_sent} OSC latent changes; events drained {stats['events']}")
+        print(f"  underflows after the first second: {stats['underflows'] - stats['startup_underflows']} "
+              f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
+              f"{stats['callbacks']}")
+        _print_xruns(work / "jackd.log")
+        shutil.rmtree(work, ignore_errors=True)
+        return code
     import soundfile as sf
 
     audio, _ = sf.read(str(work / "take.wav"), dtype="float32")
@@ -139,6 +212,8 @@ def main(argv=None) -> int:
           f"{stats['callbacks']}")
     print(f"  callbacks that began > half a block late (CPU or GIL wait): {stats.get('late_starts')}; max start "
           f"delay {stats.get('max_start_delay_ms', float('nan')):.2f} ms")
+    if stats.get("late_callback_log"):
+        print("  late callbacks (s into the stream, ms): " + ", ".join(f"{t:.2f}s {ms:.1f}" for t, ms in stats["late_callback_log"]))
     print(f"  callback load: median {100 * stats['load_median']:.1f}%, p99 {100 * stats['load_p99']:.1f}%, max "
           f"{stats['max_callback_ms']:.2f} ms of {1000 * args.block_size / 48000:.2f} ms")
     print(f"  non-finite samples: {nonfinite} of {audio.size}; peak {float(np.abs(audio).max(initial=0)):.3f}; "
@@ -149,6 +224,7 @@ def main(argv=None) -> int:
         trace = ", ".join(f"{t:.0f}s {m:.1f}" for t, m in rss)
         print(f"  RSS (MB): start {rss[0][1]:.1f}, end {rss[-1][1]:.1f} (change {rss[-1][1] - rss[0][1]:+.1f}); "
               f"trace: {trace}; at exit, stream closed: {stats['rss_mb']:.1f}")
+    _print_xruns(work / "jackd.log")
     if code != 0:
         print("\n".join(lines))
     if args.keep:

@@ -42,8 +42,9 @@ class AudioStats:
     late: int = 0                   # callbacks whose compute time exceeded the block's duration
     hook_errors: int = 0            # block_events raised (queued events only) or effects raised (dry block)
     max_callback_ms: float = 0.0
-    # How long after PortAudio's callback time the Python callback began (waiting for the CPU or the GIL): time
-    # that the load figures do not see. Measured with the stream clock; 0 where the host API gives no time.
+    # How much later than one block after the previous one a callback began (waiting for the CPU, the GIL or the
+    # host's clock): time that the load figures do not see. Measured with perf_counter alone: sounddevice's C
+    # calls (stream.time) release the GIL, and getting it back inside the callback can cost a switch interval.
     max_start_delay_ms: float = 0.0
     late_starts: int = 0            # callbacks that began more than half a block late
 
@@ -73,6 +74,8 @@ class AudioOutput:
         self.effects = effects
         self._dry = np.zeros((engine.block_size, max(1, self.channels)), dtype=np.float32)   # effects fallback
         self._budget_s = engine.block_size / engine.sample_rate
+        self._previous_start = math.nan                      # perf_counter at the previous callback's entry
+        self._late_log = np.zeros((16, 2))                   # (stream seconds, compute ms) of the first late ones
         self._blocks_per_second = max(1, math.ceil(engine.sample_rate / engine.block_size))
         self._loads = np.zeros(int(load_history))          # ring of the latest loads (fraction of the budget)
         self._load_count = 0
@@ -81,9 +84,9 @@ class AudioOutput:
     def _callback(self, outdata, frames, time_info, status) -> None:
         started = time.perf_counter()
         stats = self.stats
-        stream = self._stream
-        if stream is not None and time_info.currentTime > 0.0:
-            delay = stream.time - time_info.currentTime
+        delay = started - self._previous_start - self._budget_s          # nan at the first callback
+        self._previous_start = started
+        if delay > 0.0:
             if delay * 1000.0 > stats.max_start_delay_ms:
                 stats.max_start_delay_ms = delay * 1000.0
             if delay > 0.5 * self._budget_s:
@@ -112,6 +115,9 @@ class AudioOutput:
         self._load_count += 1
         stats.callbacks += 1
         if elapsed > budget:
+            if stats.late < self._late_log.shape[0]:          # when the first late callbacks happened, and how long
+                self._late_log[stats.late, 0] = stats.callbacks * self._budget_s
+                self._late_log[stats.late, 1] = elapsed * 1000.0
             stats.late += 1
         if elapsed * 1000.0 > stats.max_callback_ms:
             stats.max_callback_ms = elapsed * 1000.0
@@ -127,6 +133,11 @@ class AudioOutput:
             self.stats.hook_errors += 1
             if keep:
                 np.copyto(outdata, dry[:frames])
+
+    def late_callbacks(self) -> list[tuple[float, float]]:
+        """(seconds into the stream, compute ms) of the first 16 callbacks that took longer than their block."""
+        n = min(self.stats.late, self._late_log.shape[0])
+        return [(round(float(t), 3), round(float(ms), 2)) for t, ms in self._late_log[:n]]
 
     def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
         """Callback loads (compute time / block duration) of about the last ``seconds`` (a copy; any thread)."""
@@ -150,6 +161,7 @@ class AudioOutput:
         import sounddevice as sd
 
         if self._stream is None:
+            self._previous_start = math.nan
             self._stream = sd.OutputStream(samplerate=self.engine.sample_rate, blocksize=self.engine.block_size,
                                            device=self.device, channels=self.channels, dtype="float32",
                                            latency=self.latency, callback=self._callback)

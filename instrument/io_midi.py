@@ -5,9 +5,22 @@ valid MIDI message are counted as ``malformed``, never raised) -> ``router.midi(
 python-rtmidi is used directly (mido's rtmidi ports drop undecodable bytes silently, and opening a port with a
 client name makes it virtual, so it cannot connect to a source). Connecting to a source opens one more rtmidi
 input: on JACK that is a port connected from the source, on ALSA a subscription.
+
+``MidiInput(..., separate_process=True)`` (what sdga-play uses) opens the ports in a small child process that
+imports only rtmidi and forwards the raw bytes through a pipe; a reader thread here decodes, routes and
+enqueues as above. Why: rtmidi calls its Python callback from JACK's process thread, which must take the GIL;
+in the player's process the GIL is also wanted by the audio callback and the OSC thread, so JACK's MIDI client
+waited for it and JACK logged the whole cycle late (the soak benchmark's xruns were mostly blamed on sdga's
+rtmidi clients). In the child nothing else wants its GIL, and the pipe read here releases ours while it waits.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
 from typing import Sequence
 
 from .events import EventQueue
@@ -77,13 +90,13 @@ class MidiInput:
     ``router``: an object with ``midi(message, offset) -> list[Event]`` (default: :class:`DefaultRouter`
     without latents). Counters: ``received`` (events queued), ``ignored`` (messages routed to nothing),
     ``malformed`` (bytes that are not a MIDI message, or messages the router refused), ``last_error``.
-    Use as a context manager or call :meth:`close`.
+    ``separate_process``: open the ports in a child process (see the module notes); the counters, routing and
+    errors are the same. Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, queue: EventQueue, *, virtual_name: str | None = "sdga", api: str | None = JACK_API,
-                 connect: str | Sequence[str] | None = None, client_name: str = "sdga", router=None):
-        import rtmidi
-
+                 connect: str | Sequence[str] | None = None, client_name: str = "sdga", router=None,
+                 separate_process: bool = False):
         if router is None:
             from .routing import DefaultRouter
 
@@ -96,7 +109,14 @@ class MidiInput:
         self.last_error = ""
         self.ports: list = []
         self.port_names: list[str] = []
+        self._child: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
         sources = [connect] if isinstance(connect, str) else list(connect or ())
+        if separate_process:
+            self._start_child(dict(api=api, virtual_name=virtual_name, sources=sources, client_name=client_name))
+            return
+        import rtmidi
+
         rtapi = _rtapi(api)
         try:
             if virtual_name:
@@ -108,6 +128,37 @@ class MidiInput:
         except Exception:
             self.close()
             raise
+
+    def _start_child(self, spec: dict) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", "from instrument.io_midi import _bridge_main; _bridge_main()", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        hello = self._child.stdout.readline()
+        try:
+            reply = json.loads(hello.decode())
+        except ValueError:
+            reply = {"error": f"MIDI process exited ({self._child.poll()}) before opening its ports"}
+        if "error" in reply:
+            self.close()
+            raise MidiPortError(reply["error"])
+        self.port_names = list(reply["ports"])
+        self._reader = threading.Thread(target=self._read_child, name="sdga-midi-reader", daemon=True)
+        self._reader.start()
+
+    def _read_child(self) -> None:
+        """Reader thread: frames of (1 byte length, the bytes) until the child's pipe closes."""
+        stream = self._child.stdout
+        while True:
+            head = stream.read(1)
+            if not head:
+                return
+            data = stream.read(head[0])
+            if len(data) < head[0]:
+                return
+            self._on_bytes((list(data), 0.0))
 
     def _open(self, rtmidi, rtapi: int, client_name: str, port_name: str, source: str | None) -> None:
         try:
@@ -154,6 +205,17 @@ class MidiInput:
                 self.received += 1
 
     def close(self) -> None:
+        if self._child is not None:
+            child, self._child = self._child, None
+            try:
+                child.stdin.close()         # EOF: the child closes its ports and exits
+                child.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                child.kill()
+                child.wait()
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+            child.stdout.close()
         for port in self.ports:
             try:
                 port.cancel_callback()
@@ -168,3 +230,53 @@ class MidiInput:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _bridge_main() -> None:
+    """The child process of ``MidiInput(separate_process=True)``: argv[1] is a JSON spec (api, virtual_name,
+    sources, client_name). Prints one JSON line (``{"ports": [...]}`` or ``{"error": "..."}``) then writes each
+    received message to stdout as (length byte, bytes), from rtmidi's callback; exits when stdin closes."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the player's to handle; it closes our stdin
+    spec = json.loads(sys.argv[1])
+    out = sys.stdout.fileno()
+
+    def forward(event, data=None) -> None:          # rtmidi's thread: raw bytes into the pipe, nothing else
+        message = bytes(event[0][:255])
+        try:
+            os.write(out, bytes((len(message),)) + message)
+        except OSError:
+            pass
+
+    try:
+        import rtmidi
+
+        opener = MidiInput.__new__(MidiInput)        # reuse _open (port errors worded the same)
+        opener.ports = []
+        opener._on_bytes = forward
+        rtapi = _rtapi(spec["api"])
+        names = []
+        if spec["virtual_name"]:
+            opener._open(rtmidi, rtapi, spec["client_name"], spec["virtual_name"], None)
+            names.append(f"{spec['client_name']}:{spec['virtual_name']}" if spec["api"] == JACK_API
+                         else spec["virtual_name"])
+        for source in spec["sources"]:
+            opener._open(rtmidi, rtapi, spec["client_name"], spec["virtual_name"] or "in", source)
+            names.append(source)
+    except Exception as exc:
+        os.write(out, (json.dumps({"error": str(exc)}) + "\n").encode())
+        return
+    os.write(out, (json.dumps({"ports": names}) + "\n").encode())
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (OSError, KeyboardInterrupt):
+        pass
+    for port in opener.ports:
+        try:
+            port.cancel_callback()
+            port.close_port()
+            port.delete()
+        except Exception:
+            pass

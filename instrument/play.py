@@ -245,7 +245,7 @@ def _open_midi(args, router, queue, log) -> list:
             sources = [n for n in names if not n.startswith("sdga:")] if args.midi_all else \
                 match_midi_inputs(args.midi, names, exclude_client="sdga")
         midi = MidiInput(queue, virtual_name=None if args.no_virtual_midi else "sdga", api=api, connect=sources,
-                         client_name="sdga", router=router)
+                         client_name="sdga", router=router, separate_process=True)
     except MidiPortError as exc:
         if wanted:
             raise UsageError(str(exc)) from None
@@ -314,6 +314,7 @@ class _Session:
             "sample_rate": engine.sample_rate, "block_size": engine.block_size,
             "callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
             "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
+            "late_callback_log": audio.late_callbacks(),
             "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
             "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
             "engine_errors": engine.stats.errors, "engine_last_error": engine.stats.last_error,

@@ -149,7 +149,8 @@ def jack_server(tmp_path_factory):
                 os.environ[key] = value
 
 
-def test_midi_virtual_port_over_jack(jack_server):
+@pytest.mark.parametrize("separate_process", [False, True], ids=["in-process", "child-process"])
+def test_midi_virtual_port_over_jack(jack_server, separate_process):
     import mido
 
     from instrument.io_midi import MidiInput, midi_backend
@@ -158,7 +159,8 @@ def test_midi_virtual_port_over_jack(jack_server):
     queue = EventQueue()
     with backend.open_output("out", virtual=True, client_name="sdga_test_keys") as keys, \
             MidiInput(queue, virtual_name="sdga", api="UNIX_JACK", client_name="sdga_in",
-                      connect="sdga_test_keys:out") as midi:
+                      connect="sdga_test_keys:out", separate_process=separate_process) as midi:
+        assert midi.port_names == ["sdga_in:sdga", "sdga_test_keys:out"]
         assert "sdga_in:sdga" in backend.get_output_names()
         time.sleep(0.1)
         keys.send(mido.Message("note_on", note=64, velocity=80, channel=3))
@@ -166,8 +168,35 @@ def test_midi_virtual_port_over_jack(jack_server):
         keys.send(mido.Message("program_change", program=1))
         assert wait_for(lambda: midi.received == 2 and midi.ignored == 1)
     assert list(queue.drain()) == [NoteOn(64, 80, 3), PitchBend(0.5, 0)]
-    with pytest.raises(RuntimeError):
-        MidiInput(EventQueue(), api="UNIX_JACK", client_name="sdga_in2", connect="no_such:port")
+    with pytest.raises(RuntimeError, match="no_such:port"):
+        MidiInput(EventQueue(), api="UNIX_JACK", client_name="sdga_in2", connect="no_such:port",
+                  separate_process=separate_process)
+
+
+def test_midi_child_process_counts_malformed_bytes_and_stops_with_the_input(jack_server):
+    """Bytes that are no MIDI message cross the pipe as they came and are counted here; closing the input
+    ends the child process."""
+    import rtmidi
+
+    from instrument.io_midi import MidiInput
+
+    keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sdga_test_raw")
+    keys.open_virtual_port("out")
+    queue = EventQueue()
+    try:
+        with MidiInput(queue, virtual_name=None, api="UNIX_JACK", client_name="sdga_in3",
+                       connect="sdga_test_raw:out", separate_process=True) as midi:
+            child = midi._child
+            time.sleep(0.1)
+            for message in ([0x90, 0x40], [0xF5, 1], [0x90, 60, 100], [0xB0, 200, 1]):
+                keys.send_message(message)
+            assert wait_for(lambda: midi.received == 1 and midi.malformed == 3)
+            assert "data byte" in midi.last_error
+        assert child.poll() is not None
+    finally:
+        keys.close_port()
+        keys.delete()
+    assert list(queue.drain()) == [NoteOn(60, 100, 0)]
 
 
 def test_audio_output_renders_in_the_callback(jack_server):
