@@ -66,6 +66,23 @@ class ModelConfig:
         return self.sample_rate / self.hop_size
 
 
+# The decoder's initial harmonic distribution falls by this much per octave (its output bias; training moves
+# it). With a flat start (DDSP's), the first optimiser steps on a corpus whose upper harmonics are weak (the
+# FluidR3 flute) cut the overall amplitude instead, by 70 dB in 10 steps, and exp_sigmoid's vanishing gradient
+# then keeps the harmonic branch silent for good: the model plays only noise.
+HARMONIC_INIT_DB_PER_OCTAVE = -12.0
+
+
+def harmonic_tilt_bias(n_harmonics: int, db_per_octave: float) -> torch.Tensor:
+    """Raw decoder outputs whose exp_sigmoid falls by ``db_per_octave`` per octave of harmonic number from
+    exp_sigmoid(0) at the fundamental (the harmonic distribution is normalised afterwards, so only the slope
+    counts)."""
+    k = torch.arange(1, n_harmonics + 1, dtype=torch.float32)
+    target = dsp.exp_sigmoid(torch.zeros(())) * 10.0 ** (db_per_octave * torch.log2(k) / 20.0)   # amplitude
+    p = (target / 2.0).clamp(1e-6, 1 - 1e-6) ** (1.0 / math.log(10.0))                            # sigmoid value
+    return torch.log(p / (1.0 - p))
+
+
 def _mlp(n_in: int, n_hidden: int, n_layers: int = 2) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(n_layers):
@@ -86,6 +103,8 @@ class Decoder(nn.Module):
         self.gru = nn.GRU(3 * h, config.gru_size, batch_first=True)
         self.out_mlp = _mlp(config.gru_size + 2 * h, h)
         self.out = nn.Linear(h, config.n_outputs)
+        with torch.no_grad():       # start from a natural spectral tilt, not a flat one (see init_harmonic_tilt)
+            self.out.bias[1:1 + config.n_harmonics] = harmonic_tilt_bias(config.n_harmonics, HARMONIC_INIT_DB_PER_OCTAVE)
 
     def scale_inputs(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
