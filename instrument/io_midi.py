@@ -216,13 +216,7 @@ class MidiInput:
             if self._reader is not None:
                 self._reader.join(timeout=5)
             child.stdout.close()
-        for port in self.ports:
-            try:
-                port.cancel_callback()
-                port.close_port()
-                port.delete()
-            except Exception:
-                pass
+        _close_ports(self.ports)
         self.ports = []
 
     def __enter__(self) -> "MidiInput":
@@ -230,6 +224,16 @@ class MidiInput:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _close_ports(ports) -> None:
+    for port in ports:
+        try:
+            port.cancel_callback()
+            port.close_port()
+            port.delete()
+        except Exception:
+            pass
 
 
 def _bridge_main() -> None:
@@ -273,10 +277,4 @@ def _bridge_main() -> None:
             pass
     except (OSError, KeyboardInterrupt):
         pass
-    for port in opener.ports:
-        try:
-            port.cancel_callback()
-            port.close_port()
-            port.delete()
-        except Exception:
-            pass
+    _close_ports(opener.ports)

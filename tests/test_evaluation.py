@@ -12,6 +12,7 @@ import soundfile as sf
 from training.evaluation import (INVARIANCE_F0_CENTS, beta_table, dci_linear, latent_codes_for_corpus,
                                  measure_note, midi_play_accuracy, invariance_check, mutual_information_gap,
                                  velocity_to_loudness_db)
+from training.module import LossConfig
 from training.synthetic_corpus import (FACTOR_NAMES, FACTORS_CSV, factor_to_physical,
                                        harmonic_amplitudes, load_factors, make_synthetic_corpus, measure_timbre)
 
@@ -190,6 +191,7 @@ def test_beta_table_writes_results_and_resumes(trained, synthetic, monkeypatch):
     assert saved["kind"] == "beta_table" and len(saved["rows"]) == 1
     row = saved["rows"][0]
     assert row["beta"] == 1.0 and row["steps"] == 3 and 0 <= row["mig"] <= 1
+    assert row["attribute_weight"] == LossConfig().attribute_weight          # what the run was trained with
     assert row["invariance_checked"] == row["active_latents"] and "midi_f0_cents_median_abs" in row
     import training.train
     monkeypatch.setattr(training.train, "run_training", lambda *a, **k: pytest.fail("trained again"))

@@ -97,7 +97,7 @@ def test_slice():
 # ----------------------------------------------------------------------------------------------- pYIN
 
 
-@pytest.mark.parametrize("f0_hz", [110.0, 440.0, 880.0])
+@pytest.mark.parametrize("f0_hz", [110.0, 440.0, 880.0, 2093.0])   # 2093 Hz: C7, the FluidR3 flute's top note
 def test_pyin_steady_tone_within_10_cents(f0_hz):
     features = extract_features(harmonic(f0_hz, 0.6), SETTINGS)
     voiced = interior(features.voiced, 10)

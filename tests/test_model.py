@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from instrument.model import Encoder, ModelConfig
+from instrument.model import HARMONIC_INIT_DB_PER_OCTAVE, Decoder, Encoder, ModelConfig
 from instrument.offline import encode_means
 
 
@@ -78,3 +78,22 @@ def test_window_posterior_noise_is_shared_by_a_windows_frames():
     assert frame[:, 1:].sub(frame[:, :1]).abs().max() > 0
     with pytest.raises(ValueError, match="posterior_noise"):
         SdgaModule(ModelConfig().to_dict(), {"posterior_noise": "sometimes"})
+
+
+def test_a_fresh_decoder_starts_from_a_falling_harmonic_spectrum():
+    """The untrained decoder's harmonic distribution falls about HARMONIC_INIT_DB_PER_OCTAVE per octave (a flat
+    start let the flute's harmonic branch collapse), and the noise bands start quiet."""
+    torch.manual_seed(0)
+    config = ModelConfig()
+    decoder = Decoder(config)
+    f0 = torch.full((1, 50), 110.0)
+    loudness = torch.full((1, 50), -30.0)
+    with torch.no_grad():
+        controls, _ = decoder.controls(f0, loudness, torch.zeros(1, 50, config.latent_dim))
+    dist = controls.harmonic_distribution[0].mean(0)                      # (H,)
+    db = 20 * torch.log10(dist)
+    k = torch.arange(1, config.n_harmonics + 1, dtype=torch.float32)
+    slope = float(torch.linalg.lstsq(torch.stack([torch.log2(k), torch.ones_like(k)], 1), db[:, None]).solution[0])
+    assert HARMONIC_INIT_DB_PER_OCTAVE < 0
+    assert abs(slope - HARMONIC_INIT_DB_PER_OCTAVE) < 3.0
+    assert float(controls.noise_magnitudes.max()) < 0.01

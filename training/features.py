@@ -49,7 +49,7 @@ class FeatureSettings:
     hop_size: int = 128
     loudness_n_fft: int = 2048
     f0_min_hz: float = 32.7  # C1
-    f0_max_hz: float = 2093.0  # C7
+    f0_max_hz: float = 2637.0  # E7: a ceiling at a played note (C7 = 2093 Hz) read it an octave low
     pyin_sample_rate: int = 16000
     pyin_frame_length: int = 1024
     pyin_hop_size: int = 160  # 10 ms at 16 kHz

@@ -146,34 +146,55 @@ def plot_midi_accuracy(result: dict, path: Path | str) -> Path:
     return Path(path)
 
 
+def _attribute_label(weight) -> str:
+    return "attributes ?" if weight is None else ("no attributes" if weight == 0 else f"attributes {weight:g}")
+
+
 def plot_beta_table(results: dict, path: Path | str) -> Path:
-    """MIG / DCI disentanglement and active latents over beta (left), held-out spectral distance (right)."""
+    """MIG / DCI disentanglement and active latents over beta (left), held-out spectral distance (right); one
+    line per attribute-regularisation weight when the rows differ in it."""
     plt = _plt()
     rows = sorted(results["rows"], key=lambda r: r["beta"])
-    betas = [r["beta"] for r in rows]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get("attribute_weight"), []).append(r)
+    several = len(groups) > 1
+    all_betas = [r["beta"] for r in rows]
+    scale = ("log",) if min(all_betas) > 0 else ("symlog",)
+    kwargs = {} if min(all_betas) > 0 else {"linthresh": 0.1}
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("mig", "MIG"), ("mig_active", "MIG (active latents)"),
-                       ("dci_disentanglement", "DCI disentanglement (linear)")):
-        ys = [r.get(key) for r in rows]
-        if any(y is not None for y in ys):
-            a.plot(betas, [np.nan if y is None else y for y in ys], marker="o", label=label)
-    scale = ("log",) if min(betas) > 0 else ("symlog",)
-    kwargs = {} if min(betas) > 0 else {"linthresh": 0.1}
-    a.set_xscale(*scale, **kwargs)
+    twin = a.twinx()
+    styles = ["-", ":", "-."]
+    for g, (weight, group) in enumerate(sorted(groups.items(), key=lambda kv: -1 if kv[0] is None else -kv[0])):
+        betas = [r["beta"] for r in group]
+        suffix = f", {_attribute_label(weight)}" if several else ""
+        for c, (key, label) in enumerate((("mig", "MIG"), ("mig_active", "MIG (active latents)"),
+                                          ("dci_disentanglement", "DCI disentanglement (linear)"))):
+            ys = [r.get(key) for r in group]
+            if any(y is not None for y in ys):
+                a.plot(betas, [np.nan if y is None else y for y in ys], marker="o", color=f"C{c}",
+                       ls=styles[g % len(styles)], label=label + suffix)
+        twin.plot(betas, [r.get("active_latents") for r in group], color="grey", ls=styles[g % len(styles)],
+                  marker="s")
+        b.plot(betas, [np.nan if r.get("spectral_distance") is None else r["spectral_distance"] for r in group],
+               marker="o", ls=styles[g % len(styles)], label=_attribute_label(weight) if several else None)
+    ticks = sorted(set(all_betas))
+    for axis in (a, b):
+        axis.set_xscale(*scale, **kwargs)
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axis.minorticks_off()
     a.set_xlabel("beta")
     a.set_ylabel("score")
     a.set_ylim(0, 1)
     a.grid(alpha=0.3)
-    twin = a.twinx()
-    twin.plot(betas, [r.get("active_latents") for r in rows], color="grey", ls="--", marker="s", label="active")
-    twin.set_ylabel("active latents", color="grey")
+    twin.set_ylabel("active latents (grey)", color="grey")
     twin.set_ylim(0, max([r.get("latent_dim") or r.get("active_latents") or 1 for r in rows]) + 0.5)
-    a.legend(fontsize=8)
-    b.plot(betas, [np.nan if r.get("spectral_distance") is None else r["spectral_distance"] for r in rows], marker="o")
-    b.set_xscale(*scale, **kwargs)
+    a.legend(fontsize=7)
     b.set_xlabel("beta")
     b.set_ylabel("held-out spectral distance")
     b.grid(alpha=0.3)
+    if several:
+        b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -256,16 +277,18 @@ def _results_section(data: dict, report_dir: Path) -> list[str]:
         return [f"## {kind}: no rows", ""]
     if kind == "beta_table":
         plot_beta_table(data, report_dir / "beta_table.png")
-        table = [[r["beta"], r.get("steps"), r.get("active_latents"), _fmt(r.get("mig"), ".3f"),
+        table = [[r["beta"], _attribute_label(r.get("attribute_weight")), r.get("steps"), r.get("active_latents"),
+                  _fmt(r.get("mig"), ".3f"),
                   _fmt(r.get("mig_active"), ".3f"), _fmt(r.get("dci_disentanglement"), ".3f"),
                   _fmt(r.get("spectral_distance"), ".3f"), _fmt(r.get("f0_cents_median"), ".2f"),
                   _fmt(r.get("loudness_db_median"), ".2f"),
                   f"{r['invariance_pass']}/{r['invariance_checked']}" if "invariance_pass" in r else "–",
-                  ", ".join(r.get("latent_names", []))] for r in sorted(rows, key=lambda r: r["beta"])]
+                  ", ".join(r.get("latent_names", []))]
+                 for r in sorted(rows, key=lambda r: (-(r.get("attribute_weight") or 0), r["beta"]))]
         s = data.get("settings", {})
         return ["## Beta table", "",
                 f"Corpus {s.get('corpus')}, evaluated on {s.get('eval_corpus')}; budget {s.get('max_time_s')} s per run.",
-                "", markdown_table(["beta", "steps", "active", "MIG", "MIG active", "DCI D", "held-out spectral",
+                "", markdown_table(["beta", "regularisation", "steps", "active", "MIG", "MIG active", "DCI D", "held-out spectral",
                                     "f0 (cents)", "loudness (dB)", "invariance", "names"], table), "",
                 "![beta table](beta_table.png)", ""]
     if kind == "time_to_quality":
@@ -294,6 +317,31 @@ def _results_section(data: dict, report_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- the report
+CLIP_SECONDS = 12.0
+
+
+def _audio_clips(resynth: Path, out_dir: Path) -> tuple[Path, Path] | None:
+    """The first CLIP_SECONDS of a held-out resynthesis and its original as Ogg Vorbis in ``out_dir`` (None
+    when the original is missing or this libsndfile cannot write Vorbis)."""
+    import soundfile as sf
+
+    original = resynth.with_name(resynth.name.replace(".resynth", ".original"))
+    if not original.exists():
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        for source in (resynth, original):
+            info = sf.info(str(source))
+            audio, rate = sf.read(str(source), frames=int(CLIP_SECONDS * info.samplerate), dtype="float32")
+            target = out_dir / (source.stem + ".ogg")
+            sf.write(str(target), audio, rate, format="OGG", subtype="VORBIS")
+            written.append(target)
+    except (RuntimeError, sf.LibsndfileError, ValueError):
+        return None
+    return written[0], written[1]
+
+
 def write_report(run_dir: Path | str, report_dir: Path | str | None = None, results: Sequence[Path | str | dict] = (),
                  eval_corpus: Path | str | None = None, quick: bool = False, log=print) -> Path:
     """Write <report_dir>/report.md (default <run_dir>/report) and its PNGs; returns the markdown path."""
@@ -341,7 +389,11 @@ def write_report(run_dir: Path | str, report_dir: Path | str | None = None, resu
                                 _fmt(h.get("f0_cents_mean"), ".2f"), _fmt(h.get("loudness_db_median"), ".2f"),
                                 _fmt(h.get("loudness_db_mean"), ".2f")]]), ""]
         heldout = sorted((run_dir / "heldout").glob("*.resynth.wav"))[:6]
-        if heldout:
+        clips = _audio_clips(heldout[0], report_dir / "audio") if heldout else None
+        if clips:                  # copied into the report, so that a committed report plays without its run
+            md += [f"Listen (the first {CLIP_SECONDS:g} s of one held-out phrase, Ogg Vorbis): "
+                   f"[{clips[0].name}](audio/{clips[0].name}) / [original](audio/{clips[1].name})", ""]
+        elif heldout:
             md += ["Listen: " + ", ".join(f"[{p.name}]({os.path.relpath(p, report_dir)}) / "
                                           f"[original]({os.path.relpath(p.with_name(p.name.replace('.resynth', '.original')), report_dir)})"
                                           for p in heldout), ""]
