@@ -131,10 +131,14 @@ def load_bundle(path: Path | str, with_encoder: bool = True) -> ModelBundle:
 
 
 def random_bundle(config: ModelConfig | None = None, seed: int = 0) -> ModelBundle:
-    """An untrained model (for tests and benchmarks of the engine; sounds like a buzzy tone)."""
+    """An untrained model (for tests and benchmarks of the engine; sounds like a buzzy tone: its harmonic
+    distribution starts flat, not with the tilt a model starts training from, so that timbre changes made by
+    patches and effects are easy to measure)."""
     config = config or ModelConfig()
     torch.manual_seed(seed)
     decoder = Decoder(config).eval()
+    with torch.no_grad():
+        decoder.out.bias[1:1 + config.n_harmonics] = 0.0
     encoder = Encoder(config).eval()
     return ModelBundle(config, decoder, encoder, default_latents(config.latent_dim),
                        {"corpus": {"f0_range_hz": [65.4, 1046.5], "loudness_range_db": [-60.0, -10.0]},

@@ -384,6 +384,7 @@ class Engine:
         over -= soft
         np.copysign(over, audio, out=over)
         audio -= over
+        np.clip(audio, -1.0, 1.0, out=audio)          # T + (1 - T) tanh(.) <= 1, but float32 rounding is not
 
     def _recover(self, rows: int) -> None:
         """Reset every voice whose output or recurrent state went non-finite, and re-mix without them."""
