@@ -115,16 +115,8 @@ class MidiInput:
         if separate_process:
             self._start_child(dict(api=api, virtual_name=virtual_name, sources=sources, client_name=client_name))
             return
-        import rtmidi
-
-        rtapi = _rtapi(api)
         try:
-            if virtual_name:
-                self._open(rtmidi, rtapi, client_name, virtual_name, None)
-                self.port_names.append(f"{client_name}:{virtual_name}" if api == JACK_API else virtual_name)
-            for source in sources:
-                self._open(rtmidi, rtapi, client_name, virtual_name or "in", source)
-                self.port_names.append(source)
+            self.port_names = _open_ports(api, client_name, virtual_name, sources, self._on_bytes, self.ports)
         except Exception:
             self.close()
             raise
@@ -159,25 +151,6 @@ class MidiInput:
             if len(data) < head[0]:
                 return
             self._on_bytes((list(data), 0.0))
-
-    def _open(self, rtmidi, rtapi: int, client_name: str, port_name: str, source: str | None) -> None:
-        try:
-            port = rtmidi.MidiIn(rtapi, client_name, 1024)
-        except rtmidi.RtMidiError as exc:
-            raise MidiPortError(f"cannot open MIDI: {exc}") from None
-        self.ports.append(port)
-        port.ignore_types(sysex=True, timing=True, active_sense=True)
-        port.set_callback(self._on_bytes)
-        try:
-            if source is None:
-                port.open_virtual_port(port_name)
-            else:
-                names = port.get_ports()
-                if source not in names:
-                    raise MidiPortError(f"no MIDI input {source!r}; inputs: {', '.join(names) or '(none)'}")
-                port.open_port(names.index(source), port_name)
-        except rtmidi.RtMidiError as exc:
-            raise MidiPortError(f"cannot open MIDI port {source or port_name!r}: {exc}") from None
 
     def _on_bytes(self, event, data=None) -> None:
         import mido
@@ -226,6 +199,44 @@ class MidiInput:
         self.close()
 
 
+def _open_ports(api: str | None, client_name: str, virtual_name: str | None, sources: Sequence[str], callback,
+                ports: list) -> list[str]:
+    """Open the virtual input (if ``virtual_name``) and one input connected from each source, each calling
+    ``callback(event, data)`` from rtmidi's thread; every port opened is appended to ``ports`` at once (so the
+    caller can close them if a later one fails). Returns the port names; raises MidiPortError."""
+    import rtmidi
+
+    rtapi = _rtapi(api)
+
+    def open_one(port_name: str, source: str | None) -> None:
+        try:
+            port = rtmidi.MidiIn(rtapi, client_name, 1024)
+        except rtmidi.RtMidiError as exc:
+            raise MidiPortError(f"cannot open MIDI: {exc}") from None
+        ports.append(port)
+        port.ignore_types(sysex=True, timing=True, active_sense=True)
+        port.set_callback(callback)
+        try:
+            if source is None:
+                port.open_virtual_port(port_name)
+            else:
+                names = port.get_ports()
+                if source not in names:
+                    raise MidiPortError(f"no MIDI input {source!r}; inputs: {', '.join(names) or '(none)'}")
+                port.open_port(names.index(source), port_name)
+        except rtmidi.RtMidiError as exc:
+            raise MidiPortError(f"cannot open MIDI port {source or port_name!r}: {exc}") from None
+
+    opened: list[str] = []
+    if virtual_name:
+        open_one(virtual_name, None)
+        opened.append(f"{client_name}:{virtual_name}" if api == JACK_API else virtual_name)
+    for source in sources:
+        open_one(virtual_name or "in", source)
+        opened.append(source)
+    return opened
+
+
 def _close_ports(ports) -> None:
     for port in ports:
         try:
@@ -253,22 +264,11 @@ def _bridge_main() -> None:
         except OSError:
             pass
 
+    ports: list = []
     try:
-        import rtmidi
-
-        opener = MidiInput.__new__(MidiInput)        # reuse _open (port errors worded the same)
-        opener.ports = []
-        opener._on_bytes = forward
-        rtapi = _rtapi(spec["api"])
-        names = []
-        if spec["virtual_name"]:
-            opener._open(rtmidi, rtapi, spec["client_name"], spec["virtual_name"], None)
-            names.append(f"{spec['client_name']}:{spec['virtual_name']}" if spec["api"] == JACK_API
-                         else spec["virtual_name"])
-        for source in spec["sources"]:
-            opener._open(rtmidi, rtapi, spec["client_name"], spec["virtual_name"] or "in", source)
-            names.append(source)
+        names = _open_ports(spec["api"], spec["client_name"], spec["virtual_name"], spec["sources"], forward, ports)
     except Exception as exc:
+        _close_ports(ports)
         os.write(out, (json.dumps({"error": str(exc)}) + "\n").encode())
         return
     os.write(out, (json.dumps({"ports": names}) + "\n").encode())
@@ -277,4 +277,4 @@ def _bridge_main() -> None:
             pass
     except (OSError, KeyboardInterrupt):
         pass
-    _close_ports(opener.ports)
+    _close_ports(ports)

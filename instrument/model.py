@@ -103,7 +103,7 @@ class Decoder(nn.Module):
         self.gru = nn.GRU(3 * h, config.gru_size, batch_first=True)
         self.out_mlp = _mlp(config.gru_size + 2 * h, h)
         self.out = nn.Linear(h, config.n_outputs)
-        with torch.no_grad():       # start from a natural spectral tilt, not a flat one (see init_harmonic_tilt)
+        with torch.no_grad():       # start from a natural spectral tilt, not a flat one (HARMONIC_INIT_DB_PER_OCTAVE)
             self.out.bias[1:1 + config.n_harmonics] = harmonic_tilt_bias(config.n_harmonics, HARMONIC_INIT_DB_PER_OCTAVE)
 
     def scale_inputs(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
