@@ -536,7 +536,7 @@ def _row_from_run(run_dir: Path, evaluation: dict) -> dict:
     latents = summary.get("latents", [])
     row = {"run_dir": str(run_dir), "steps": t.get("steps"), "fit_seconds": t.get("fit_seconds"),
            "best_val_loss": t.get("best_val_loss"), "beta": t.get("beta"), "max_time_s": t.get("max_time_s"),
-           "attribute_weight": t.get("attribute_weight"),
+           "attribute_weight": t.get("attribute_weight"), "invariance_weight": t.get("invariance_weight", 0.0),
            "interrupted": t.get("interrupted"),
            "active_latents": sum(1 for l in latents if l.get("active")), "latent_dim": t.get("latent_dim"),
            "latent_names": [l["name"] for l in latents if l.get("active")],

@@ -13,6 +13,7 @@ from instrument import dsp
 from instrument.model import Decoder, Encoder, ModelConfig, kl_divergence
 
 from .attributes import attribute_loss, frame_attributes
+from .invariance import loudness_invariance_loss
 from .metrics import spectral_loss_module
 
 
@@ -34,6 +35,10 @@ class LossConfig:
     # benchmarks/results/latents_experiments_16k.txt (weight 1 / delta 10 disentangled less).
     attribute_weight: float = 0.3
     attribute_delta: float = 1.0
+    # Loudness invariance (training.invariance): smooth-L1 in dB between the loudness of the batch's controls
+    # and of the batch decoded with latents swapped between examples; 0 = off. Added in session 4 because with
+    # the tilted start a knob moved loudness by 1.62 dB (limit 1.5) and a latent carried level.
+    invariance_weight: float = 0.1
 
 
 class SdgaModule(pl.LightningModule):
@@ -56,20 +61,21 @@ class SdgaModule(pl.LightningModule):
         return c.beta * min(1.0, max(0.0, ramp))
 
     def render(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor, z: torch.Tensor, noise: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames (B, F + 1) -> (harmonic, noise) audio (B, F * hop) each, from a fresh synth state."""
+               ) -> tuple[torch.Tensor, torch.Tensor, dsp.SynthControls]:
+        """Frames (B, F + 1) -> (harmonic, noise) audio (B, F * hop) each, from a fresh synth state, and the
+        controls."""
         c = self.model_config
         controls, _ = self.decoder.controls(f0_hz, loudness_db, z)
         state = dsp.initial_state(controls.frame(0))
         harmonic, filtered, _ = dsp.synthesize(controls.frames(1), noise, state, c.hop_size, c.sample_rate)
-        return harmonic, filtered
+        return harmonic, filtered, controls
 
     def forward_batch(self, batch: dict, sample: bool, noise_generator: torch.Generator | None = None) -> dict:
         audio, f0_hz, loudness_db = batch["audio"], batch["f0_hz"], batch["loudness_db"]
         mean, logvar = self.encoder(audio, f0_hz)          # (B, F + 1, D)
         z = mean + self._posterior_eps(mean) * torch.exp(0.5 * logvar) if sample else mean
         noise = torch.rand(audio.shape, generator=noise_generator, device=audio.device) * 2.0 - 1.0
-        harmonic, filtered = self.render(f0_hz, loudness_db, z, noise)
+        harmonic, filtered, controls = self.render(f0_hz, loudness_db, z, noise)
         output = harmonic + filtered
         spectral = self.spectral_loss(output, audio)
         kl_per_dim = kl_divergence(mean, logvar).mean(dim=(0, 1))   # (D,) nats per frame
@@ -83,6 +89,9 @@ class SdgaModule(pl.LightningModule):
             out["attributes"] = attribute_loss(z_frames, attributes[:, :z_frames.shape[1]],
                                                mask[:, :z_frames.shape[1]], self.loss_config.attribute_delta,
                                                noise_generator)
+        if self.loss_config.invariance_weight > 0:
+            out["invariance"] = loudness_invariance_loss(self.decoder, f0_hz, loudness_db, controls, z,
+                                                         self.model_config.sample_rate, noise_generator)
         return out
 
     def _posterior_eps(self, mean: torch.Tensor) -> torch.Tensor:
@@ -99,6 +108,9 @@ class SdgaModule(pl.LightningModule):
         if "attributes" in out:
             loss = loss + self.loss_config.attribute_weight * out["attributes"]
             self.log("train/attributes", out["attributes"], batch_size=bs)
+        if "invariance" in out:
+            loss = loss + self.loss_config.invariance_weight * out["invariance"]
+            self.log("train/invariance_db", out["invariance"], batch_size=bs)
         self.log_dict({"train/loss": loss, "train/spectral": out["spectral"], "train/kl": out["kl"],
                        "train/beta": beta}, prog_bar=False, batch_size=bs)
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=bs)
@@ -115,6 +127,8 @@ class SdgaModule(pl.LightningModule):
         active = (out["kl_per_dim"] > 0.01).sum().float()
         if "attributes" in out:
             self.log("val/attributes", out["attributes"], batch_size=bs, sync_dist=True)
+        if "invariance" in out:
+            self.log("val/invariance_db", out["invariance"], batch_size=bs, sync_dist=True)
         self.log_dict({"val/loss": val_loss, "val/spectral": out["spectral"], "val/kl": out["kl"],
                        "val/active_latents": active,
                        "val/harmonic_db": _energy_db(out["harmonic"]), "val/noise_db": _energy_db(out["noise"])},

@@ -261,7 +261,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         "audio_seconds_per_second": round(steps * cfg.batch_size * window_s / max(fit_seconds, 1e-9), 2),
         "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "interrupted": interrupted, "beta": cfg.beta, "latent_dim": cfg.latent_dim, "seed": cfg.seed,
-        "attribute_weight": loss_config.attribute_weight, "augment": cfg.augment, "augment_variants": cfg.augment_variants if cfg.augment else 0,
+        "attribute_weight": loss_config.attribute_weight, "invariance_weight": loss_config.invariance_weight, "augment": cfg.augment, "augment_variants": cfg.augment_variants if cfg.augment else 0,
         "window_seconds": window_s, "batch_size": cfg.batch_size, "split": data.split,
         "max_time_s": cfg.max_time_s, "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

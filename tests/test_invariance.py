@@ -1,0 +1,77 @@
+"""Contract: the loudness-invariance term estimates what the synth renders, and penalises a z that changes it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from instrument import dsp
+from training.features import a_weighted_loudness_db
+from training.invariance import a_weighting_db, controls_loudness_db, loudness_invariance_loss, swap_latents
+
+SR, HOP = 48000, 128
+
+
+def test_a_weighting_matches_librosa():
+    import librosa
+
+    f = np.array([31.5, 100.0, 1000.0, 4000.0, 16000.0])
+    assert np.allclose(a_weighting_db(torch.from_numpy(f)).numpy(), librosa.A_weighting(f), atol=1e-3)
+
+
+@pytest.mark.parametrize("f0_hz,tilt,noise_bias", [(110.0, 0.0, -5.0), (440.0, 1.0, -1.0), (880.0, 2.0, 3.0)])
+def test_controls_loudness_matches_the_rendered_audio(f0_hz, tilt, noise_bias):
+    torch.manual_seed(0)
+    n_frames, n_harmonics, n_bands = 120, 32, 65
+    raw = torch.randn(1, 1, 1 + n_harmonics + n_bands) * 2 + torch.linspace(3, -3, 1 + n_harmonics + n_bands) * tilt
+    raw = raw.expand(1, n_frames + 1, -1)
+    controls = dsp.raw_to_controls(raw, torch.full((1, n_frames + 1), f0_hz), n_harmonics, n_bands, SR, noise_bias)
+    noise = torch.rand(1, n_frames * HOP) * 2 - 1
+    harmonic, filtered, _ = dsp.synthesize(controls.frames(1), noise, dsp.initial_state(controls.frame(0)), HOP, SR)
+    measured = a_weighted_loudness_db((harmonic + filtered)[0].numpy(), SR, HOP, 2048)[40:].mean()
+    estimated = float(controls_loudness_db(controls, SR)[0, 40:].mean())
+    assert abs(measured - estimated) < 0.5, (measured, estimated)
+
+
+def test_swapped_latents_come_from_other_examples():
+    z = torch.arange(4.0).view(4, 1, 1).expand(4, 3, 5).contiguous() + torch.arange(5.0) * 10
+    swapped = swap_latents(z, torch.Generator().manual_seed(0))
+    assert swapped.shape == z.shape
+    for d in range(5):
+        column = swapped[:, 0, d] - 10 * d
+        assert sorted(column.tolist()) == [0.0, 1.0, 2.0, 3.0] and (column != torch.arange(4.0)).all()
+
+
+def test_invariance_loss_is_zero_when_z_does_not_matter_and_trains_the_decoder_only():
+    from instrument.model import Decoder, ModelConfig
+
+    config = ModelConfig(hidden_size=16, gru_size=16, n_harmonics=8, n_noise_bands=9, latent_dim=3)
+    decoder = Decoder(config)
+    f0 = torch.full((4, 20), 220.0)
+    loud = torch.full((4, 20), -30.0)
+    z = torch.randn(4, 20, 3, requires_grad=True)
+    controls, _ = decoder.controls(f0, loud, z)
+    loss = loudness_invariance_loss(decoder, f0, loud, controls, z, config.sample_rate)
+    assert float(loss) > 0
+    loss.backward()
+    assert z.grad is None                                          # z is detached: the encoder is not pushed
+    assert decoder.z_mlp[0].weight.grad.abs().sum() > 0
+    same = torch.zeros(4, 20, 3)                                   # identical latents in every example
+    controls, _ = decoder.controls(f0, loud, same)
+    assert float(loudness_invariance_loss(decoder, f0, loud, controls, same, config.sample_rate)) < 1e-6
+
+
+def test_training_step_adds_the_invariance_term():
+    from instrument.model import ModelConfig
+    from training.module import SdgaModule
+
+    config = ModelConfig(hidden_size=32, gru_size=32, encoder_gru_size=16, n_harmonics=16, n_noise_bands=17)
+    module = SdgaModule(config.to_dict(), {"attribute_weight": 0.0, "invariance_weight": 1.0})
+    module.log = module.log_dict = lambda *a, **k: None
+    n_frames = 72
+    batch = {"audio": torch.randn(3, n_frames * HOP) * 0.1, "f0_hz": torch.full((3, n_frames + 1), 300.0),
+             "loudness_db": torch.full((3, n_frames + 1), -20.0)}
+    out = module.forward_batch(batch, sample=True)
+    assert "invariance" in out and torch.isfinite(out["invariance"])
+    off = SdgaModule(config.to_dict(), {"attribute_weight": 0.0, "invariance_weight": 0.0})
+    assert "invariance" not in off.forward_batch(batch, sample=True)
