@@ -15,7 +15,12 @@ Timings depend on what else the machine runs: the load average is printed.
 ``--null`` measures the machine's floor instead: the same JACK server, MIDI and OSC traffic and I/O threads
 (MidiInput in its child process, OscServer, the EventQueue drained by the callback), but a Python audio
 callback that only writes zeros. Underflows that happen there are the machine's (scheduling of JACK's
-threads), not the engine's.
+threads), not the engine's. ``--null-busy-ms X`` makes that callback spin X ms holding the GIL: the engine's
+compute time without the engine.
+
+Alongside every run a stall probe (a SCHED_FIFO 50 thread in its own process, above JACK's threads) wakes every
+2.67 ms and logs wake-ups more than 1 ms late: stalls of the machine itself (on this VM, its vCPU not running).
+The summary says how many of the run's underflows fell in such a stall.
 """
 from __future__ import annotations
 
@@ -48,16 +53,72 @@ def rss_mb(pid: int) -> float:
 
 
 def _print_xruns(log: Path) -> None:
-    """The xruns jackd logged, by the client it blamed (PortAudio: the audio callback's client)."""
+    """The xruns jackd logged: clients it found unfinished at the end of a cycle (PortAudio: the audio
+    callback's client; "Triggered": woken but not yet run, "Running": still in its process callback), and the
+    dummy driver's own late wake-ups (the machine's scheduling), with how late."""
     counts: dict[str, int] = {}
+    driver_us: list[int] = []
     for line in log.read_text(errors="replace").splitlines():
-        if "XRun" in line:
-            key = line.split(" was not finished")[0].split("XRun: ")[-1] if "client =" in line else "driver late wake-up"
+        if "JackTimedDriver::Process XRun" in line:
+            driver_us.append(int(line.rsplit("=", 1)[1].split()[0]))
+        elif "was not finished" in line:
+            client = line.split(" was not finished")[0].split("client = ")[-1]
+            state = line.split("state = ")[-1].strip() if "state = " in line else "?"
+            key = f"{client} ({state})"
             counts[key] = counts.get(key, 0) + 1
-    print("  jackd xruns: " + (", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"))
+    print("  jackd xruns: " + (", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none")
+          + "; driver woke late: " + (", ".join(f"{us / 1000:.2f}" for us in driver_us) + " ms" if driver_us else "never"))
 
 
-def null_player(seconds: float, block_size: int, stats_path: Path) -> int:
+def stall_probe(seconds: float, out_path: Path) -> int:
+    """A SCHED_FIFO 50 thread (above JACK's) that sleeps to a deadline every 2.67 ms and appends
+    "perf_counter lateness_ms" to out_path for every wake-up more than STALL_MS late: stalls of the whole
+    machine (the VM's vCPU not running), which no priority or GIL handling inside sdga-play can avoid."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
+        policy = "SCHED_FIFO 50"
+    except (AttributeError, OSError):
+        policy = "normal priority"
+    period = 128 / 48000
+    with open(out_path, "w") as out:
+        out.write(f"# {policy}\n")
+        out.flush()
+        start = time.perf_counter()
+        deadline = start + period
+        while deadline - start < seconds:
+            delay = deadline - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            woke = time.perf_counter()
+            if (woke - deadline) * 1000.0 > STALL_MS:
+                out.write(f"{woke:.6f} {(woke - deadline) * 1000.0:.3f}\n")
+                out.flush()
+            deadline += period
+            if woke > deadline:
+                deadline = woke + period
+    return 0
+
+
+STALL_MS = 1.0
+
+
+def _read_stalls(path: Path) -> tuple[str, list[tuple[float, float]]]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    policy = lines[0].lstrip("# ") if lines else "?"
+    return policy, [(float(a), float(b)) for a, b in (l.split() for l in lines[1:] if l.strip())]
+
+
+def _print_stalls(path: Path, underflows: list[float]) -> None:
+    """The probe's stalls, and how many underflows fell in one (from its start to 20 ms after its end: the
+    callback that reports an underflow runs after the gap)."""
+    policy, stalls = _read_stalls(path)
+    matched = sum(1 for u in underflows if any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls))
+    worst = max((ms for _, ms in stalls), default=0.0)
+    print(f"  machine stalls (a {policy} probe woken > {STALL_MS:g} ms late): {len(stalls)}, longest {worst:.2f} ms; "
+          f"underflows during or just after one: {matched} of {len(underflows)}")
+
+
+def null_player(seconds: float, block_size: int, stats_path: Path, busy_ms: float = 0.0) -> int:
     """What sdga-play's I/O does, without the engine: prints the two lines the soak waits for, writes stats."""
     import sounddevice as sd
 
@@ -68,6 +129,8 @@ def null_player(seconds: float, block_size: int, stats_path: Path) -> int:
     queue = EventQueue()
     counts = {"callbacks": 0, "underflows": 0, "startup_underflows": 0, "late_callbacks": 0, "events": 0}
     budget = block_size / 48000
+    busy_s = busy_ms / 1000.0
+    underflow_times: list[float] = []
 
     def callback(outdata, frames, time_info, status):
         started = time.perf_counter()
@@ -75,8 +138,12 @@ def null_player(seconds: float, block_size: int, stats_path: Path) -> int:
             counts["underflows"] += 1
             if counts["callbacks"] < 48000 // block_size:
                 counts["startup_underflows"] += 1
+            else:
+                underflow_times.append(started)
         counts["events"] += sum(1 for _ in queue.drain())
         outdata.fill(0.0)
+        while time.perf_counter() - started < busy_s:     # --null-busy-ms: stand-in for the engine's compute
+            pass
         counts["callbacks"] += 1
         if time.perf_counter() - started > budget:
             counts["late_callbacks"] += 1
@@ -93,6 +160,7 @@ def null_player(seconds: float, block_size: int, stats_path: Path) -> int:
         stream.close()
         counts["midi"] = {"received": midi.received, "malformed": midi.malformed}
         counts["osc"] = {"received": osc.received, "errors": osc.errors}
+        counts["underflow_times"] = underflow_times
     stats_path.write_text(json.dumps(counts))
     return 0
 
@@ -105,13 +173,19 @@ def main(argv=None) -> int:
     p.add_argument("--voices", type=int, default=8)
     p.add_argument("--no-virtual-midi", action="store_true", help="sdga-play without its virtual MIDI port (one JACK client fewer)")
     p.add_argument("--null", action="store_true", help="the machine's floor: same I/O and traffic, a callback that writes zeros")
-    p.add_argument("--as-null-player", nargs=3, metavar=("SECONDS", "BLOCK", "STATS"), help=argparse.SUPPRESS)
+    p.add_argument("--null-busy-ms", type=float, default=0.0,
+                   help="the null player's callback spins this long holding the GIL (the engine's compute, without the engine)")
+    p.add_argument("--as-stall-probe", nargs=2, metavar=("SECONDS", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--as-null-player", nargs=4, metavar=("SECONDS", "BLOCK", "STATS", "BUSY"), help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work folder (recording, stats, jackd log)")
     p.add_argument("--realtime", action="store_true",
                    help="run jackd with real-time scheduling (as on stage; needs root or an rtprio limit)")
     args = p.parse_args(argv)
+    if args.as_stall_probe:
+        return stall_probe(float(args.as_stall_probe[0]), Path(args.as_stall_probe[1]))
     if args.as_null_player:
-        return null_player(float(args.as_null_player[0]), int(args.as_null_player[1]), Path(args.as_null_player[2]))
+        return null_player(float(args.as_null_player[0]), int(args.as_null_player[1]), Path(args.as_null_player[2]),
+                           float(args.as_null_player[3]))
 
     work = Path(tempfile.mkdtemp(prefix="sdga_soak_"))
     model = args.model
@@ -133,7 +207,9 @@ def main(argv=None) -> int:
                    "--stats-json", str(work / "stats.json"), "--quiet"] + (["--no-virtual-midi"] if args.no_virtual_midi else [])
         if args.null:
             command = [sys.executable, str(Path(__file__).resolve()), "--as-null-player", str(args.seconds),
-                       str(args.block_size), str(work / "stats.json")]
+                       str(args.block_size), str(work / "stats.json"), str(args.null_busy_ms)]
+        probe = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--as-stall-probe",
+                                  str(args.seconds + 60.0), str(work / "stalls.txt")])
         player = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, bufsize=1)
         lines: list[str] = []
@@ -146,6 +222,7 @@ def main(argv=None) -> int:
                 break
         if port is None:
             print("\n".join(lines))
+            probe.terminate()
             raise SystemExit("sdga-play did not start")
         reader = threading.Thread(target=lambda: lines.extend(l.rstrip() for l in player.stdout), daemon=True)
         reader.start()
@@ -185,12 +262,14 @@ def main(argv=None) -> int:
         for _, note in held:
             keys.send_message([0x80, note, 0])
         code = player.wait(timeout=60)
+        probe.terminate()
+        probe.wait()
         reader.join(timeout=5)
         keys.close_port()
         keys.delete()
     stats = json.loads((work / "stats.json").read_text())
     if args.null:
-        print(f"null player (no engine) soak: {args.seconds:g} s, block {args.block_size}, JACK dummy 48 kHz; "
+        print(f"null player (no engine{f', callback busy {args.null_busy_ms:g} ms' if args.null_busy_ms else ''}) soak: {args.seconds:g} s, block {args.block_size}, JACK dummy 48 kHz; "
               f"{'real-time' if args.realtime else 'no real-time'} scheduling; exit code {code}; load average "
               f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         print(f"  sent: {notes} notes (+bends), {osc_sent} OSC latent changes; events drained {stats['events']}")
@@ -198,6 +277,7 @@ def main(argv=None) -> int:
               f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
               f"{stats['callbacks']}")
         _print_xruns(work / "jackd.log")
+        _print_stalls(work / "stalls.txt", stats.get("underflow_times", []))
         shutil.rmtree(work, ignore_errors=True)
         return code
     import soundfile as sf
@@ -225,6 +305,7 @@ def main(argv=None) -> int:
         print(f"  RSS (MB): start {rss[0][1]:.1f}, end {rss[-1][1]:.1f} (change {rss[-1][1] - rss[0][1]:+.1f}); "
               f"trace: {trace}; at exit, stream closed: {stats['rss_mb']:.1f}")
     _print_xruns(work / "jackd.log")
+    _print_stalls(work / "stalls.txt", stats.get("underflow_times", []))
     if code != 0:
         print("\n".join(lines))
     if args.keep:

@@ -76,6 +76,7 @@ class AudioOutput:
         self._budget_s = engine.block_size / engine.sample_rate
         self._previous_start = math.nan                      # perf_counter at the previous callback's entry
         self._late_log = np.zeros((16, 2))                   # (stream seconds, compute ms) of the first late ones
+        self._underflow_log = np.zeros(64)                   # perf_counter at the first underflows (after start-up)
         self._blocks_per_second = max(1, math.ceil(engine.sample_rate / engine.block_size))
         self._loads = np.zeros(int(load_history))          # ring of the latest loads (fraction of the budget)
         self._load_count = 0
@@ -92,9 +93,11 @@ class AudioOutput:
             if delay > 0.5 * self._budget_s:
                 stats.late_starts += 1
         if status.output_underflow:
-            stats.underflows += 1
             if stats.callbacks < self._blocks_per_second:
                 stats.startup_underflows += 1
+            elif stats.underflows - stats.startup_underflows < self._underflow_log.shape[0]:
+                self._underflow_log[stats.underflows - stats.startup_underflows] = started
+            stats.underflows += 1
         events = self.queue.drain()
         if self.block_events is not None:
             try:
@@ -138,6 +141,12 @@ class AudioOutput:
         """(seconds into the stream, compute ms) of the first 16 callbacks that took longer than their block."""
         n = min(self.stats.late, self._late_log.shape[0])
         return [(round(float(t), 3), round(float(ms), 2)) for t, ms in self._late_log[:n]]
+
+    def underflow_times(self) -> list[float]:
+        """time.perf_counter() (CLOCK_MONOTONIC on Linux: comparable across processes) of the callbacks that
+        reported the first 64 underflows after the first second; for matching them with other events."""
+        n = min(self.stats.underflows - self.stats.startup_underflows, self._underflow_log.shape[0])
+        return [round(float(t), 6) for t in self._underflow_log[:n]]
 
     def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
         """Callback loads (compute time / block duration) of about the last ``seconds`` (a copy; any thread)."""

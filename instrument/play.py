@@ -314,7 +314,7 @@ class _Session:
             "sample_rate": engine.sample_rate, "block_size": engine.block_size,
             "callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
             "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
-            "late_callback_log": audio.late_callbacks(),
+            "late_callback_log": audio.late_callbacks(), "underflow_times": audio.underflow_times(),
             "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
             "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
             "engine_errors": engine.stats.errors, "engine_last_error": engine.stats.last_error,

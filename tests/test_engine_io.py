@@ -247,9 +247,14 @@ def test_audio_callback_measures_load_and_feeds_tap_and_hooks():
     out = np.zeros((128, 2), np.float32)
     queue.push(NoteOn(60, 100))
     for k in range(500):
+        before = time.perf_counter()
         audio._callback(out, 128, None, SimpleNamespace(output_underflow=k in (3, 400)))
+        if k == 400:
+            underflow_between = (before, time.perf_counter())
     assert audio.stats.callbacks == 500 and len(seen) == 500 and max(seen) > 0 and added == [128] * 500
     assert (audio.stats.underflows, audio.stats.startup_underflows) == (2, 1)     # 375 callbacks = 1 s
+    [when] = audio.underflow_times()                                                  # only the one after start-up
+    assert underflow_between[0] <= when <= underflow_between[1]
     loads = audio.recent_loads(1.0)
     assert loads.shape == (64,) and (loads > 0).all()                                # the ring holds 64
     median, p99 = audio.load_percentiles(50, 99)
