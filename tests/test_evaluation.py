@@ -192,6 +192,7 @@ def test_beta_table_writes_results_and_resumes(trained, synthetic, monkeypatch):
     row = saved["rows"][0]
     assert row["beta"] == 1.0 and row["steps"] == 3 and 0 <= row["mig"] <= 1
     assert row["attribute_weight"] == LossConfig().attribute_weight          # what the run was trained with
+    assert row["invariance_weight"] == LossConfig().invariance_weight
     assert row["invariance_checked"] == row["active_latents"] and "midi_f0_cents_median_abs" in row
     import training.train
     monkeypatch.setattr(training.train, "run_training", lambda *a, **k: pytest.fail("trained again"))
@@ -257,3 +258,22 @@ def test_sdga_report_writes_markdown_and_figures(trained, tmp_path, capsys):
         assert (report / png).stat().st_size > 5000 and f"({png})" in text
     assert "report written" in capsys.readouterr().out
     assert main([str(tmp_path / "nothing")]) == 2
+
+
+def test_beta_table_figure_and_table_tell_regularisations_apart(tmp_path):
+    """Rows differ in attribute and invariance weights; two rows with the same ones and beta: the newest is drawn."""
+    from training.report import _results_section
+
+    def row(beta, attributes, invariance, mig, **extra):
+        return {"beta": beta, "attribute_weight": attributes, "mig": mig, "spectral_distance": 1.2,
+                "active_latents": 3, "latent_dim": 8, **({"invariance_weight": invariance} if invariance is not None else {}),
+                **extra}
+
+    data = {"kind": "beta_table", "settings": {}, "rows": [
+        row(1.0, 0.3, None, 0.18), row(4.0, 0.3, None, 0.19), row(4.0, 0.3, 0.0, 0.21), row(4.0, 0.3, 0.1, 0.19),
+        row(4.0, 0.0, None, 0.01)]}
+    lines = _results_section(data, tmp_path)
+    text = "\n".join(lines)
+    assert "attributes 0.3 + invariance 0.1" in text and "no attributes" in text
+    assert text.count("\n| 4 |") == 4                      # the table keeps every row; only the figure picks
+    assert (tmp_path / "beta_table.png").stat().st_size > 5000

@@ -29,6 +29,9 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--attributes", type=float, default=None, metavar="WEIGHT",
                    help="weight of the attribute regularisation that ties latents 0-2 to brightness, breath and "
                         "hollowness (0 = off) [0.3]")
+    p.add_argument("--invariance", type=float, default=None, metavar="WEIGHT",
+                   help="weight of the loudness-invariance term that keeps the latents from changing loudness "
+                        "(0 = off) [0.1]")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--window", type=float, default=1.0, help="training window in seconds [1.0]")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate [2e-3]")
@@ -65,7 +68,8 @@ def train_main(argv: list[str] | None = None) -> int:
         augment_variants=args.augment_variants, val_every_steps=args.val_every, early_stop_patience=args.patience,
         seed=args.seed, resume=args.resume, accelerator=args.accelerator, devices=devices,
         num_threads=args.threads, learning_rate=args.lr, progress=not args.no_progress,
-        loss_overrides={} if args.attributes is None else {"attribute_weight": args.attributes})
+        loss_overrides={**({} if args.attributes is None else {"attribute_weight": args.attributes}),
+                        **({} if args.invariance is None else {"invariance_weight": args.invariance})})
     try:
         summary = run_training(cfg)
     except CorpusError as exc:

@@ -150,14 +150,28 @@ def _attribute_label(weight) -> str:
     return "attributes ?" if weight is None else ("no attributes" if weight == 0 else f"attributes {weight:g}")
 
 
+def _regularisation(row: dict) -> tuple:
+    """(attribute weight, invariance weight) of a beta-table row; rows from before the invariance term have 0."""
+    return row.get("attribute_weight"), row.get("invariance_weight") or 0.0
+
+
+def _regularisation_label(key: tuple) -> str:
+    attributes, invariance = key
+    return _attribute_label(attributes) + (f" + invariance {invariance:g}" if invariance else "")
+
+
 def plot_beta_table(results: dict, path: Path | str) -> Path:
     """MIG / DCI disentanglement and active latents over beta (left), held-out spectral distance (right); one
-    line per attribute-regularisation weight when the rows differ in it."""
+    line per regularisation (attribute and invariance weights) when the rows differ in it. Of several rows with
+    the same regularisation and beta, the last one listed (the newest) is drawn."""
     plt = _plt()
-    rows = sorted(results["rows"], key=lambda r: r["beta"])
+    newest: dict = {}
+    for r in results["rows"]:
+        newest[(_regularisation(r), r["beta"])] = r
+    rows = sorted(newest.values(), key=lambda r: r["beta"])
     groups: dict = {}
     for r in rows:
-        groups.setdefault(r.get("attribute_weight"), []).append(r)
+        groups.setdefault(_regularisation(r), []).append(r)
     several = len(groups) > 1
     all_betas = [r["beta"] for r in rows]
     scale = ("log",) if min(all_betas) > 0 else ("symlog",)
@@ -165,9 +179,9 @@ def plot_beta_table(results: dict, path: Path | str) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     twin = a.twinx()
     styles = ["-", ":", "-."]
-    for g, (weight, group) in enumerate(sorted(groups.items(), key=lambda kv: -1 if kv[0] is None else -kv[0])):
+    for g, (reg, group) in enumerate(sorted(groups.items(), key=lambda kv: (-(kv[0][0] or 0), -kv[0][1]))):
         betas = [r["beta"] for r in group]
-        suffix = f", {_attribute_label(weight)}" if several else ""
+        suffix = f", {_regularisation_label(reg)}" if several else ""
         for c, (key, label) in enumerate((("mig", "MIG"), ("mig_active", "MIG (active latents)"),
                                           ("dci_disentanglement", "DCI disentanglement (linear)"))):
             ys = [r.get(key) for r in group]
@@ -177,7 +191,7 @@ def plot_beta_table(results: dict, path: Path | str) -> Path:
         twin.plot(betas, [r.get("active_latents") for r in group], color="grey", ls=styles[g % len(styles)],
                   marker="s")
         b.plot(betas, [np.nan if r.get("spectral_distance") is None else r["spectral_distance"] for r in group],
-               marker="o", ls=styles[g % len(styles)], label=_attribute_label(weight) if several else None)
+               marker="o", ls=styles[g % len(styles)], label=_regularisation_label(reg) if several else None)
     ticks = sorted(set(all_betas))
     for axis in (a, b):
         axis.set_xscale(*scale, **kwargs)
@@ -277,14 +291,15 @@ def _results_section(data: dict, report_dir: Path) -> list[str]:
         return [f"## {kind}: no rows", ""]
     if kind == "beta_table":
         plot_beta_table(data, report_dir / "beta_table.png")
-        table = [[r["beta"], _attribute_label(r.get("attribute_weight")), r.get("steps"), r.get("active_latents"),
+        table = [[r["beta"], _regularisation_label(_regularisation(r)), r.get("steps"), r.get("active_latents"),
                   _fmt(r.get("mig"), ".3f"),
                   _fmt(r.get("mig_active"), ".3f"), _fmt(r.get("dci_disentanglement"), ".3f"),
                   _fmt(r.get("spectral_distance"), ".3f"), _fmt(r.get("f0_cents_median"), ".2f"),
                   _fmt(r.get("loudness_db_median"), ".2f"),
                   f"{r['invariance_pass']}/{r['invariance_checked']}" if "invariance_pass" in r else "–",
                   ", ".join(r.get("latent_names", []))]
-                 for r in sorted(rows, key=lambda r: (-(r.get("attribute_weight") or 0), r["beta"]))]
+                 for r in sorted(rows, key=lambda r: (-(r.get("attribute_weight") or 0), -(r.get("invariance_weight") or 0),
+                                                      r["beta"]))]
         s = data.get("settings", {})
         return ["## Beta table", "",
                 f"Corpus {s.get('corpus')}, evaluated on {s.get('eval_corpus')}; budget {s.get('max_time_s')} s per run.",
