@@ -18,9 +18,9 @@ callback that only writes zeros. Underflows that happen there are the machine's 
 threads), not the engine's. ``--null-busy-ms X`` makes that callback spin X ms holding the GIL: the engine's
 compute time without the engine.
 
-Alongside every run a stall probe (a SCHED_FIFO 50 thread in its own process, above JACK's threads) wakes every
-2.67 ms and logs wake-ups more than 1 ms late: stalls of the machine itself (on this VM, its vCPU not running).
-The summary says how many of the run's underflows fell in such a stall.
+Alongside every run a stall probe per CPU (a SCHED_FIFO 50 thread pinned to it, in its own process, above JACK's
+threads) wakes every 2.67 ms and logs wake-ups more than 1 ms late: stalls of the machine itself (on this VM, a
+vCPU not running). The summary says how many of the run's underflows fell in such a stall.
 """
 from __future__ import annotations
 
@@ -70,15 +70,21 @@ def _print_xruns(log: Path) -> None:
           + "; driver woke late: " + (", ".join(f"{us / 1000:.2f}" for us in driver_us) + " ms" if driver_us else "never"))
 
 
-def stall_probe(seconds: float, out_path: Path) -> int:
-    """A SCHED_FIFO 50 thread (above JACK's) that sleeps to a deadline every 2.67 ms and appends
-    "perf_counter lateness_ms" to out_path for every wake-up more than STALL_MS late: stalls of the whole
-    machine (the VM's vCPU not running), which no priority or GIL handling inside sdga-play can avoid."""
+def stall_probe(seconds: float, out_path: Path, cpu: int | None = None) -> int:
+    """A SCHED_FIFO 50 thread (above JACK's), pinned to ``cpu``, that sleeps to a deadline every 2.67 ms and
+    appends "perf_counter lateness_ms" to out_path for every wake-up more than STALL_MS late: stalls of that
+    CPU (on a VM: its vCPU not running), which no priority or GIL handling inside sdga-play can avoid."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
         policy = "SCHED_FIFO 50"
     except (AttributeError, OSError):
         policy = "normal priority"
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            policy += f" on CPU {cpu}"
+        except (AttributeError, OSError):
+            pass
     period = 128 / 48000
     with open(out_path, "w") as out:
         out.write(f"# {policy}\n")
@@ -108,13 +114,19 @@ def _read_stalls(path: Path) -> tuple[str, list[tuple[float, float]]]:
     return policy, [(float(a), float(b)) for a, b in (l.split() for l in lines[1:] if l.strip())]
 
 
-def _print_stalls(path: Path, underflows: list[float]) -> None:
-    """The probe's stalls, and how many underflows fell in one (from its start to 20 ms after its end: the
-    callback that reports an underflow runs after the gap)."""
-    policy, stalls = _read_stalls(path)
-    matched = sum(1 for u in underflows if any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls))
-    worst = max((ms for _, ms in stalls), default=0.0)
-    print(f"  machine stalls (a {policy} probe woken > {STALL_MS:g} ms late): {len(stalls)}, longest {worst:.2f} ms; "
+def _print_stalls(paths: list[Path], underflows: list[float]) -> None:
+    """Each CPU's probe stalls, and how many underflows fell in a stall of any CPU (from its start to 20 ms
+    after its end: the callback that reports an underflow runs after the gap)."""
+    every: list[tuple[float, float]] = []
+    parts = []
+    for path in paths:
+        policy, stalls = _read_stalls(path)
+        every += stalls
+        worst = max((ms for _, ms in stalls), default=0.0)
+        parts.append(f"{policy.split(' on ')[-1] if ' on ' in policy else policy}: {len(stalls)} (longest {worst:.2f} ms)")
+    matched = sum(1 for u in underflows if any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in every))
+    policy = _read_stalls(paths[0])[0].split(" on ")[0] if paths else "?"
+    print(f"  machine stalls (a {policy} probe per CPU woken > {STALL_MS:g} ms late): {'; '.join(parts)}; "
           f"underflows during or just after one: {matched} of {len(underflows)}")
 
 
@@ -175,14 +187,14 @@ def main(argv=None) -> int:
     p.add_argument("--null", action="store_true", help="the machine's floor: same I/O and traffic, a callback that writes zeros")
     p.add_argument("--null-busy-ms", type=float, default=0.0,
                    help="the null player's callback spins this long holding the GIL (the engine's compute, without the engine)")
-    p.add_argument("--as-stall-probe", nargs=2, metavar=("SECONDS", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--as-stall-probe", nargs=3, metavar=("SECONDS", "OUT", "CPU"), help=argparse.SUPPRESS)
     p.add_argument("--as-null-player", nargs=4, metavar=("SECONDS", "BLOCK", "STATS", "BUSY"), help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work folder (recording, stats, jackd log)")
     p.add_argument("--realtime", action="store_true",
                    help="run jackd with real-time scheduling (as on stage; needs root or an rtprio limit)")
     args = p.parse_args(argv)
     if args.as_stall_probe:
-        return stall_probe(float(args.as_stall_probe[0]), Path(args.as_stall_probe[1]))
+        return stall_probe(float(args.as_stall_probe[0]), Path(args.as_stall_probe[1]), int(args.as_stall_probe[2]))
     if args.as_null_player:
         return null_player(float(args.as_null_player[0]), int(args.as_null_player[1]), Path(args.as_null_player[2]),
                            float(args.as_null_player[3]))
@@ -208,8 +220,11 @@ def main(argv=None) -> int:
         if args.null:
             command = [sys.executable, str(Path(__file__).resolve()), "--as-null-player", str(args.seconds),
                        str(args.block_size), str(work / "stats.json"), str(args.null_busy_ms)]
-        probe = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--as-stall-probe",
-                                  str(args.seconds + 60.0), str(work / "stalls.txt")])
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        stall_files = [work / f"stalls_cpu{cpu}.txt" for cpu in cpus]
+        probes = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--as-stall-probe",
+                                    str(args.seconds + 60.0), str(path), str(cpu)])
+                  for cpu, path in zip(cpus, stall_files)]
         player = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, bufsize=1)
         lines: list[str] = []
@@ -222,7 +237,8 @@ def main(argv=None) -> int:
                 break
         if port is None:
             print("\n".join(lines))
-            probe.terminate()
+            for probe in probes:
+                probe.terminate()
             raise SystemExit("sdga-play did not start")
         reader = threading.Thread(target=lambda: lines.extend(l.rstrip() for l in player.stdout), daemon=True)
         reader.start()
@@ -262,8 +278,9 @@ def main(argv=None) -> int:
         for _, note in held:
             keys.send_message([0x80, note, 0])
         code = player.wait(timeout=60)
-        probe.terminate()
-        probe.wait()
+        for probe in probes:
+            probe.terminate()
+            probe.wait()
         reader.join(timeout=5)
         keys.close_port()
         keys.delete()
@@ -277,7 +294,7 @@ def main(argv=None) -> int:
               f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
               f"{stats['callbacks']}")
         _print_xruns(work / "jackd.log")
-        _print_stalls(work / "stalls.txt", stats.get("underflow_times", []))
+        _print_stalls(stall_files, stats.get("underflow_times", []))
         shutil.rmtree(work, ignore_errors=True)
         return code
     import soundfile as sf
@@ -305,7 +322,7 @@ def main(argv=None) -> int:
         print(f"  RSS (MB): start {rss[0][1]:.1f}, end {rss[-1][1]:.1f} (change {rss[-1][1] - rss[0][1]:+.1f}); "
               f"trace: {trace}; at exit, stream closed: {stats['rss_mb']:.1f}")
     _print_xruns(work / "jackd.log")
-    _print_stalls(work / "stalls.txt", stats.get("underflow_times", []))
+    _print_stalls(stall_files, stats.get("underflow_times", []))
     if code != 0:
         print("\n".join(lines))
     if args.keep:
