@@ -130,6 +130,28 @@ def _print_stalls(paths: list[Path], underflows: list[float]) -> None:
           f"underflows during or just after one: {matched} of {len(underflows)}")
 
 
+def _print_diagnostics(paths: list[Path], rows: list[dict], budget_ms: float) -> None:
+    """sdga-play --diagnose-callbacks: for the callbacks that overran or began > half a block late, whether the
+    audio thread was taken off the CPU (involuntary switches), waited (voluntary switches beyond the one per
+    cycle: the GIL or a lock), and whether a probe saw a machine stall within the callback's span (from 5 ms
+    before it began to its end)."""
+    stalls = [s for path in paths for s in _read_stalls(path)[1]]
+
+    def stalled(start: float, end: float) -> bool:
+        return any(w - ms / 1000.0 <= end and w >= start - 0.005 for w, ms in stalls)
+
+    for kind, picked in (("overran", [r for r in rows if r["compute_ms"] > budget_ms]),
+                         ("began > half a block late", [r for r in rows if r["start_delay_ms"] > 0.5 * budget_ms])):
+        if not picked:
+            continue
+        preempted = sum(1 for r in picked if r["involuntary_during"] + r["involuntary_before"] > 0)
+        waited = sum(1 for r in picked if r["voluntary_during"] > 0 or r["voluntary_before"] > 1)
+        seen = sum(1 for r in picked if stalled(r["perf_counter"] - r["start_delay_ms"] / 1000.0,
+                                                 r["perf_counter"] + r["compute_ms"] / 1000.0))
+        print(f"  callbacks that {kind}: {len(picked)}; taken off the CPU (involuntary switch): {preempted}; waited "
+              f"(GIL or a lock: extra voluntary switch): {waited}; during a machine stall a probe saw: {seen}")
+
+
 def null_player(seconds: float, block_size: int, stats_path: Path, busy_ms: float = 0.0) -> int:
     """What sdga-play's I/O does, without the engine: prints the two lines the soak waits for, writes stats."""
     import sounddevice as sd
@@ -216,7 +238,7 @@ def main(argv=None) -> int:
         command = [sys.executable, "-m", "instrument.play", str(model), "--device", "JACK", "--block-size",
                    str(args.block_size), "--voices", str(args.voices), "--midi", "soak_keys", "--osc-port", "0",
                    "--duration", str(args.seconds), "--record", str(work / "take.wav"),
-                   "--stats-json", str(work / "stats.json"), "--quiet"] + (["--no-virtual-midi"] if args.no_virtual_midi else [])
+                   "--stats-json", str(work / "stats.json"), "--quiet", "--diagnose-callbacks"] + (["--no-virtual-midi"] if args.no_virtual_midi else [])
         if args.null:
             command = [sys.executable, str(Path(__file__).resolve()), "--as-null-player", str(args.seconds),
                        str(args.block_size), str(work / "stats.json"), str(args.null_busy_ms)]
@@ -323,6 +345,7 @@ def main(argv=None) -> int:
               f"trace: {trace}; at exit, stream closed: {stats['rss_mb']:.1f}")
     _print_xruns(work / "jackd.log")
     _print_stalls(stall_files, stats.get("underflow_times", []))
+    _print_diagnostics(stall_files, stats.get("callback_diagnostics", []), 1000.0 * args.block_size / 48000)
     if code != 0:
         print("\n".join(lines))
     if args.keep:

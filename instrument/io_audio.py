@@ -14,6 +14,7 @@ error is counted in ``hook_errors`` and the dry block plays.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -59,7 +60,7 @@ class AudioOutput:
     def __init__(self, engine: Engine, queue: EventQueue, *, device=None, channels: int = 2,
                  latency: str | float = "low", tap: Callable[[np.ndarray], None] | None = None,
                  block_events: Callable[[Iterable, int], Iterable] | None = None, effects=None,
-                 load_history: int = 8192):
+                 load_history: int = 8192, diagnose: bool = False):
         if engine.state is None:
             raise ValueError("prepare the engine first")
         self.engine = engine
@@ -77,6 +78,14 @@ class AudioOutput:
         self._previous_start = math.nan                      # perf_counter at the previous callback's entry
         self._late_log = np.zeros((16, 2))                   # (stream seconds, compute ms) of the first late ones
         self._underflow_log = np.zeros(64)                   # perf_counter at the first underflows (after start-up)
+        # diagnose (benchmarks only: getrusage allocates a small object twice per callback): for the first 64
+        # callbacks that overran, began > half a block late or reported an underflow, the callback thread's
+        # context switches before (since the previous callback ended) and during it: voluntary ones mean it
+        # waited (for the GIL or a lock), involuntary ones that the kernel took the CPU away.
+        self.diagnose = bool(diagnose)
+        self._diag = np.zeros((64, 8))
+        self._diag_count = 0
+        self._switches = (0, 0)                              # (voluntary, involuntary) at the previous callback's end
         self._blocks_per_second = max(1, math.ceil(engine.sample_rate / engine.block_size))
         self._loads = np.zeros(int(load_history))          # ring of the latest loads (fraction of the budget)
         self._load_count = 0
@@ -84,6 +93,7 @@ class AudioOutput:
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         started = time.perf_counter()
+        usage = resource.getrusage(resource.RUSAGE_THREAD) if self.diagnose else None
         stats = self.stats
         delay = started - self._previous_start - self._budget_s          # nan at the first callback
         self._previous_start = started
@@ -124,6 +134,20 @@ class AudioOutput:
             stats.late += 1
         if elapsed * 1000.0 > stats.max_callback_ms:
             stats.max_callback_ms = elapsed * 1000.0
+        if usage is not None:
+            self._record_switches(started, elapsed, delay, bool(status.output_underflow), budget, usage)
+
+    def _record_switches(self, started: float, elapsed: float, delay: float, underflow: bool, budget: float,
+                         usage) -> None:
+        end = resource.getrusage(resource.RUSAGE_THREAD)
+        before = (usage.ru_nvcsw - self._switches[0], usage.ru_nivcsw - self._switches[1])
+        self._switches = (end.ru_nvcsw, end.ru_nivcsw)
+        notable = elapsed > budget or delay > 0.5 * self._budget_s or (
+            underflow and self.stats.callbacks > self._blocks_per_second)
+        if notable and self._diag_count < self._diag.shape[0] and self.stats.callbacks > 1:
+            self._diag[self._diag_count] = (started, elapsed * 1000.0, delay * 1000.0, underflow, *before,
+                                            end.ru_nvcsw - usage.ru_nvcsw, end.ru_nivcsw - usage.ru_nivcsw)
+            self._diag_count += 1
 
     def _run_effects(self, outdata: np.ndarray, frames: int) -> None:
         dry = self._dry
@@ -147,6 +171,15 @@ class AudioOutput:
         reported the first 64 underflows after the first second; for matching them with other events."""
         n = min(self.stats.underflows - self.stats.startup_underflows, self._underflow_log.shape[0])
         return [round(float(t), 6) for t in self._underflow_log[:n]]
+
+    def callback_diagnostics(self) -> list[dict]:
+        """With ``diagnose``: the notable callbacks (overran, began late, or reported an underflow) and the
+        callback thread's context switches before and during each."""
+        keys = ("perf_counter", "compute_ms", "start_delay_ms", "underflow", "voluntary_before", "involuntary_before",
+                "voluntary_during", "involuntary_during")
+        return [{k: (bool(v) if k == "underflow" else round(float(v), 6 if k == "perf_counter" else 3)
+                     if k in ("perf_counter", "compute_ms", "start_delay_ms") else int(v))
+                 for k, v in zip(keys, row)} for row in self._diag[:self._diag_count]]
 
     def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
         """Callback loads (compute time / block duration) of about the last ``seconds`` (a copy; any thread)."""

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at exit, save the sound playing then as a patch file")
     r.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     r.add_argument("--quiet", action="store_true", help="no status line")
+    r.add_argument("--diagnose-callbacks", action="store_true",
+                   help="record the audio thread's context switches around late callbacks in --stats-json "
+                        "(benchmarks: allocates a little in the callback)")
     r.add_argument("--stats-json", type=Path, default=None, metavar="FILE", help="write the exit summary as JSON")
     return p
 
@@ -315,6 +318,7 @@ class _Session:
             "callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
             "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
             "late_callback_log": audio.late_callbacks(), "underflow_times": audio.underflow_times(),
+            "callback_diagnostics": audio.callback_diagnostics(),
             "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
             "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
             "engine_errors": engine.stats.errors, "engine_last_error": engine.stats.last_error,
@@ -521,7 +525,8 @@ def _play(args, stop: threading.Event) -> int:
         channels = max(1, min(2, int(info["max_output_channels"])))
         effects.prepare(sample_rate, args.block_size, channels)      # keeps a patch's effects waiting to start
         audio = AudioOutput(engine, queue, device=device, channels=channels, effects=effects,
-                            tap=recorder.push if recorder is not None else None, block_events=router.block_events)
+                            tap=recorder.push if recorder is not None else None, block_events=router.block_events,
+                            diagnose=args.diagnose_callbacks)
         gc.collect()
         gc.freeze()        # everything allocated so far (torch, the model) leaves the collector's view, so a
         #                    collection triggered in the callback scans only what is new: no 50-100 ms pauses

@@ -225,6 +225,28 @@ def test_audio_output_renders_in_the_callback(jack_server):
     assert engine.stats.intervals > 50 and engine.voices.active_voices == 1 and len(queue) == 0
 
 
+def test_audio_callback_diagnostics_record_context_switches_of_notable_callbacks():
+    from types import SimpleNamespace
+
+    from instrument.io_audio import AudioOutput
+
+    engine = Engine(random_bundle())
+    engine.prepare(48000, 128, 2)
+    audio = AudioOutput(engine, EventQueue(), diagnose=True)
+    out = np.zeros((128, 2), np.float32)
+    for k in range(400):
+        audio._callback(out, 128, None, SimpleNamespace(output_underflow=k == 390))
+    time.sleep(0.02)                                          # the next callback begins far more than a block late
+    audio._callback(out, 128, None, SimpleNamespace(output_underflow=False))
+    rows = audio.callback_diagnostics()
+    flagged = [r for r in rows if r["underflow"]]
+    late = [r for r in rows if r["start_delay_ms"] > 15.0]
+    assert len(flagged) == 1 and len(late) == 1
+    assert set(late[0]) == {"perf_counter", "compute_ms", "start_delay_ms", "underflow", "voluntary_before",
+                            "involuntary_before", "voluntary_during", "involuntary_during"}
+    assert late[0]["voluntary_before"] >= 1                   # the sleep is a voluntary switch of this thread
+
+
 def test_audio_callback_measures_load_and_feeds_tap_and_hooks():
     """The callback (called directly, no stream): load ring and histogram, startup underflows, the tap sees every
     block, block_events adds events, and a failing hook leaves the queued events playing."""
@@ -255,6 +277,7 @@ def test_audio_callback_measures_load_and_feeds_tap_and_hooks():
     assert (audio.stats.underflows, audio.stats.startup_underflows) == (2, 1)     # 375 callbacks = 1 s
     [when] = audio.underflow_times()                                                  # only the one after start-up
     assert underflow_between[0] <= when <= underflow_between[1]
+    assert audio.callback_diagnostics() == []                                        # off unless asked for
     loads = audio.recent_loads(1.0)
     assert loads.shape == (64,) and (loads > 0).all()                                # the ring holds 64
     median, p99 = audio.load_percentiles(50, 99)
