@@ -70,6 +70,9 @@ def _print_xruns(log: Path) -> None:
           + "; driver woke late: " + (", ".join(f"{us / 1000:.2f}" for us in driver_us) + " ms" if driver_us else "never"))
 
 
+STALL_MS = 1.0
+
+
 def stall_probe(seconds: float, out_path: Path, cpu: int | None = None) -> int:
     """A SCHED_FIFO 50 thread (above JACK's), pinned to ``cpu``, that sleeps to a deadline every 2.67 ms and
     appends "perf_counter lateness_ms" to out_path for every wake-up more than STALL_MS late: stalls of that
@@ -105,37 +108,31 @@ def stall_probe(seconds: float, out_path: Path, cpu: int | None = None) -> int:
     return 0
 
 
-STALL_MS = 1.0
-
-
 def _read_stalls(path: Path) -> tuple[str, list[tuple[float, float]]]:
     lines = path.read_text().splitlines() if path.exists() else []
     policy = lines[0].lstrip("# ") if lines else "?"
     return policy, [(float(a), float(b)) for a, b in (l.split() for l in lines[1:] if l.strip())]
 
 
-def _print_stalls(paths: list[Path], underflows: list[float]) -> None:
-    """Each CPU's probe stalls, and how many underflows fell in a stall of any CPU (from its start to 20 ms
-    after its end: the callback that reports an underflow runs after the gap)."""
-    every: list[tuple[float, float]] = []
-    parts = []
-    for path in paths:
-        policy, stalls = _read_stalls(path)
-        every += stalls
-        worst = max((ms for _, ms in stalls), default=0.0)
-        parts.append(f"{policy.split(' on ')[-1] if ' on ' in policy else policy}: {len(stalls)} (longest {worst:.2f} ms)")
+def _print_stalls(probes: list[tuple[str, list[tuple[float, float]]]], underflows: list[float]) -> None:
+    """Each CPU's probe stalls (``probes``: what _read_stalls gave for each), and how many underflows fell in a
+    stall of any CPU (from its start to 20 ms after its end: the callback that reports an underflow runs after
+    the gap)."""
+    every = [stall for _, stalls in probes for stall in stalls]
+    parts = [f"{policy.split(' on ')[-1]}: {len(stalls)} (longest {max((ms for _, ms in stalls), default=0.0):.2f} ms)"
+             for policy, stalls in probes]
     matched = sum(1 for u in underflows if any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in every))
-    policy = _read_stalls(paths[0])[0].split(" on ")[0] if paths else "?"
+    policy = probes[0][0].split(" on ")[0] if probes else "?"
     print(f"  machine stalls (a {policy} probe per CPU woken > {STALL_MS:g} ms late): {'; '.join(parts)}; "
           f"underflows during or just after one: {matched} of {len(underflows)}")
 
 
-def _print_diagnostics(paths: list[Path], rows: list[dict], budget_ms: float) -> None:
+def _print_diagnostics(probes: list[tuple[str, list[tuple[float, float]]]], rows: list[dict], budget_ms: float) -> None:
     """sdga-play --diagnose-callbacks: for the callbacks that overran or began > half a block late, whether the
     audio thread was taken off the CPU (involuntary switches), waited (voluntary switches beyond the one per
     cycle: the GIL or a lock), and whether a probe saw a machine stall within the callback's span (from 5 ms
     before it began to its end)."""
-    stalls = [s for path in paths for s in _read_stalls(path)[1]]
+    stalls = [stall for _, found in probes for stall in found]
 
     def stalled(start: float, end: float) -> bool:
         return any(w - ms / 1000.0 <= end and w >= start - 0.005 for w, ms in stalls)
@@ -307,6 +304,7 @@ def main(argv=None) -> int:
         keys.close_port()
         keys.delete()
     stats = json.loads((work / "stats.json").read_text())
+    probe_stalls = [_read_stalls(path) for path in stall_files]
     if args.null:
         print(f"null player (no engine{f', callback busy {args.null_busy_ms:g} ms' if args.null_busy_ms else ''}) soak: {args.seconds:g} s, block {args.block_size}, JACK dummy 48 kHz; "
               f"{'real-time' if args.realtime else 'no real-time'} scheduling; exit code {code}; load average "
@@ -316,7 +314,7 @@ def main(argv=None) -> int:
               f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
               f"{stats['callbacks']}")
         _print_xruns(work / "jackd.log")
-        _print_stalls(stall_files, stats.get("underflow_times", []))
+        _print_stalls(probe_stalls, stats.get("underflow_times", []))
         shutil.rmtree(work, ignore_errors=True)
         return code
     import soundfile as sf
@@ -344,8 +342,8 @@ def main(argv=None) -> int:
         print(f"  RSS (MB): start {rss[0][1]:.1f}, end {rss[-1][1]:.1f} (change {rss[-1][1] - rss[0][1]:+.1f}); "
               f"trace: {trace}; at exit, stream closed: {stats['rss_mb']:.1f}")
     _print_xruns(work / "jackd.log")
-    _print_stalls(stall_files, stats.get("underflow_times", []))
-    _print_diagnostics(stall_files, stats.get("callback_diagnostics", []), 1000.0 * args.block_size / 48000)
+    _print_stalls(probe_stalls, stats.get("underflow_times", []))
+    _print_diagnostics(probe_stalls, stats.get("callback_diagnostics", []), 1000.0 * args.block_size / 48000)
     if code != 0:
         print("\n".join(lines))
     if args.keep:

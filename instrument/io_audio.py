@@ -95,6 +95,7 @@ class AudioOutput:
         started = time.perf_counter()
         usage = resource.getrusage(resource.RUSAGE_THREAD) if self.diagnose else None
         stats = self.stats
+        notable = False                  # began late, overran, or reported an underflow after start-up
         delay = started - self._previous_start - self._budget_s          # nan at the first callback
         self._previous_start = started
         if delay > 0.0:
@@ -102,11 +103,14 @@ class AudioOutput:
                 stats.max_start_delay_ms = delay * 1000.0
             if delay > 0.5 * self._budget_s:
                 stats.late_starts += 1
+                notable = True
         if status.output_underflow:
             if stats.callbacks < self._blocks_per_second:
                 stats.startup_underflows += 1
-            elif stats.underflows - stats.startup_underflows < self._underflow_log.shape[0]:
-                self._underflow_log[stats.underflows - stats.startup_underflows] = started
+            else:
+                notable = True
+                if stats.underflows - stats.startup_underflows < self._underflow_log.shape[0]:
+                    self._underflow_log[stats.underflows - stats.startup_underflows] = started
             stats.underflows += 1
         events = self.queue.drain()
         if self.block_events is not None:
@@ -128,6 +132,7 @@ class AudioOutput:
         self._load_count += 1
         stats.callbacks += 1
         if elapsed > budget:
+            notable = True
             if stats.late < self._late_log.shape[0]:          # when the first late callbacks happened, and how long
                 self._late_log[stats.late, 0] = stats.callbacks * self._budget_s
                 self._late_log[stats.late, 1] = elapsed * 1000.0
@@ -135,15 +140,13 @@ class AudioOutput:
         if elapsed * 1000.0 > stats.max_callback_ms:
             stats.max_callback_ms = elapsed * 1000.0
         if usage is not None:
-            self._record_switches(started, elapsed, delay, bool(status.output_underflow), budget, usage)
+            self._record_switches(started, elapsed, delay, bool(status.output_underflow), notable, usage)
 
-    def _record_switches(self, started: float, elapsed: float, delay: float, underflow: bool, budget: float,
+    def _record_switches(self, started: float, elapsed: float, delay: float, underflow: bool, notable: bool,
                          usage) -> None:
         end = resource.getrusage(resource.RUSAGE_THREAD)
         before = (usage.ru_nvcsw - self._switches[0], usage.ru_nivcsw - self._switches[1])
         self._switches = (end.ru_nvcsw, end.ru_nivcsw)
-        notable = elapsed > budget or delay > 0.5 * self._budget_s or (
-            underflow and self.stats.callbacks > self._blocks_per_second)
         if notable and self._diag_count < self._diag.shape[0] and self.stats.callbacks > 1:
             self._diag[self._diag_count] = (started, elapsed * 1000.0, delay * 1000.0, underflow, *before,
                                             end.ru_nvcsw - usage.ru_nvcsw, end.ru_nivcsw - usage.ru_nivcsw)
@@ -175,11 +178,13 @@ class AudioOutput:
     def callback_diagnostics(self) -> list[dict]:
         """With ``diagnose``: the notable callbacks (overran, began late, or reported an underflow) and the
         callback thread's context switches before and during each."""
-        keys = ("perf_counter", "compute_ms", "start_delay_ms", "underflow", "voluntary_before", "involuntary_before",
-                "voluntary_during", "involuntary_during")
-        return [{k: (bool(v) if k == "underflow" else round(float(v), 6 if k == "perf_counter" else 3)
-                     if k in ("perf_counter", "compute_ms", "start_delay_ms") else int(v))
-                 for k, v in zip(keys, row)} for row in self._diag[:self._diag_count]]
+        rows = []
+        for t, compute_ms, delay_ms, underflow, *switches in self._diag[:self._diag_count]:
+            rows.append({"perf_counter": round(float(t), 6), "compute_ms": round(float(compute_ms), 3),
+                         "start_delay_ms": round(float(delay_ms), 3), "underflow": bool(underflow),
+                         **dict(zip(("voluntary_before", "involuntary_before", "voluntary_during",
+                                     "involuntary_during"), map(int, switches)))})
+        return rows
 
     def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
         """Callback loads (compute time / block duration) of about the last ``seconds`` (a copy; any thread)."""
