@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from instrument.bundle import load_bundle, random_bundle  # noqa: E402
-from instrument.engine import Engine  # noqa: E402
-from instrument.events import LatentSet, NoteOn, PitchBend  # noqa: E402
+from instrument.model.bundle import load_bundle, random_bundle  # noqa: E402
+from instrument.engine.engine import Engine  # noqa: E402
+from instrument.engine.events import LatentSet, NoteOn, PitchBend  # noqa: E402
 
 
 def time_blocks(bundle, sample_rate: int, block: int, voices: int, seconds: float, notes: int | None = None,

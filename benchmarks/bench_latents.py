@@ -5,12 +5,12 @@
         [--instruments violin,flute,trumpet,cello] [--quality-budget 10m] [--quick] [--max-steps N]
 
 Stages (each resumable: a run folder with a summary.json is not trained again, its evaluation is cached):
-- beta: a synthetic corpus with known timbre factors (training.synthetic_corpus; augmentation off, because EQ
+- beta: a synthetic corpus with known timbre factors (evaluation.synthetic_corpus; augmentation off, because EQ
   would change the factors) -> one run per beta -> MIG / DCI on a separate synthetic evaluation corpus, active
   latents, invariance of each knob, held-out metrics.
 - time: the same corpus and beta 4 (--beta) trained for each budget -> held-out metrics, MIG, MIDI accuracy
   (--time-corpus violin: the demo corpus instead, augmentation on, no MIG).
-- quality: real recorded instruments (FluidR3_GM via fluidsynth, training.demo_corpus), default sdga-train
+- quality: real recorded instruments (FluidR3_GM via fluidsynth, evaluation.demo_corpus), default sdga-train
   settings (augmentation on) -> held-out metrics, MIDI pitch accuracy, invariance, latent names.
 
 Writes <out>/results/{beta_table,time_to_quality,instrument_quality}.json, a report (markdown + PNGs) in
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from training.evaluation import beta_table, instrument_quality, time_to_quality
-    from training.report import write_report
-    from training.synthetic_corpus import make_synthetic_corpus
+    from evaluation.experiments import beta_table, instrument_quality, time_to_quality
+    from evaluation.report import write_report
+    from evaluation.synthetic_corpus import make_synthetic_corpus
     from training.train import TrainConfig, parse_duration
 
     extra = {}
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         tbase, teval = base, eval_dir
         if args.time_corpus != "synthetic":
             from dataclasses import replace
-            from training.demo_corpus import make_demo_corpus
+            from evaluation.demo_corpus import make_demo_corpus
             corpus = out / "corpora" / args.time_corpus
             make_demo_corpus(corpus, instrument=args.time_corpus, n_files=3 if q else 8,
                              seconds_per_file=6.0 if q else 12.0, seed=args.seed)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_soak.py [MODEL.sdga] [--seconds 60] [--block-size 128] [--voices 8]
 
 Starts a private ``jackd --no-realtime -d dummy`` (48 kHz, real-time paced, no sound card), runs
-``python -m instrument.play`` on it with ``--record`` and ``--stats-json``, plays overlapping notes from a JACK
+``python -m instrument.apps.play`` on it with ``--record`` and ``--stats-json``, plays overlapping notes from a JACK
 MIDI port (4 note-ons a second, each held 0.6 s, plus pitch bend) and sends OSC latent changes (20 a second,
 every latent in turn). Prints: underflows after the first second, non-finite samples in the recording, RSS of
 the sdga-play process at start and end (after 2 s, then every 5 s: memory must stay flat), callback load
@@ -153,9 +153,9 @@ def null_player(seconds: float, block_size: int, stats_path: Path, busy_ms: floa
     """What sdga-play's I/O does, without the engine: prints the two lines the soak waits for, writes stats."""
     import sounddevice as sd
 
-    from instrument.events import EventQueue
-    from instrument.io_midi import MidiInput
-    from instrument.io_osc import OscServer
+    from instrument.engine.events import EventQueue
+    from instrument.io.midi import MidiInput
+    from instrument.io.osc import OscServer
 
     queue = EventQueue()
     counts = {"callbacks": 0, "underflows": 0, "startup_underflows": 0, "late_callbacks": 0, "events": 0}
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="sdga_soak_"))
     model = args.model
     if model is None:
-        from instrument.bundle import random_bundle, save_bundle
+        from instrument.model.bundle import random_bundle, save_bundle
 
         model = save_bundle(work / "random.sdga", random_bundle())
     name = f"sdga_soak_{os.getpid()}"
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
 
         keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "soak_keys")
         keys.open_virtual_port("out")
-        command = [sys.executable, "-m", "instrument.play", str(model), "--device", "JACK", "--block-size",
+        command = [sys.executable, "-m", "instrument.apps.play", str(model), "--device", "JACK", "--block-size",
                    str(args.block_size), "--voices", str(args.voices), "--midi", "soak_keys", "--osc-port", "0",
                    "--duration", str(args.seconds), "--record", str(work / "take.wav"),
                    "--stats-json", str(work / "stats.json"), "--quiet", "--diagnose-callbacks"] + (["--no-virtual-midi"] if args.no_virtual_midi else [])

@@ -24,9 +24,9 @@ import torch
 
 
 def throughput(args) -> None:
-    from instrument.model import ModelConfig
+    from instrument.model.networks import ModelConfig
     from training.data import RandomWindows
-    from training.demo_corpus import make_demo_corpus
+    from evaluation.demo_corpus import make_demo_corpus
     from training.module import LossConfig, SdgaModule
     from training.train import TrainConfig, make_mel_basis, prepare_data
 

@@ -14,7 +14,7 @@ sdga-train "$OUT/corpus" -o "$OUT/run" --max-time "${SDGA_DEMO_TIME:-10m}"
 sdga-info "$OUT/run/model.sdga" --plot "$OUT/latents.png"
 sdga-transfer "$OUT/run/model.sdga" "$OUT/input/flute_000.wav" -o "$OUT/flute_as_violin.wav"
 # Play it: the live engine rendering a generated MIDI phrase offline (same code as sdga-play).
-python -c "import sys, numpy as np; from pathlib import Path; from training.demo_corpus import write_phrase_midi; \
+python -c "import sys, numpy as np; from pathlib import Path; from evaluation.demo_corpus import write_phrase_midi; \
 write_phrase_midi(Path(sys.argv[1]), 40, 55, 84, 8.0, np.random.default_rng(7))" "$OUT/phrase.mid"
 sdga-render "$OUT/run/model.sdga" --midi "$OUT/phrase.mid" -o "$OUT/phrase.wav"
 echo

@@ -18,7 +18,7 @@ import soundfile as sf
 @pytest.fixture(scope="session")
 def demo_corpus_dir(tmp_path_factory) -> Path:
     """A tiny real corpus: 2 violin phrases of 4 s (FluidR3_GM rendered by fluidsynth), seed 0."""
-    from training.demo_corpus import FLUIDR3, make_demo_corpus
+    from evaluation.demo_corpus import FLUIDR3, make_demo_corpus
 
     if shutil.which("fluidsynth") is None or not FLUIDR3.is_file():
         pytest.skip("fluidsynth / fluid-soundfont-gm not installed (run scripts/setup.sh)")

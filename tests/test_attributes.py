@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.attributes import ATTRIBUTES, attribute_loss, attribute_n_fft, frame_attributes
-from training.synthetic_corpus import synthesize_segment
+from evaluation.synthetic_corpus import synthesize_segment
 
 SR, HOP, STRIDE = 48000, 128, 4
 
@@ -70,7 +70,7 @@ def test_attribute_loss_is_low_for_ordered_latents_and_high_for_reversed_ones():
 
 
 def test_training_step_adds_the_attribute_term():
-    from instrument.model import ModelConfig
+    from instrument.model.networks import ModelConfig
     from training.module import SdgaModule
 
     config = ModelConfig(hidden_size=32, gru_size=32, encoder_gru_size=16, n_harmonics=16, n_noise_bands=17)
@@ -90,7 +90,7 @@ def test_training_step_adds_the_attribute_term():
 def test_anchored_latents_are_named_after_their_attributes_when_they_move_them(monkeypatch):
     from types import SimpleNamespace
 
-    from instrument.model import ModelConfig
+    from instrument.model.networks import ModelConfig
     from training import export
     from training.module import SdgaModule
 

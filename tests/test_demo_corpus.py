@@ -1,4 +1,4 @@
-"""training.demo_corpus: real fluidsynth renderings, deterministic phrases, reuse of existing files."""
+"""evaluation.demo_corpus: real fluidsynth renderings, deterministic phrases, reuse of existing files."""
 from __future__ import annotations
 
 import shutil
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training import demo_corpus
+from evaluation import demo_corpus
 from training.corpus import load_corpus
-from training.demo_corpus import INSTRUMENTS, MANIFEST_NAME, main, make_demo_corpus, render_midi, write_phrase_midi
+from evaluation.demo_corpus import INSTRUMENTS, MANIFEST_NAME, main, make_demo_corpus, render_midi, write_phrase_midi
 
 needs_fluidsynth = pytest.mark.skipif(shutil.which("fluidsynth") is None or not demo_corpus.FLUIDR3.is_file(),
                                       reason="fluidsynth / fluid-soundfont-gm not installed (scripts/setup.sh)")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from instrument import dsp
+from instrument.model import dsp
 
 SR, HOP = 48000, 128
 

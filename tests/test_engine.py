@@ -1,4 +1,4 @@
-"""Contract of the live engine (instrument.engine): streaming equals offline, timing, voices, safety, memory."""
+"""Contract of the live engine (instrument.engine.engine): streaming equals offline, timing, voices, safety, memory."""
 from __future__ import annotations
 
 import gc
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from instrument import dsp
-from instrument.bundle import random_bundle
-from instrument.engine import Engine
-from instrument.engine_kernels import DecoderStep, StreamingSynth
-from instrument.events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_SUSTAIN, ControlChange, LatentSet, NoteOff,
+from instrument.model import dsp
+from instrument.model.bundle import random_bundle
+from instrument.engine.engine import Engine
+from instrument.engine.kernels import DecoderStep, StreamingSynth
+from instrument.engine.events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_SUSTAIN, ControlChange, LatentSet, NoteOff,
                                NoteOn, Panic, Param, ParamSet, PitchBend, with_offset)
 
 SR = 48000

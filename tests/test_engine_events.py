@@ -1,4 +1,4 @@
-"""Contract of the engine's events, parameter table and queue (instrument.events)."""
+"""Contract of the engine's events, parameter table and queue (instrument.engine.events)."""
 from __future__ import annotations
 
 import threading
@@ -7,9 +7,9 @@ import mido
 import numpy as np
 import pytest
 
-from instrument.bundle import random_bundle
-from instrument.engine import Engine
-from instrument.events import (PARAMS, ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, Param, ParamSet,
+from instrument.model.bundle import random_bundle
+from instrument.engine.engine import Engine
+from instrument.engine.events import (PARAMS, ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, Param, ParamSet,
                                PitchBend, from_mido, param_event, param_spec, with_offset)
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from instrument.bundle import random_bundle
-from instrument.engine import Engine
-from instrument.events import (ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet,
+from instrument.model.bundle import random_bundle
+from instrument.engine.engine import Engine
+from instrument.engine.events import (ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet,
                                PitchBend)
-from instrument.io_osc import DEFAULT_OSC_PORT, OSC_SPECS, OscError, OscServer, osc_event
+from instrument.io.osc import DEFAULT_OSC_PORT, OSC_SPECS, OscError, OscServer, osc_event
 
 LATENTS = random_bundle().latents
 
@@ -153,7 +153,7 @@ def jack_server(tmp_path_factory):
 def test_midi_virtual_port_over_jack(jack_server, separate_process):
     import mido
 
-    from instrument.io_midi import MidiInput, midi_backend
+    from instrument.io.midi import MidiInput, midi_backend
 
     backend = midi_backend("UNIX_JACK")
     queue = EventQueue()
@@ -178,7 +178,7 @@ def test_midi_child_process_counts_malformed_bytes_and_stops_with_the_input(jack
     ends the child process."""
     import rtmidi
 
-    from instrument.io_midi import MidiInput
+    from instrument.io.midi import MidiInput
 
     keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sdga_test_raw")
     keys.open_virtual_port("out")
@@ -202,7 +202,7 @@ def test_midi_child_process_counts_malformed_bytes_and_stops_with_the_input(jack
 def test_audio_output_renders_in_the_callback(jack_server):
     import sounddevice as sd
 
-    from instrument.io_audio import AudioOutput, rescan_audio_devices
+    from instrument.io.audio import AudioOutput, rescan_audio_devices
 
     rescan_audio_devices()
     devices = [i for i, d in enumerate(sd.query_devices())
@@ -228,7 +228,7 @@ def test_audio_output_renders_in_the_callback(jack_server):
 def test_audio_callback_diagnostics_record_context_switches_of_notable_callbacks():
     from types import SimpleNamespace
 
-    from instrument.io_audio import AudioOutput
+    from instrument.io.audio import AudioOutput
 
     engine = Engine(random_bundle())
     engine.prepare(48000, 128, 2)
@@ -252,7 +252,7 @@ def test_audio_callback_measures_load_and_feeds_tap_and_hooks():
     block, block_events adds events, and a failing hook leaves the queued events playing."""
     from types import SimpleNamespace
 
-    from instrument.io_audio import AudioOutput
+    from instrument.io.audio import AudioOutput
 
     engine = Engine(random_bundle())
     engine.prepare(48000, 128, 2)

@@ -1,9 +1,9 @@
-"""Contract of the voice bank (instrument.voices): allocation, envelopes, modes, pedal, filters. No audio."""
+"""Contract of the voice bank (instrument.engine.voices): allocation, envelopes, modes, pedal, filters. No audio."""
 from __future__ import annotations
 
 import pytest
 
-from instrument.voices import ATTACK, DECAY, IDLE, LEGATO, MONO, RELEASE, SUSTAIN, VoiceBank, VoiceSettings
+from instrument.engine.voices import ATTACK, DECAY, IDLE, LEGATO, MONO, RELEASE, SUSTAIN, VoiceBank, VoiceSettings
 
 SR, HOP = 48000, 128
 

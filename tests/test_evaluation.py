@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.evaluation import (INVARIANCE_F0_CENTS, beta_table, dci_linear, latent_codes_for_corpus,
-                                 measure_note, midi_play_accuracy, invariance_check, mutual_information_gap,
-                                 velocity_to_loudness_db)
+from evaluation.disentanglement import dci_linear, latent_codes_for_corpus, mutual_information_gap
+from evaluation.experiments import beta_table
+from evaluation.playing import (INVARIANCE_F0_CENTS, invariance_check, measure_note, midi_play_accuracy,
+                                velocity_to_loudness_db)
+from evaluation.synthetic_corpus import (FACTOR_NAMES, FACTORS_CSV, factor_to_physical, harmonic_amplitudes,
+                                         load_factors, make_synthetic_corpus, measure_timbre)
 from training.module import LossConfig
-from training.synthetic_corpus import (FACTOR_NAMES, FACTORS_CSV, factor_to_physical,
-                                       harmonic_amplitudes, load_factors, make_synthetic_corpus, measure_timbre)
 
 
 # ---------------------------------------------------------------------------------------------- MIG and DCI
@@ -173,7 +174,7 @@ def test_velocity_mapping():
 @pytest.fixture(scope="module")
 def trained(synthetic, tmp_path_factory):
     """A tiny model trained (3 steps) on the synthetic corpus through the beta_table driver, and its bundle."""
-    from instrument.bundle import load_bundle
+    from instrument.model.bundle import load_bundle
     from training.train import TrainConfig
 
     corpus, _ = synthetic
@@ -234,15 +235,15 @@ def test_midi_play_accuracy_is_well_formed(trained):
 
 
 def test_random_bundle_probes_run():
-    from instrument.bundle import random_bundle
-    from instrument.model import ModelConfig
+    from instrument.model.bundle import random_bundle
+    from instrument.model.networks import ModelConfig
     bundle = random_bundle(ModelConfig(latent_dim=2))
     assert len(invariance_check(bundle, n_steps=2, n_pitches=1, seconds=0.5)) == 2
 
 
 # ---------------------------------------------------------------------------------------------- report
 def test_sdga_report_writes_markdown_and_figures(trained, tmp_path, capsys):
-    from training.report import main
+    from evaluation.report import main
     _, out, data, _ = trained
     run = out / "beta_1"
     ttq = {"kind": "time_to_quality", "settings": {}, "rows": [dict(data["rows"][0], budget_s=60.0)]}
@@ -262,7 +263,7 @@ def test_sdga_report_writes_markdown_and_figures(trained, tmp_path, capsys):
 
 def test_beta_table_figure_and_table_tell_regularisations_apart(tmp_path):
     """Rows differ in attribute and invariance weights; two rows with the same ones and beta: the newest is drawn."""
-    from training.report import _results_section
+    from evaluation.report import _results_section
 
     def row(beta, attributes, invariance, mig, **extra):
         return {"beta": beta, "attribute_weight": attributes, "mig": mig, "spectral_distance": 1.2,

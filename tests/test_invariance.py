@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from instrument import dsp
+from instrument.model import dsp
 from training.features import a_weighted_loudness_db
 from training.invariance import a_weighting_db, controls_loudness_db, loudness_invariance_loss, swap_latents
 
@@ -43,7 +43,7 @@ def test_swapped_latents_come_from_other_examples():
 
 
 def test_invariance_loss_is_zero_when_z_does_not_matter_and_trains_the_decoder_only():
-    from instrument.model import Decoder, ModelConfig
+    from instrument.model.networks import Decoder, ModelConfig
 
     config = ModelConfig(hidden_size=16, gru_size=16, n_harmonics=8, n_noise_bands=9, latent_dim=3)
     decoder = Decoder(config)
@@ -62,7 +62,7 @@ def test_invariance_loss_is_zero_when_z_does_not_matter_and_trains_the_decoder_o
 
 
 def test_training_step_adds_the_invariance_term():
-    from instrument.model import ModelConfig
+    from instrument.model.networks import ModelConfig
     from training.module import SdgaModule
 
     config = ModelConfig(hidden_size=32, gru_size=32, encoder_gru_size=16, n_harmonics=16, n_noise_bands=17)

@@ -1,4 +1,4 @@
-"""Contract of controller mappings (instrument.mapping / instrument.targets): shipped files load, every source
+"""Contract of controller mappings (instrument.controls.mapping / instrument.controls.targets): shipped files load, every source
 kind moves its target, shaping and smoothing, error messages (file, line, key, choices), hot reload that
 keeps the previous mapping on a broken edit, MIDI learn that writes a file the loader reads back, OSC
 feedback, the OSC additions, and the README section covering every schema table."""
@@ -15,13 +15,13 @@ from pathlib import Path
 import mido
 import pytest
 
-from instrument.bundle import random_bundle
-from instrument.events import (ControlChange, LatentSet, NoteOn, Panic, Param, ParamSet, PitchBend)
-from instrument.io_osc import OscError
-from instrument.mapping import (ENTRY_KEYS, MAPPING_FILE_KEYS, OSC_ADDITIONS, RELATIVE_MODES, SOURCE_KINDS,
+from instrument.model.bundle import random_bundle
+from instrument.engine.events import (ControlChange, LatentSet, NoteOn, Panic, Param, ParamSet, PitchBend)
+from instrument.io.osc import OscError
+from instrument.controls.mapping import (ENTRY_KEYS, MAPPING_FILE_KEYS, OSC_ADDITIONS, RELATIVE_MODES, SOURCE_KINDS,
                                 MappingError, MappingRouter, load_router, relative_delta)
-from instrument.model import ModelConfig
-from instrument.targets import target_table
+from instrument.model.networks import ModelConfig
+from instrument.controls.targets import target_table
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["brightness", "noisiness", "breath", "hollowness", "richness", "level", "level2", "inactive7"]
@@ -466,8 +466,8 @@ def readme_section() -> str:
 
 
 def test_readme_section_covers_every_table():
-    from instrument.effects import EFFECTS
-    from instrument.patches import PATCH_KEYS
+    from instrument.engine.effects import EFFECTS
+    from instrument.controls.patches import PATCH_KEYS
 
     text = readme_section()
     for key in [*MAPPING_FILE_KEYS, *ENTRY_KEYS, *PATCH_KEYS]:
@@ -480,7 +480,7 @@ def test_readme_section_covers_every_table():
 
 def test_readme_examples_load(tmp_path, bundle):
     """The mapping and patch examples in the README section are real files."""
-    from instrument.patches import load_patch
+    from instrument.controls.patches import load_patch
 
     text = readme_section()
     blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instrument.engine import Engine
-from instrument.events import EventQueue, LatentSet, NoteOff, NoteOn, Param, ParamSet, PitchBend
-from instrument.mapping import load_router
+from instrument.engine.engine import Engine
+from instrument.engine.events import EventQueue, LatentSet, NoteOff, NoteOn, Param, ParamSet, PitchBend
+from instrument.controls.mapping import load_router
 from test_engine_io import jack_server  # noqa: F401  (the private dummy JACK server fixture)
 from test_mapping import named_bundle, wait_for
 
@@ -90,7 +90,7 @@ def play(bundle, events) -> np.ndarray:
 def test_jack_midi_through_the_router(jack_server, router, bundle):  # noqa: F811
     import mido
 
-    from instrument.io_midi import midi_backend
+    from instrument.io.midi import midi_backend
 
     backend = midi_backend("UNIX_JACK")
     queue = EventQueue()

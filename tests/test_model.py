@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from instrument.model import HARMONIC_INIT_DB_PER_OCTAVE, Decoder, Encoder, ModelConfig
-from instrument.offline import encode_means
+from instrument.model.networks import HARMONIC_INIT_DB_PER_OCTAVE, Decoder, Encoder, ModelConfig
+from instrument.model.offline import encode_means
 
 
 def _tone(f0_hz: float, tilt_db_per_octave: float, config: ModelConfig, seconds: float = 0.6,

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_save
 
-from instrument import modelfile
-from instrument.modelfile import (
+from instrument.model import modelfile
+from instrument.model.modelfile import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MODEL_FILE_SUFFIX,
@@ -373,7 +373,7 @@ def test_instrument_module_imports_no_training_dependencies() -> None:
     import subprocess
 
     code = (
-        "import sys; import instrument.modelfile; "
+        "import sys; import instrument.model.modelfile; "
         "bad = [m for m in ('pytorch_lightning', 'lightning', 'librosa', 'pedalboard', 'auraloss') "
         "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )

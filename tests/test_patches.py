@@ -1,4 +1,4 @@
-"""Contract of patches (instrument.patches) and the live effects chain (instrument.effects): shipped patches
+"""Contract of patches (instrument.controls.patches) and the live effects chain (instrument.engine.effects): shipped patches
 load and differ, broken patch files name file / line / key / choices, saving round-trips, a recall changes
 the rendered sound measurably and glides without a click, and effects keep their state across blocks."""
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from instrument.effects import EFFECTS, EffectConfig, EffectsChain, effects_available
-from instrument.engine import Engine
-from instrument.events import LatentSet, NoteOn, Param, param_event
-from instrument.mapping import load_router
-from instrument.patches import PATCH_KEYS, Patch, PatchError, load_patch, load_patches, save_engine_patch, save_patch
+from instrument.engine.effects import EFFECTS, EffectConfig, EffectsChain, effects_available
+from instrument.engine.engine import Engine
+from instrument.engine.events import LatentSet, NoteOn, Param, param_event
+from instrument.controls.mapping import load_router
+from instrument.controls.patches import PATCH_KEYS, Patch, PatchError, load_patch, load_patches, save_engine_patch, save_patch
 from test_mapping import named_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +253,7 @@ def test_effects_change_crossfades():
 
 
 def test_instrument_imports_without_pedalboard():
-    code = ("import sys, instrument.mapping, instrument.patches, instrument.effects, instrument.targets; "
+    code = ("import sys, instrument.controls.mapping, instrument.controls.patches, instrument.engine.effects, instrument.controls.targets; "
             "bad = [m for m in ('pedalboard', 'librosa', 'pytorch_lightning', 'lightning') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from instrument.bundle import random_bundle, save_bundle
-from instrument.modelfile import ModelFileError
+from instrument.model.bundle import random_bundle, save_bundle
+from instrument.model.modelfile import ModelFileError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from jack_dummy import JackUnavailable, jack_dummy_server  # noqa: E402
@@ -66,7 +66,7 @@ class Player:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None):
         self.lines: list[str] = []
-        self.process = subprocess.Popen([sys.executable, "-m", "instrument.play", *args], cwd=ROOT, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "instrument.apps.play", *args], cwd=ROOT, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -415,7 +415,7 @@ def test_corrupt_model_is_refused_before_any_device(model_path, tmp_path):
     data = bytearray(model_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     corrupt.write_bytes(bytes(data))
-    from instrument.bundle import load_bundle
+    from instrument.model.bundle import load_bundle
 
     with pytest.raises(ModelFileError) as refused:
         load_bundle(corrupt, with_encoder=False)
@@ -428,9 +428,9 @@ def test_corrupt_model_is_refused_before_any_device(model_path, tmp_path):
 
 
 def test_mapping_file_routes_midi(jack, model_path, tmp_path):
-    """``--mapping`` loads instrument.mapping's router: a CC bound in the YAML file moves its latent (through the
+    """``--mapping`` loads instrument.controls.mapping's router: a CC bound in the YAML file moves its latent (through the
     router's smoothing ramps, which the callback merges into each block)."""
-    pytest.importorskip("instrument.mapping")
+    pytest.importorskip("instrument.controls.mapping")
     mapping = tmp_path / "mine.yaml"
     mapping.write_text("version: 1\nmappings:\n  - {cc: 20, target: latent/0}\n")
     keys = Keyboard("sdga_test_map")

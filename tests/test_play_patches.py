@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instrument.bundle import load_bundle
-from instrument.mapping import parse_mapping
-from instrument.patches import load_patch
+from instrument.model.bundle import load_bundle
+from instrument.controls.mapping import parse_mapping
+from instrument.controls.patches import load_patch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_play import (ROOT, SR, Keyboard, Player, held_part, jack, model_path, notes_in,  # noqa: E402,F401
@@ -230,7 +230,7 @@ def test_learn_writes_a_binding_into_the_mapping_file(jack, model_path, tmp_path
 def test_learn_and_patch_refusals(model_path, tmp_path):
     """``--learn`` without ``--mapping``, and a ``--patch`` without MODEL that names no model, exit 2 before any
     device opens, saying what to give."""
-    run = lambda *args: subprocess.run([sys.executable, "-m", "instrument.play", *args], cwd=ROOT,  # noqa: E731
+    run = lambda *args: subprocess.run([sys.executable, "-m", "instrument.apps.play", *args], cwd=ROOT,  # noqa: E731
                                        capture_output=True, text=True, timeout=60)
     learn = run(str(model_path), "--learn", "latent/0", "--device", "no such device")
     assert learn.returncode == 2 and "give --mapping FILE" in learn.stderr, learn.stderr
@@ -245,11 +245,11 @@ def test_audio_callback_runs_effects_before_the_tap_and_plays_dry_when_they_fail
     tap sees a gain chain's -12 dB); a chain that raises is counted in hook_errors and the dry block plays."""
     from types import SimpleNamespace
 
-    from instrument.bundle import random_bundle
-    from instrument.effects import EffectConfig, EffectsChain
-    from instrument.engine import Engine
-    from instrument.events import EventQueue, NoteOn
-    from instrument.io_audio import AudioOutput
+    from instrument.model.bundle import random_bundle
+    from instrument.engine.effects import EffectConfig, EffectsChain
+    from instrument.engine.engine import Engine
+    from instrument.engine.events import EventQueue, NoteOn
+    from instrument.io.audio import AudioOutput
 
     class Broken:
         def process(self, block):

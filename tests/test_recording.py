@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import soundfile as sf
 
-from instrument.recording import RingRecorder
+from instrument.io.recording import RingRecorder
 
 
 def test_blocks_reach_the_file_in_order(tmp_path):

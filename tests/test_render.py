@@ -1,4 +1,4 @@
-"""Contract of offline rendering (instrument.render, the `sdga-render` entry point)."""
+"""Contract of offline rendering (instrument.apps.render, the `sdga-render` entry point)."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from instrument.bundle import random_bundle, save_bundle
-from instrument.render import main, midi_file_events, render_midi
+from instrument.model.bundle import random_bundle, save_bundle
+from instrument.apps.render import main, midi_file_events, render_midi
 from test_engine import sine_bundle
 
 SR = 48000

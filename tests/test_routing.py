@@ -7,11 +7,11 @@ import time
 import mido
 import pytest
 
-from instrument.bundle import random_bundle
-from instrument.events import ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, PitchBend
-from instrument.io_midi import MidiInput, MidiPortError, match_midi_inputs
-from instrument.io_osc import OscError, OscServer
-from instrument.routing import LATENT_CCS, LATENT_CCS_ALT, DefaultRouter, Router
+from instrument.model.bundle import random_bundle
+from instrument.engine.events import ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, PitchBend
+from instrument.io.midi import MidiInput, MidiPortError, match_midi_inputs
+from instrument.io.osc import OscError, OscServer
+from instrument.controls.routing import LATENT_CCS, LATENT_CCS_ALT, DefaultRouter, Router
 
 LATENTS = random_bundle().latents
 
@@ -126,8 +126,8 @@ def test_default_mapping_routes_latent_ccs_like_the_default_router():
     """sdga-play without --mapping plays through a MappingRouter built from default_mapping_text: the same CCs
     reach the same latents (smoothed: the ramp ends on DefaultRouter's value), notes pass through, and program
     change recalls patch N when there are patches."""
-    from instrument.mapping import MappingRouter, parse_mapping
-    from instrument.routing import default_mapping_text
+    from instrument.controls.mapping import MappingRouter, parse_mapping
+    from instrument.controls.routing import default_mapping_text
 
     bundle = random_bundle()
     default = DefaultRouter(bundle.latents)

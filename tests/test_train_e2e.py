@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from instrument.bundle import load_bundle
-from instrument.modelfile import ModelFileError
-from instrument.offline import render_controls
-from training.cli import info_main, train_main, transfer_main
+from instrument.model.bundle import load_bundle
+from instrument.model.modelfile import ModelFileError
+from instrument.model.offline import render_controls
+from evaluation.info import main as info_main
+from training.cli import train_main, transfer_main
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def test_model_file_loads_and_renders(trained):
 
 def test_instrument_loads_model_without_lightning(trained):
     out, _ = trained
-    code = ("import sys; from instrument.bundle import load_bundle; load_bundle(sys.argv[1]); "
+    code = ("import sys; from instrument.model.bundle import load_bundle; load_bundle(sys.argv[1]); "
             "bad = [m for m in ('pytorch_lightning', 'lightning', 'librosa', 'pedalboard') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(out / "model.sdga")], check=True)

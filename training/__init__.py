@@ -1,0 +1,1 @@
+"""sdga-train: corpus -> features -> augmentation -> Lightning fit -> export of one model file."""

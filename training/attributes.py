@@ -7,7 +7,7 @@ auto-encoders"): latent ``j`` is pushed to order the frames of a batch as attrib
 
 so that turning that knob up means more of that attribute, while the KL keeps the latent a well-behaved
 Gaussian and the other latents free. The attributes are computed from the audio and f0 alone (no labels), on
-the spectrum read at multiples of f0 (`instrument.model.sample_at_multiples`), per encoder frame:
+the spectrum read at multiples of f0 (`instrument.model.networks.sample_at_multiples`), per encoder frame:
 
 - ``brightness``: log2 of the power-weighted mean harmonic number (harmonics 1..N_HARMONICS);
 - ``breath``: dB of the power midway between harmonics over the power at them (harmonics 1..N_HARMONICS);
@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from instrument.model import sample_at_multiples
+from instrument.model.networks import sample_at_multiples
 
 __all__ = ["ATTRIBUTES", "N_HARMONICS", "attribute_n_fft", "frame_attributes", "attribute_loss"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .features import Features
+from training.features import Features
 
 SILENCE_DB = -100.0
 
@@ -145,7 +145,7 @@ class RandomWindows(Dataset):
         ex = self.examples[rng.choice(len(self.examples), p=self.weights)]
         start = int(rng.integers(0, ex.n_frames - self.window_frames))
         if self.gain_db_range > 0:
-            from .augment import random_gain
+            from training.augment import random_gain
             gain_db = float(rng.uniform(-self.gain_db_range, self.gain_db_range))
             audio, feats = random_gain(ex.audio[start * self.hop_size:(start + self.window_frames) * self.hop_size],
                                        ex.features.slice(start, start + self.window_frames + 1), gain_db)

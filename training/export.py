@@ -7,11 +7,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from instrument.bundle import LatentInfo, ModelBundle, save_bundle
-from instrument.offline import encode_means, render_controls
+from instrument.model.bundle import LatentInfo, ModelBundle, save_bundle
+from instrument.model.offline import encode_means, render_controls
 
-from .features import FeatureSettings
-from .metrics import aggregate_metrics, resynthesis_metrics, spectral_min_n_samples
+from training.features import FeatureSettings
+from training.metrics import aggregate_metrics, resynthesis_metrics, spectral_min_n_samples
 
 ACTIVE_KL_NATS = 0.02   # a latent whose average KL is below this carries (almost) nothing: inactive
 KNOB_PERCENTILES = (5.0, 95.0)

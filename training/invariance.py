@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from instrument import dsp
+from instrument.model import dsp
 
 __all__ = ["a_weighting_db", "controls_loudness_db", "loudness_invariance_loss", "swap_latents"]
 

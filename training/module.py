@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass
 import pytorch_lightning as pl
 import torch
 
-from instrument import dsp
-from instrument.model import Decoder, Encoder, ModelConfig, kl_divergence
+from instrument.model import dsp
+from instrument.model.networks import Decoder, Encoder, ModelConfig, kl_divergence
 
-from .attributes import attribute_loss, frame_attributes
-from .invariance import loudness_invariance_loss
-from .metrics import spectral_loss_module
+from training.attributes import attribute_loss, frame_attributes
+from training.invariance import loudness_invariance_loss
+from training.metrics import spectral_loss_module
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from instrument.model import ModelConfig
+from instrument.model.networks import ModelConfig
 
-from .corpus import Corpus, format_summary, load_corpus
-from .data import Example, RandomWindows, TiledWindows, split_examples
-from .features import FeatureSettings, extract_corpus_features, features_cache_path
-from .module import LossConfig
+from training.corpus import Corpus, format_summary, load_corpus
+from training.data import Example, RandomWindows, TiledWindows, split_examples
+from training.features import FeatureSettings, extract_corpus_features, features_cache_path
+from training.module import LossConfig
 
 
 @dataclass
@@ -137,7 +137,7 @@ def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
     train, val, how = split_examples(examples, cfg.val_fraction, cfg.seed, cfg.hop_size)
     log(f"validation split {how}")
     if cfg.augment and cfg.augment_variants > 0:
-        from .augment import make_augmented_variants
+        from training.augment import make_augmented_variants
         t0 = time.time()
         variants = make_augmented_variants([e.audio for e in train], [e.features for e in train],
                                            cfg.augment_variants, cfg.seed, settings, cache / "augment",
@@ -154,8 +154,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    from .export import export_model
-    from .module import SdgaModule
+    from training.export import export_model
+    from training.module import SdgaModule
 
     started = time.time()
     out_dir = Path(cfg.out_dir)

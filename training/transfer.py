@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from instrument.bundle import ModelBundle
-from instrument.offline import render_controls
+from instrument.model.bundle import ModelBundle
+from instrument.model.offline import render_controls
 
-from .corpus import load_audio_file
-from .features import FeatureSettings, extract_corpus_features
+from training.corpus import load_audio_file
+from training.features import FeatureSettings, extract_corpus_features
 
 
 class TransferError(Exception):

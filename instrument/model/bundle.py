@@ -1,6 +1,6 @@
 """A loaded model file: networks, their config, and the musician-facing latent table.
 
-The file layout (see :mod:`instrument.modelfile` for the container): tensors ``decoder.*`` and ``encoder.*``;
+The file layout (see :mod:`instrument.model.modelfile` for the container): tensors ``decoder.*`` and ``encoder.*``;
 metadata keys ``model_config`` (ModelConfig fields), ``latents`` (one entry per latent dimension, ordered by
 importance), ``corpus`` (f0 and loudness ranges), ``training`` (summary and held-out metrics).
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .model import Decoder, Encoder, ModelConfig
-from .modelfile import ModelFileError, load_model_file, save_model_file
+from instrument.model.networks import Decoder, Encoder, ModelConfig
+from instrument.model.modelfile import ModelFileError, load_model_file, save_model_file
 
 REQUIRED_METADATA = ("model_config", "latents", "corpus", "training")
 

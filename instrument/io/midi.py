@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .events import EventQueue
+from instrument.engine.events import EventQueue
 
 __all__ = ["MidiInput", "MidiPortError", "midi_backend", "midi_input_names", "match_midi_inputs", "JACK_API",
            "ALSA_API"]
@@ -98,7 +98,7 @@ class MidiInput:
                  connect: str | Sequence[str] | None = None, client_name: str = "sdga", router=None,
                  separate_process: bool = False):
         if router is None:
-            from .routing import DefaultRouter
+            from instrument.controls.routing import DefaultRouter
 
             router = DefaultRouter()
         self.queue = queue
@@ -126,7 +126,7 @@ class MidiInput:
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._child = subprocess.Popen(
-            [sys.executable, "-c", "from instrument.io_midi import _bridge_main; _bridge_main()", json.dumps(spec)],
+            [sys.executable, "-c", "from instrument.io.midi import _bridge_main; _bridge_main()", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         hello = self._child.stdout.readline()
         try:

@@ -1,6 +1,6 @@
 """Controller mappings: YAML files that bind MIDI / OSC sources to targets, hot reload, MIDI learn, patch
 recall, OSC feedback. :func:`load_router` gives the play app a :class:`MappingRouter` (the Router seam of
-``instrument.routing``: ``midi(message, offset) -> events``, ``osc(address, args) -> events``).
+``instrument.controls.routing``: ``midi(message, offset) -> events``, ``osc(address, args) -> events``).
 
 A mapping file (schema tables :data:`MAPPING_FILE_KEYS` and :data:`ENTRY_KEYS`)::
 
@@ -17,7 +17,7 @@ Every source value becomes a position x in 0..1 (CC / 127, 14-bit / 16383, bend 
 ``input`` range); ``invert`` flips it; the curve maps it onto ``range`` (default: the target's whole range
 and its own knob curve): linear ``low + (high - low) x``, power ``low + (high - low) x ** exponent``,
 exponential ``low (high / low) ** x``. Continuous targets then glide there over ``smooth_ms`` (default 20)
-through :class:`~instrument.targets.Ramps`: one event per control frame, emitted by :meth:`MappingRouter.tick`
+through :class:`~instrument.controls.targets.Ramps`: one event per control frame, emitted by :meth:`MappingRouter.tick`
 which the audio side calls once per block (until :meth:`MappingRouter.prepare` is called nothing ramps).
 
 Threads: ``midi``/``osc`` run on the MIDI and OSC threads, ``tick`` on the audio thread, the watcher on its
@@ -37,10 +37,10 @@ from typing import Callable, Iterable, Sequence
 
 import yaml
 
-from .events import PARAMS, Event, LatentSet, ParamSet, from_mido, with_offset
-from .io_osc import OscError, OscSpec, osc_event
-from .patches import DEFAULT_GLIDE_MS, Patch, _atomic_write, load_patches, patch_files, save_patch
-from .targets import KeySpec, MappingError, Ramps, Target, YamlFile, _did_you_mean, target_table
+from instrument.engine.events import PARAMS, Event, LatentSet, ParamSet, from_mido, with_offset
+from instrument.io.osc import OscError, OscSpec, osc_event
+from instrument.controls.patches import DEFAULT_GLIDE_MS, Patch, _atomic_write, load_patches, patch_files, save_patch
+from instrument.controls.targets import KeySpec, MappingError, Ramps, Target, YamlFile, _did_you_mean, target_table
 
 __all__ = ["MAPPING_VERSION", "MAPPING_FILE_KEYS", "ENTRY_KEYS", "SOURCE_KINDS", "RELATIVE_MODES", "CURVES",
            "OSC_ADDITIONS", "Source", "Binding", "Mapping", "MappingError", "MappingRouter", "parse_mapping",

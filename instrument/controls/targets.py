@@ -1,7 +1,7 @@
 """What a controller can move (the target table), value ramps, and the YAML reading both mapping and patch
 files share.
 
-Targets are data, like :data:`instrument.events.PARAMS` (which they reuse): every target has a name, unit,
+Targets are data, like :data:`instrument.engine.events.PARAMS` (which they reuse): every target has a name, unit,
 range, default and knob curve. Mapping files only point at these names:
 
 - every engine parameter by its PARAMS name (``release_ms``, ``noise_gain_db``, ``voice_mode`` ...);
@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from .events import (CC_SUSTAIN, PARAMS, ControlChange, Event, KnobRange, LatentSet, Panic, ParamSet, PitchBend)
+from instrument.engine.events import (CC_SUSTAIN, PARAMS, ControlChange, Event, KnobRange, LatentSet, Panic, ParamSet, PitchBend)
 
 __all__ = ["MappingError", "Target", "ENGINE_TARGETS", "PATCH_TRIGGERS", "target_table", "Ramps", "KeySpec",
            "YamlFile", "keys_markdown"]

@@ -1,13 +1,13 @@
 """The seam between controllers and the engine: a router turns every incoming MIDI or OSC message into events.
 
-MIDI and OSC threads (:mod:`instrument.io_midi`, :mod:`instrument.io_osc`) hand each message to a
-:class:`Router` and push what it returns into the :class:`~instrument.events.EventQueue`. A router runs on a
+MIDI and OSC threads (:mod:`instrument.io.midi`, :mod:`instrument.io.osc`) hand each message to a
+:class:`Router` and push what it returns into the :class:`~instrument.engine.events.EventQueue`. A router runs on a
 controller thread, never on the audio thread, so it may allocate; it must be quick and must not block.
 
 :class:`DefaultRouter` is what ``sdga-play`` uses without ``--mapping``: MIDI notes, pitch bend, sustain and
-CC 120/121/123 as the engine knows them (:func:`~instrument.events.from_mido`), CC 1..8 and CC 70..77 to the
+CC 120/121/123 as the engine knows them (:func:`~instrument.engine.events.from_mido`), CC 1..8 and CC 70..77 to the
 latents in importance order as 0..1 knobs, and OSC through the ``/sdga/`` address table
-(:data:`~instrument.io_osc.OSC_SPECS`). YAML mappings (``instrument.mapping.load_router``) return another
+(:data:`~instrument.io.osc.OSC_SPECS`). YAML mappings (``instrument.controls.mapping.load_router``) return another
 object with the same two methods. ``sdga-play`` without ``--mapping`` plays through a mapping router built
 from :func:`default_mapping_text` (the same CCs as YAML bindings, smoothed), so patch recall, learn and save
 work without a file.
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
-from .bundle import LatentInfo
-from .events import Event, LatentSet, from_mido
-from .io_osc import osc_event
+from instrument.model.bundle import LatentInfo
+from instrument.engine.events import Event, LatentSet, from_mido
+from instrument.io.osc import osc_event
 
 __all__ = ["Router", "DefaultRouter", "LATENT_CCS", "LATENT_CCS_ALT", "default_mapping_text"]
 
@@ -69,7 +69,7 @@ class DefaultRouter:
 
 def default_mapping_text(n_latents: int, patches: bool = False, latent_ccs: Sequence[int] = LATENT_CCS,
                          latent_ccs_alt: Sequence[int] = LATENT_CCS_ALT) -> str:
-    """DefaultRouter's latent CCs as a mapping file's text (``instrument.mapping``), for ``n_latents`` latents;
+    """DefaultRouter's latent CCs as a mapping file's text (``instrument.controls.mapping``), for ``n_latents`` latents;
     with ``patches``, program change N also recalls patch N. Everything else passes through."""
     lines = ["version: 1", "name: default routing", "mappings:"]
     for ccs in (latent_ccs, latent_ccs_alt):

@@ -1,6 +1,6 @@
 """OSC control: the /sdga/ address space (a table) and a UDP server that turns messages into engine events.
 
-The server thread only converts and enqueues (:class:`~instrument.events.EventQueue`); malformed messages are
+The server thread only converts and enqueues (:class:`~instrument.engine.events.EventQueue`); malformed messages are
 counted, never raised. The address table :data:`OSC_SPECS` is data: documentation, validation and tests all
 read it.
 """
@@ -10,8 +10,8 @@ import threading
 from dataclasses import dataclass
 from typing import Sequence
 
-from .bundle import LatentInfo
-from .events import (ControlChange, Event, EventQueue, LatentSet, NoteOff, NoteOn, Panic, PitchBend, param_event,
+from instrument.model.bundle import LatentInfo
+from instrument.engine.events import (ControlChange, Event, EventQueue, LatentSet, NoteOff, NoteOn, Panic, PitchBend, param_event,
                      CC_SUSTAIN)
 
 __all__ = ["OscSpec", "OSC_SPECS", "OscError", "osc_event", "OscServer", "DEFAULT_OSC_PORT"]
@@ -42,7 +42,7 @@ OSC_SPECS: tuple[OscSpec, ...] = (
     OscSpec("/sdga/panic", (), "silence everything now"),
     OscSpec("/sdga/latent/<name>", ("knob",), "latent by name (or importance rank), as a 0..1 knob"),
     OscSpec("/sdga/z/<index>", ("value",), "latent dimension <index> set to a z value"),
-    OscSpec("/sdga/param/<name>", ("value",), "engine parameter (see instrument.events.PARAMS) in its unit"),
+    OscSpec("/sdga/param/<name>", ("value",), "engine parameter (see instrument.engine.events.PARAMS) in its unit"),
     OscSpec("/sdga/knob/<name>", ("knob",), "engine parameter as a 0..1 knob"),
 )
 
@@ -135,7 +135,7 @@ class OscServer:
         import socket
 
         if router is None:
-            from .routing import DefaultRouter
+            from instrument.controls.routing import DefaultRouter
 
             router = DefaultRouter(latents)
         self.queue = queue

@@ -7,7 +7,7 @@ of the latest values (:meth:`AudioOutput.recent_loads`, for a status display) an
 (:meth:`AudioOutput.load_percentiles`). An optional ``tap`` (e.g. a recorder's ``push``) sees every rendered
 block; it must not block or allocate. An optional ``block_events(queued, n_frames) -> events`` (a mapping
 router's smoothing ramps) may add events to each block. An optional ``effects`` chain
-(:class:`~instrument.effects.EffectsChain`, prepared at the stream's rate, block size and channels) processes
+(:class:`~instrument.engine.effects.EffectsChain`, prepared at the stream's rate, block size and channels) processes
 each block in place after the engine and before the tap, so recordings include the effects; if it raises, the
 error is counted in ``hook_errors`` and the dry block plays.
 """
@@ -21,8 +21,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .engine import Engine
-from .events import EventQueue
+from instrument.engine.engine import Engine
+from instrument.engine.events import EventQueue
 
 __all__ = ["AudioOutput", "AudioStats", "rescan_audio_devices"]
 

@@ -1,8 +1,8 @@
 """The live instrument: ``sdga-play MODEL`` plays a model file from MIDI and OSC on an audio device.
 
-Threads: rtmidi's thread and the OSC thread hand each message to a router (:mod:`instrument.mapping`'s
+Threads: rtmidi's thread and the OSC thread hand each message to a router (:mod:`instrument.controls.mapping`'s
 MappingRouter: the ``--mapping`` file, the ``--patch``'s mapping, or without either the default CC bindings of
-:func:`instrument.routing.default_mapping_text`) and push its events into the EventQueue; the audio callback
+:func:`instrument.controls.routing.default_mapping_text`) and push its events into the EventQueue; the audio callback
 drains the queue, renders, runs the effects chain, copies the block into the recorder's ring and measures its
 own load; the main thread prints the status line (~4x/s) and waits for Ctrl-C, SIGTERM or ``--duration``.
 Startup order: patch and model (a bad file exits 2 before any device opens), router (the patch is recalled
@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .events import LatentSet, NoteOn, param_event, param_spec
+from instrument.engine.events import LatentSet, NoteOn, param_event, param_spec
 
 __all__ = ["main", "build_parser"]
 
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="start an engine parameter at a value in its unit (or a choice name); repeatable")
     c.add_argument("--mapping", type=Path, default=None, metavar="FILE",
-                   help="YAML mapping file (instrument.mapping; default: the --patch's mapping, else CC 1..8 and "
+                   help="YAML mapping file (instrument.controls.mapping; default: the --patch's mapping, else CC 1..8 and "
                         "70..77 to the latents)")
     c.add_argument("--patch", type=Path, default=None, metavar="FILE",
                    help="start from this patch (latents, parameters, effects; its model when MODEL is not given)")
@@ -164,8 +164,8 @@ SHIPPED_PATCHES = Path(__file__).resolve().parents[1] / "patches"
 def _load_router(bundle, log, *, mapping_path: Path | None, model_path: Path, effects,
                  feedback: tuple[str, int] | None):
     """A MappingRouter: the mapping file, or without one the default CC bindings plus the shipped patches."""
-    from . import mapping
-    from .routing import default_mapping_text
+    from instrument.controls import mapping
+    from instrument.controls.routing import default_mapping_text
 
     if mapping_path is not None:
         try:
@@ -189,7 +189,7 @@ def _load_patch(args):
     """The --patch file (None without one); its model must exist when MODEL is not given."""
     if args.patch is None:
         return None
-    from .patches import load_patch
+    from instrument.controls.patches import load_patch
 
     try:
         patch = load_patch(args.patch, model=args.model, require_model=args.model is None)
@@ -202,7 +202,7 @@ def _load_patch(args):
 
 def _recall(router, patch, bundle) -> list:
     """Events that set the patch's sound at once (the router also swaps in its effects)."""
-    from .patches import PatchError
+    from instrument.controls.patches import PatchError
 
     try:
         patch = patch.resolve(bundle.latents)
@@ -215,7 +215,7 @@ def _recall(router, patch, bundle) -> list:
 
 
 def _midi_api(choice: str) -> str | None:
-    from .io_midi import ALSA_API, JACK_API, MidiPortError, midi_input_names
+    from instrument.io.midi import ALSA_API, JACK_API, MidiPortError, midi_input_names
 
     if choice != "auto":
         return {"jack": JACK_API, "alsa": ALSA_API}[choice]
@@ -230,7 +230,7 @@ def _midi_api(choice: str) -> str | None:
 
 def _open_midi(args, router, queue, log) -> list:
     """MidiInput objects (possibly none); explicit --midi requests that fail are UsageErrors."""
-    from .io_midi import MidiInput, MidiPortError, match_midi_inputs, midi_input_names
+    from instrument.io.midi import MidiInput, MidiPortError, match_midi_inputs, midi_input_names
 
     wanted = bool(args.midi or args.midi_all)
     if args.no_virtual_midi and not wanted:
@@ -260,7 +260,7 @@ def _open_midi(args, router, queue, log) -> list:
 
 def _warm_up(bundle, sample_rate: int, block_size: int, voices: int) -> None:
     """Render a little on a throwaway engine so the first callbacks do not pay for lazy initialisation."""
-    from .engine import Engine
+    from instrument.engine.engine import Engine
 
     engine = Engine(bundle)
     engine.prepare(sample_rate, block_size, voices)
@@ -380,7 +380,7 @@ def _list_devices() -> int:
 
 
 def _list_midi(choice: str) -> int:
-    from .io_midi import MidiPortError, midi_input_names
+    from instrument.io.midi import MidiPortError, midi_input_names
 
     api = _midi_api(choice)
     if api is None:
@@ -441,10 +441,10 @@ def _play(args, stop: threading.Event) -> int:
 
     import torch                     # after the checks above: a refusal is quick
 
-    from .bundle import load_bundle
-    from .engine import Engine
-    from .events import EventQueue
-    from .modelfile import ModelFileError
+    from instrument.model.bundle import load_bundle
+    from instrument.engine.engine import Engine
+    from instrument.engine.events import EventQueue
+    from instrument.model.modelfile import ModelFileError
 
     try:
         bundle = load_bundle(model_path, with_encoder=False)
@@ -452,7 +452,7 @@ def _play(args, stop: threading.Event) -> int:
         raise UsageError(str(exc)) from None
     latents = _initial_latents(bundle, args.latent)
     params = _initial_params(args.param)
-    from .effects import EffectsChain
+    from instrument.engine.effects import EffectsChain
 
     effects = EffectsChain()            # empty: a no-op; patch recall swaps effects in
     mapping_path = args.mapping if args.mapping is not None else (patch.mapping if patch is not None else None)
@@ -489,7 +489,7 @@ def _play(args, stop: threading.Event) -> int:
             stack.callback(m.close)
         osc = None
         if not args.no_osc:
-            from .io_osc import OscServer
+            from instrument.io.osc import OscServer
 
             try:
                 osc = OscServer(queue, bundle.latents, host=args.osc_host, port=args.osc_port, router=router)
@@ -505,7 +505,7 @@ def _play(args, stop: threading.Event) -> int:
                       file=sys.stderr, flush=True)
         recorder = None
         if args.record is not None:
-            from .recording import RingRecorder
+            from instrument.io.recording import RingRecorder
 
             try:
                 recorder = RingRecorder(args.record, sample_rate, channels=1).start()
@@ -515,7 +515,7 @@ def _play(args, stop: threading.Event) -> int:
 
         import sounddevice as sd
 
-        from .io_audio import AudioOutput
+        from instrument.io.audio import AudioOutput
 
         device = _device(args.device)
         try:
@@ -571,7 +571,7 @@ def _play(args, stop: threading.Event) -> int:
         args.stats_json.write_text(json.dumps(summary, indent=1))
     code = 0
     if args.save_patch is not None:
-        from .patches import save_engine_patch
+        from instrument.controls.patches import save_engine_patch
 
         try:
             saved = save_engine_patch(args.save_patch, engine, model=model_path, effects=effects.effects,

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from instrument.bundle import ModelBundle
-from instrument.offline import render_controls
+from instrument.model.bundle import ModelBundle
+from instrument.model.offline import render_controls
 
 
 def traversal_audio(bundle: ModelBundle, latent_position: int, knobs=(0.0, 0.25, 0.5, 0.75, 1.0),

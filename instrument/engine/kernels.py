@@ -1,7 +1,7 @@
 """The engine's per-frame hot path: one decoder step and one synth interval for V voices, on buffers
 allocated once.
 
-These compute what :class:`instrument.model.Decoder` and :func:`instrument.dsp.synthesize` compute (tests
+These compute what :class:`instrument.model.networks.Decoder` and :func:`instrument.model.dsp.synthesize` compute (tests
 check both to float precision, and a minute of a held note against the offline synth), rearranged for one
 frame at a time in a few numba kernels (compiled once per machine, cached; fastmath off except
 reassociation inside the matmuls' dot products): the decoder's input part and its per-frame part are one
@@ -23,8 +23,8 @@ import torch
 from numba import njit
 from torch import nn
 
-from . import dsp
-from .model import Decoder
+from instrument.model import dsp
+from instrument.model.networks import Decoder
 
 __all__ = ["DecoderStep", "StreamingSynth", "device_hop_size", "noise_band_map"]
 

@@ -20,7 +20,7 @@ allocated lowest-first), so silence costs almost nothing and a few notes on a ma
 voices. The decoder reuses its input layers while no voice's pitch or loudness changes (held notes).
 
 Threads. The audio thread only calls :meth:`process`; MIDI/OSC threads push events into an
-:class:`~instrument.events.EventQueue` whose ``drain()`` is passed to :meth:`process`. Set one torch thread
+:class:`~instrument.engine.events.EventQueue` whose ``drain()`` is passed to :meth:`process`. Set one torch thread
 in the host (``torch.set_num_threads(1)``): the engine does not change process-wide settings itself.
 """
 from __future__ import annotations
@@ -32,12 +32,12 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from . import dsp
-from .bundle import ModelBundle
-from .engine_kernels import DecoderStep, StreamingSynth, device_hop_size
-from .events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
+from instrument.model import dsp
+from instrument.model.bundle import ModelBundle
+from instrument.engine.kernels import DecoderStep, StreamingSynth, device_hop_size
+from instrument.engine.events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
                      LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet, PitchBend)
-from .voices import VoiceBank, VoiceSettings
+from instrument.engine.voices import VoiceBank, VoiceSettings
 
 __all__ = ["Engine", "EngineState", "EngineStats", "FrameRecord"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import dsp
-from .model import Decoder
+from instrument.model import dsp
+from instrument.model.networks import Decoder
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 """Patches: a named sound in a YAML file (model, latent knobs, engine parameters, effects chain, mapping).
 
 A patch is recalled at start-up (``sdga-play --patch FILE``), by MIDI program change or OSC
-(:meth:`instrument.mapping.Router.recall`, which glides every continuous value to the patch over
+(:meth:`instrument.controls.mapping.Router.recall`, which glides every continuous value to the patch over
 ``glide_ms`` and crossfades the effects), and the current sound is saved as a new one with
 :func:`save_patch` / :func:`save_engine_patch`. Paths inside a patch are relative to the patch file.
 
@@ -18,10 +18,10 @@ from typing import Mapping, Sequence
 
 import yaml
 
-from .modelfile import write_atomically
-from .effects import EFFECTS, EffectConfig
-from .events import PARAMS, Event, LatentSet, Param, ParamSet
-from .targets import KeySpec, MappingError, YamlFile
+from instrument.model.modelfile import write_atomically
+from instrument.engine.effects import EFFECTS, EffectConfig
+from instrument.engine.events import PARAMS, Event, LatentSet, Param, ParamSet
+from instrument.controls.targets import KeySpec, MappingError, YamlFile
 
 __all__ = ["PatchError", "Patch", "PATCH_KEYS", "PATCH_VERSION", "load_patch", "load_patches", "save_patch",
            "save_engine_patch", "patch_files"]
@@ -38,7 +38,7 @@ PATCH_KEYS: tuple[KeySpec, ...] = (
             "mapping: ../mappings/default.yaml"),
     KeySpec("latents", "{name or rank: 0..1}", "latent knobs by measured name or importance rank (0 = most "
             "important); latents not listed keep their value", "latents: {brightness: 0.8, 1: 0.2}"),
-    KeySpec("params", "{parameter: value}", "engine parameters (instrument.events.PARAMS) in their units; "
+    KeySpec("params", "{parameter: value}", "engine parameters (instrument.engine.events.PARAMS) in their units; "
             "voice_mode also takes poly/mono/legato", "params: {noise_gain_db: -12, release_ms: 900}"),
     KeySpec("effects", "list of {type: ..., parameter: value}", "effects chain in order (see the effects table)",
             "effects: [{type: reverb, room_size: 0.8}]"),
@@ -248,7 +248,7 @@ def save_patch(path: str | Path, *, name: str | None = None, model: str | Path |
 def save_engine_patch(path: str | Path, engine, *, name: str | None = None, model: str | Path | None = None,
                       effects: Sequence[EffectConfig] = (), mapping: str | Path | None = None,
                       glide_ms: float | None = None, description: str = "") -> Path:
-    """Save what a running :class:`~instrument.engine.Engine` plays now: every latent (by name, as a knob over
+    """Save what a running :class:`~instrument.engine.engine.Engine` plays now: every latent (by name, as a knob over
     its corpus range) and every sound parameter (all of PARAMS but midi_channel)."""
     z = engine.state.z.numpy() if engine.state is not None else engine.bundle.default_z().numpy()
     latents = {}

@@ -1,5 +1,5 @@
 """sdga-report: a markdown page with PNG figures for one run folder, plus the experiment tables of
-`training.evaluation`'s drivers when given their JSON results.
+`evaluation.experiments`'s drivers when given their JSON results.
 
     sdga-report runs/latest [-o runs/latest/report] [--results bench/beta_table.json ...] [--eval-corpus DIR] [--quick]
 
@@ -235,7 +235,7 @@ def plot_time_to_quality(results: dict, path: Path | str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- sections
 def _invariance_section(inv: list[dict]) -> list[str]:
-    from .evaluation import INVARIANCE_DESCRIPTOR_UNITS, INVARIANCE_F0_CENTS, INVARIANCE_LOUDNESS_DB
+    from evaluation.playing import INVARIANCE_DESCRIPTOR_UNITS, INVARIANCE_F0_CENTS, INVARIANCE_LOUDNESS_DB
     out = ["## Invariance: does each knob change timbre only?", "",
            f"Every active latent swept 0..1 (others at their means) on held notes at "
            f"{_fmt(inv[0]['pitches_hz'], '.0f') if inv else '–'} Hz. Pass: |f0 error| < {INVARIANCE_F0_CENTS:g} cents "
@@ -360,10 +360,12 @@ def _audio_clips(resynth: Path, out_dir: Path) -> tuple[Path, Path] | None:
 def write_report(run_dir: Path | str, report_dir: Path | str | None = None, results: Sequence[Path | str | dict] = (),
                  eval_corpus: Path | str | None = None, quick: bool = False, log=print) -> Path:
     """Write <report_dir>/report.md (default <run_dir>/report) and its PNGs; returns the markdown path."""
-    from instrument.bundle import load_bundle
-    from .cli import format_card
-    from .evaluation import disentanglement_scores, invariance_check, midi_play_accuracy, write_json
-    from .plots import plot_latent_traversals
+    from instrument.model.bundle import load_bundle
+    from evaluation.info import format_card
+    from evaluation.disentanglement import disentanglement_scores
+    from evaluation.playing import invariance_check, midi_play_accuracy
+    from evaluation.experiments import write_json
+    from evaluation.plots import plot_latent_traversals
 
     run_dir = Path(run_dir)
     report_dir = Path(report_dir) if report_dir else run_dir / "report"
@@ -378,7 +380,7 @@ def write_report(run_dir: Path | str, report_dir: Path | str | None = None, resu
         evaluation = json.loads((run_dir / "evaluation.json").read_text())
     t0 = time.time()
     if eval_corpus is not None:
-        from .synthetic_corpus import load_factors
+        from evaluation.synthetic_corpus import load_factors
         evaluation["disentanglement"] = disentanglement_scores(bundle, sorted(Path(eval_corpus).glob("*.wav")),
                                                                load_factors(eval_corpus))
     if evaluation.get("invariance") is None:
@@ -439,12 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", type=Path, help="report folder [<run_dir>/report]")
     p.add_argument("--results", type=Path, nargs="*", default=[], help="JSON results of the evaluation drivers "
                    "(beta_table.json, time_to_quality.json, instrument_quality.json)")
-    p.add_argument("--eval-corpus", type=Path, help="a synthetic corpus (training.synthetic_corpus) to measure "
+    p.add_argument("--eval-corpus", type=Path, help="a synthetic corpus (evaluation.synthetic_corpus) to measure "
                    "disentanglement on")
     p.add_argument("--quick", action="store_true", help="fewer pitches, knob steps and notes")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     args = p.parse_args(argv)
-    from instrument.modelfile import ModelFileError
+    from instrument.model.modelfile import ModelFileError
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ Everything is NumPy, deterministic for a seed. The folder gets the WAVs plus ``.
 (settings and every segment) and ``.sdga-synthetic-factors.csv`` (one row per segment); both are hidden so the
 corpus loader does not list them as skipped files. A folder that already holds the same settings is reused.
 
-    python -m training.synthetic_corpus data/synthetic --files 24 --seconds 6
+    python -m evaluation.synthetic_corpus data/synthetic --files 24 --seconds 6
 """
 from __future__ import annotations
 
@@ -296,7 +296,7 @@ def measure_timbre(audio: np.ndarray, sample_rate: int, start_s: float = 0.0, en
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.synthetic_corpus",
+    p = argparse.ArgumentParser(prog="python -m evaluation.synthetic_corpus",
                                 description="Write a synthetic corpus with known timbre factors (brightness, breath, "
                                             "hollowness) and their table.")
     p.add_argument("out_dir", type=Path)

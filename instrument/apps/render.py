@@ -17,10 +17,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .bundle import ModelBundle, load_bundle
-from .engine import Engine
-from .events import Event, LatentSet, Param, ParamSet, from_mido, param_event, with_offset
-from .modelfile import ModelFileError
+from instrument.model.bundle import ModelBundle, load_bundle
+from instrument.engine.engine import Engine
+from instrument.engine.events import Event, LatentSet, Param, ParamSet, from_mido, param_event, with_offset
+from instrument.model.modelfile import ModelFileError
 
 __all__ = ["midi_file_events", "render_events", "render_midi", "parse_assignments", "main"]
 

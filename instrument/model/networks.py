@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from . import dsp
+from instrument.model import dsp
 
 
 @dataclass(frozen=True)

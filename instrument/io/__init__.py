@@ -1,0 +1,3 @@
+"""Transports: the audio stream, MIDI ports, the OSC server, recording.
+
+They move bytes and samples between the outside world and the engine/controls; no sound decisions here."""
