@@ -25,7 +25,7 @@ OUTPUT_FLAGS = ("-o", "--out", "--output", "--save-patch", "--record", "--stats-
 KNOWN_STALE = {"instrument.controls.mapping.Router.recall"}
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
-CODE_SPAN = re.compile(r"`([^`\n]+)`")
+CODE_SPAN = re.compile(r"`([^`]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 BRACES = re.compile(r"([\w./-]*)\{([^{}]*)\}")
 DOTTED = re.compile(r"(?<![\w./-])(?:%s)(?:\.[A-Za-z_]\w*)+" % "|".join(PACKAGES))
