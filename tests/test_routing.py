@@ -11,13 +11,13 @@ from instrument.model.bundle import random_bundle
 from instrument.engine.events import ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, PitchBend
 from instrument.io.midi import MidiInput, MidiPortError, match_midi_inputs
 from instrument.io.osc import OscError, OscServer
-from instrument.controls.routing import LATENT_CCS, LATENT_CCS_ALT, DefaultRouter, Router
+from instrument.controls.routing import LATENT_CCS, LATENT_CCS_ALT, Router, default_mapping_text, default_router
 
 LATENTS = random_bundle().latents
 
 
 def test_default_router_midi():
-    router = DefaultRouter(LATENTS)
+    router = default_router(LATENTS)
     assert isinstance(router, Router)
     assert router.midi(mido.Message("note_on", note=60, velocity=90, channel=2), 5) == [NoteOn(60, 90, 2, 5)]
     assert router.midi(mido.Message("note_on", note=60, velocity=0)) == [NoteOff(60, 0, 0)]
@@ -34,15 +34,15 @@ def test_default_router_midi():
 
 def test_latent_ccs_follow_the_importance_order_and_the_latent_count():
     reordered = list(reversed(LATENTS[:3]))
-    router = DefaultRouter(reordered)
+    router = default_router(reordered)
     assert router.midi(mido.Message("control_change", control=1, value=64)) == \
         [LatentSet(reordered[0].index, 64 / 127, knob=True)]
     assert router.midi(mido.Message("control_change", control=4, value=64)) == [ControlChange(4, 64, 0)]
-    assert "CC1=" in router.describe()
+    assert "default routing" in router.describe() and "6 bindings" in router.describe()
 
 
 def test_default_router_osc():
-    router = DefaultRouter(LATENTS)
+    router = default_router(LATENTS)
     assert router.osc("/sdga/note_on", (60.0, 100.0)) == [NoteOn(60.0, 100.0, 0)]       # Pd sends floats
     assert router.osc("/sdga/latent/z2", (0.25,)) == [LatentSet(2, 0.25, knob=True)]
     with pytest.raises(ValueError):
@@ -122,24 +122,43 @@ def test_osc_server_uses_the_router():
     assert (server.received, server.errors, server.last_error) == (2, 1, "bad")
 
 
-def test_default_mapping_routes_latent_ccs_like_the_default_router():
-    """sdga-play without --mapping plays through a MappingRouter built from default_mapping_text: the same CCs
-    reach the same latents (smoothed: the ramp ends on DefaultRouter's value), notes pass through, and program
-    change recalls patch N when there are patches."""
-    from instrument.controls.mapping import MappingRouter, parse_mapping
-    from instrument.controls.routing import default_mapping_text
+def test_default_routing_smooths_latent_ccs_and_recalls_patches():
+    """sdga-play without --mapping plays through default_router: once prepared, the latent CCs glide (the ramp
+    ends on the CC's knob value), notes pass through, and program change recalls patch N when there are
+    patches."""
+    from pathlib import Path
 
     bundle = random_bundle()
-    default = DefaultRouter(bundle.latents)
-    router = MappingRouter(parse_mapping(None, bundle, text=default_mapping_text(len(bundle.latents))), bundle)
+    router = default_router(bundle=bundle)
     router.prepare(48000, 128)
     for i, cc in enumerate((*LATENT_CCS, *LATENT_CCS_ALT)):
         message = mido.Message("control_change", control=cc, value=20 + 5 * i)
         assert router.midi(message) == []                         # the ramp comes per block
         last = [e for e in router.tick(48000) if isinstance(e, LatentSet)][-1]
-        expected = default.midi(message)[0]
-        assert (last.index, last.value, last.knob) == (expected.index, pytest.approx(expected.value), True)
+        rank = (LATENT_CCS + LATENT_CCS_ALT).index(cc) % len(LATENT_CCS)
+        assert (last.index, last.value, last.knob) == (bundle.latents[rank].index, pytest.approx(message.value / 127),
+                                                       True)
     note = mido.Message("note_on", note=60, velocity=90)
-    assert router.midi(note) == default.midi(note)
+    assert router.midi(note) == [NoteOn(60, 90, 0)]
     assert "program" not in default_mapping_text(8) and "patch/select" in default_mapping_text(8, patches=True)
     assert default_mapping_text(2).count("latent/") == 4
+    patches = Path(__file__).resolve().parents[1] / "patches"
+    with_patches = default_router(bundle=bundle, patches=patches)
+    with_patches.midi(mido.Message("program_change", program=1))
+    assert with_patches.current_patch == 1
+
+
+def test_controls_import_no_transport_and_no_cycle():
+    """Nothing under instrument/controls imports instrument.io (a transport), the apps, training or evaluation,
+    not even inside a function; io may import controls, so the two can no longer import each other."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "instrument" / "controls").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("instrument.io", "instrument.apps", "training", "evaluation")), \
+                    f"{path.name} imports {name}"
