@@ -503,3 +503,42 @@ def test_sync_and_describe(tmp_path, bundle):
     assert router.value("release_ms") == 50.0
     assert router.midi(cc(16, 65)) == [LatentSet(1, 0.5, knob=True)]                  # the encoder starts there
     assert "1 bindings" in router.describe() and "map.yaml" in router.describe()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "mappings").glob("*.yaml")), ids=lambda p: p.name)
+def test_learn_changes_only_the_learned_line_of_the_shipped_mappings(path, tmp_path, bundle):
+    """ruamel.yaml's round trip keeps every comment, blank line and layout: learning a new control adds one
+    line, learning a bound one changes only that line."""
+    import difflib
+
+    original = path.read_text()
+    copy = tmp_path / path.name
+    copy.write_text(original.replace("../patches", str(ROOT / "patches")))
+    before = copy.read_text()
+    router = load_router(copy, bundle)
+    learns = [(cc(21, 127, channel=3), "release_ms")]
+    bound = [b.source for b in router.mapping.bindings if b.source.kind == "cc"]     # touchosc.yaml: OSC only
+    if bound:
+        learns.append((cc(bound[0].number, 5, channel=bound[0].channel or 0), "latent/3"))
+    for message, target in learns:
+        router.learn(target)
+        router.midi(message)
+        after = copy.read_text()
+        changed = [line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:1] in "+-"]
+        assert len([c for c in changed if c[0] == "+"]) == 1 and len(changed) <= 2, changed
+        assert target in changed[-1]
+        before = after
+    assert load_router(copy, bundle).midi(cc(21, 127, channel=3)) == [ParamSet(Param.RELEASE_MS, 10000.0)]
+
+
+def test_feedback_goes_through_the_injected_sender(tmp_path, bundle):
+    """The router composes feedback and hands it to ``send``; without one it sends nothing (and opens no
+    socket: the transport is instrument.io.feedback)."""
+    sent = []
+    router = router_with(tmp_path, bundle, "- {cc: 70, target: latent/0}\n- {osc: /f, target: latent/0}",
+                         header="feedback: {host: 127.0.0.1, port: 9}\n",
+                         send=lambda dest, address, args: sent.append((dest, address, args)))
+    router.midi(cc(70, 127))
+    assert sent == [(("127.0.0.1", 9), "/sdga/value/latent/0", 1.0), (("127.0.0.1", 9), "/f", [1.0])]
+    silent = router_with(tmp_path, bundle, "- {cc: 70, target: latent/0}", header="feedback: {port: 9}\n")
+    assert silent.midi(cc(70, 127)) == [LatentSet(0, 1.0, knob=True)] and silent.send is None

@@ -4,26 +4,17 @@ thread of their own live beside it: ramps (:mod:`~instrument.controls.ramps`, th
 file watcher (:mod:`~instrument.controls.reload`), learn's file edit (:mod:`~instrument.controls.learn`),
 and the UDP feedback sender (:mod:`instrument.io.feedback`, injected as ``send``: nothing here opens a socket).
 
-Who owns what (one writer per piece of state; others hand it data as shown):
+Who owns what (one writer per piece of state; the others hand it data as shown):
 
-=================  ==============================================  =============================================
-thread             state it owns (writes)                          how the others hand it data
-=================  ==============================================  =============================================
-audio callback     :class:`~instrument.controls.ramps.Ramps`:        controller threads post moves into its
-                   running ramps, ramp positions, frame phase;      :class:`~instrument.controls.ramps.RampInbox`
-                   the engine and the effects chain                 (a deque: append / popleft, no lock); events
-                                                                    come through the EventQueue; effects swaps
-                                                                    through ``EffectsChain.set_effects``
-MIDI (rtmidi)      ``values`` (last value sent per target),         ``midi()`` is called on it; it reads the
-                   14-bit pairs, trigger edges, learn firing         active Mapping once per message
-OSC server         the same ``values`` for OSC-driven targets;      ``osc()`` is called on it; commands
-                   patch recall (``current_patch``,                 (learn, recall, save) run on the calling
-                   ``current_effects``), saving patches             thread
-watcher            its last-seen file signature                     none: it calls ``reload()``
-reload / learn     the active :class:`Mapping` reference            swapped whole under ``_lock`` (one assignment);
-(under ``_lock``)  and the mapping file on disk                     readers take the reference once per message
-main (play app)    construction, ``prepare``, ``close``             before the threads start / after they stop
-=================  ==============================================  =============================================
+| thread | state it owns (writes) | how the others hand it data |
+|---|---|---|
+| audio callback | `Ramps` (running ramps, ramp positions, frame phase); the engine; the effects chain | ramp moves through `Ramps.inbox` (a `RampInbox`: deque append / popleft, no lock); events through the `EventQueue`; effects swaps through `EffectsChain.set_effects` |
+| MIDI input | `values` for MIDI-driven targets, 14-bit CC pairs, trigger edges; firing MIDI learn | `router.midi(message)` is called on it; it reads the active `Mapping` reference once per message |
+| OSC server | `values` for OSC-driven targets; patch recall (`current_patch`, `current_effects`); saving patches; arming learn | `router.osc(address, args)` is called on it; table commands run on it |
+| mapping watcher | its last-seen file signature (`reload.MappingWatcher`) | none: it calls `router.reload()` |
+| whoever reloads or learns (under `_lock`) | the active `Mapping` reference and the mapping file on disk | a new immutable `Mapping` swapped in with one assignment |
+| feedback (on the moving thread) | nothing in controls; the UDP client is `io.feedback.OscFeedback`'s | `send(dest, address, args)`, injected |
+| main (play app) | construction, `prepare`, `watch`, `close` | runs before the other threads start / after they stop |
 
 MIDI and OSC both write ``values`` (a dict; each write is one assignment, atomic in CPython): a target moved
 from both at once ends at whichever came last, as it did with one object. Feedback is sent on the thread that
