@@ -1,8 +1,8 @@
 """The router: MIDI and OSC messages in, engine events and target values out, through a mapping
 (:mod:`instrument.controls.mapping`). Patch recall and MIDI learn are router commands; the pieces with a
 thread of their own live beside it: ramps (:mod:`~instrument.controls.ramps`, the audio thread's), the
-file watcher (:mod:`~instrument.controls.reload`), learn's file edit (:mod:`~instrument.controls.learn`),
-and the UDP feedback sender (:mod:`instrument.io.feedback`, injected as ``send``: nothing here opens a socket).
+active mapping with its reload and file watcher (:mod:`~instrument.controls.reload`), learn's file edit
+(:mod:`~instrument.controls.learn`), and the UDP feedback sender (:mod:`instrument.io.feedback`, injected as ``send``: nothing here opens a socket).
 
 Who owns what (one writer per piece of state; the others hand it data as shown):
 
@@ -12,7 +12,7 @@ Who owns what (one writer per piece of state; the others hand it data as shown):
 | MIDI input | `values` for MIDI-driven targets, 14-bit CC pairs, trigger edges; firing MIDI learn | `router.midi(message)` is called on it; it reads the active `Mapping` reference once per message |
 | OSC server | `values` for OSC-driven targets; patch recall (`current_patch`, `current_effects`); saving patches; arming learn | `router.osc(address, args)` is called on it; table commands run on it |
 | mapping watcher | its last-seen file signature (`reload.MappingWatcher`) | none: it calls `router.reload()` |
-| whoever reloads or learns (under `_lock`) | the active `Mapping` reference and the mapping file on disk | a new immutable `Mapping` swapped in with one assignment |
+| whoever reloads or learns (`reload.LiveMapping`, under its lock) | the active `Mapping` reference and the mapping file on disk | a new immutable `Mapping` swapped in with one assignment |
 | feedback (on the moving thread) | nothing in controls; the UDP client is `io.feedback.OscFeedback`'s | `send(dest, address, args)`, injected |
 | main (play app) | construction, `prepare`, `watch`, `close` | runs before the other threads start / after they stop |
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -32,11 +31,11 @@ from typing import Callable, Iterable, Sequence
 from instrument.engine.events import PARAMS, Event, LatentSet, ParamSet, from_mido, with_offset
 from instrument.controls.addresses import (CancelLearn, Learn, OscError, RecallPatch, SavePatch, SetTarget, StepPatch,
                                            decode, match_address)
-from instrument.controls.learn import LEARNABLE, add_entry_text, learned_entry, entry_source
+from instrument.controls.learn import LEARNABLE, entry_source, learned_entry
 from instrument.controls.mapping import DEFAULT_SMOOTH_MS, Binding, Mapping, parse_mapping, relative_delta
-from instrument.controls.patches import Patch, _atomic_write, save_sound
+from instrument.controls.patches import Patch, save_sound
 from instrument.controls.ramps import Ramps
-from instrument.controls.reload import MappingWatcher
+from instrument.controls.reload import LiveMapping
 from instrument.controls.targets import MappingError, Target, _did_you_mean
 
 __all__ = ["MappingRouter", "load_router", "FeedbackSend"]
@@ -60,7 +59,7 @@ class MappingRouter:
                  on_patch: Callable[[Patch], None] | None = None, patches_override=None,
                  model_path: str | Path | None = None):
         self.bundle = bundle
-        self._mapping = mapping
+        self.live = LiveMapping(mapping, bundle, patches_override=patches_override, log=self._log)
         self.ramps = Ramps()                       # handed to the audio thread; the router keeps only the inbox
         self._inbox = self.ramps.inbox
         self.values: dict[tuple, float] = {}       # the value each target was last sent towards
@@ -71,22 +70,35 @@ class MappingRouter:
         self.on_message = on_message
         self.on_patch = on_patch
         self.messages: deque[str] = deque(maxlen=100)
-        self.last_error = ""
-        self.reloads = 0
-        self.refused = 0
         self.send = send
         self._feedback_override = feedback
-        self._patches_override = patches_override
         self._learning: str | None = None
         self._hires: dict[tuple[int, int], list[int]] = {}
         self._last_x: dict[Binding, float] = {}
-        self._lock = threading.RLock()             # serialises reload / learn / save (file work), not messages
-        self._watcher: MappingWatcher | None = None
 
     # ------------------------------------------------------------------------------------------ state
     @property
     def mapping(self) -> Mapping:
-        return self._mapping
+        """The active mapping (read it once per message: reload and learn swap it whole)."""
+        return self.live.current
+
+    _mapping = mapping
+
+    @property
+    def reloads(self) -> int:
+        return self.live.reloads
+
+    @property
+    def refused(self) -> int:
+        return self.live.refused
+
+    @property
+    def last_error(self) -> str:
+        return self.live.last_error
+
+    @last_error.setter
+    def last_error(self, text: str) -> None:
+        self.live.last_error = text
 
     @property
     def learning(self) -> str | None:
@@ -440,50 +452,20 @@ class MappingRouter:
         self._log(f"learned {entry_source(entry).describe()} -> {target}{where}")
 
     def add_entry(self, entry: dict) -> Mapping:
-        """Add one mapping entry (replacing entries for the same control), write the file (keeping its
-        comments and layout: :func:`~instrument.controls.learn.add_entry_text`) and switch to the result
-        loaded back through the loader (so a bad result raises MappingError and nothing changes)."""
-        with self._lock:
-            m = self._mapping
-            text = add_entry_text(m.text, entry)
-            new = parse_mapping(m.path, self.bundle, text=text, patches=self._patches_override)
-            if m.path is not None:
-                _atomic_write(m.path, text)
-                if self._watcher is not None:
-                    self._watcher.seen(new)
-            self._mapping = new
-            return new
+        """:meth:`LiveMapping.add_entry <instrument.controls.reload.LiveMapping.add_entry>`."""
+        return self.live.add_entry(entry)
 
-    # ------------------------------------------------------------------------------------------ reload
     def reload(self) -> bool:
         """Load the mapping file again; on any error keep the current mapping (message in ``last_error``)."""
-        with self._lock:
-            m = self._mapping
-            if m.path is None:
-                return False
-            try:
-                new = parse_mapping(m.path, self.bundle, patches=self._patches_override)
-            except (MappingError, OSError) as exc:
-                self.refused += 1
-                self.last_error = str(exc)
-                self._log(f"mapping not reloaded, the previous one stays active: {exc}")
-                return False
-            self._mapping = new                    # the swap: one reference assignment
-            self.reloads += 1
-            self.last_error = ""
-            self._log(f"mapping reloaded: {m.path} ({len(new.bindings)} bindings, {len(new.patches)} patches)")
-            return True
+        return self.live.reload()
 
     def watch(self, interval_s: float = 0.25) -> "MappingRouter":
-        """Start a :class:`~instrument.controls.reload.MappingWatcher` (reload when the files change)."""
-        if self._watcher is None and self._mapping.path is not None:
-            self._watcher = MappingWatcher(lambda: self._mapping, self.reload, interval_s, self._log).start()
+        """Reload when the mapping file or its patches change (a watcher thread)."""
+        self.live.watch(interval_s)
         return self
 
     def close(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.close()
+        self.live.close()
         close = getattr(self.send, "close", None)
         if close is not None:
             close()
