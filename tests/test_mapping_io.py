@@ -14,7 +14,7 @@ import pytest
 
 from instrument.engine.engine import Engine
 from instrument.engine.events import EventQueue, LatentSet, NoteOff, NoteOn, Param, ParamSet, PitchBend
-from instrument.controls.mapping import load_router
+from instrument.controls.router import load_router
 from test_engine_io import jack_server  # noqa: F401  (the private dummy JACK server fixture)
 from test_mapping import named_bundle, wait_for
 
