@@ -1,8 +1,10 @@
 """A tiny end-to-end run: train -> export -> load -> render, through the real CLI entry points."""
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -151,9 +153,9 @@ def test_all_silent_corpus_exits_nonzero(tmp_path, capsys):
     assert "s0.wav" in err and "notes.txt" in err
 
 
-def test_ctrl_c_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_path):
-    import signal
-    import time
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_interrupt_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_path, signum):
+    """README: Ctrl-C or SIGTERM (a scheduler's stop) leave a resumable checkpoint and still export a model."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from training.cli import train_main; sys.exit(train_main())",
@@ -169,13 +171,14 @@ def test_ctrl_c_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_pat
             break
         assert time.time() < deadline, "".join(lines)
     time.sleep(4.0)                       # a few optimiser steps
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=240)
     text = "".join(lines) + rest
     assert proc.returncode == 130, text
     assert (out / "checkpoints" / "last.ckpt").is_file(), text
     assert "--resume" in text
     load_bundle(out / "model.sdga")       # interrupted runs still export a loadable model
+    assert json.loads((out / "summary.json").read_text())["training"]["interrupted"] is True
 
 
 def test_one_short_file_corpus_trains(tmp_path, demo_corpus_dir):
