@@ -4,7 +4,6 @@ DDP only rank 0 exports. (Ctrl-C / SIGTERM: tests/test_train_e2e.py.)"""
 import csv
 import json
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -17,16 +16,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(demo_corpus_dir, tmp_path_factory):
-    """run(name, *extra_args) -> (exit code, run folder): a small sdga-train run sharing one feature cache."""
-    # Augmentation only where a test needs it: each variant costs a pedalboard render.
+    """run(name, *extra_args) -> (exit code, run folder): a small sdga-train run sharing one feature cache.
+    Tests pass --no-augment unless they need augmentation: each variant costs a pedalboard render."""
     cache = tmp_path_factory.mktemp("claims_cache")
     root = tmp_path_factory.mktemp("claims")
 
     def train(name, *extra):
         out = root / name
         rc = train_main([str(demo_corpus_dir), "-o", str(out), "--batch-size", "2", "--window", "0.5",
-                         "--cache-dir", str(cache), "--latents", "2", "--no-progress",
-                         "--threads", "2", *extra])
+                         "--cache-dir", str(cache), "--latents", "2", "--no-progress", "--threads", "2", *extra])
         return rc, out
 
     return train
@@ -53,8 +51,8 @@ def test_max_time_stops_the_run(run):
 
 def test_early_stopping_stops_after_patience_validations_without_improvement(run):
     # --lr 0: the weights never change, so every validation loss equals the first and none improves on it.
-    rc, out = run("early_stop", "--no-augment", "--lr", "0", "--patience", "2", "--val-every", "1", "--max-steps", "50",
-                  "--max-time", "0")
+    rc, out = run("early_stop", "--no-augment", "--lr", "0", "--patience", "2", "--val-every", "1",
+                  "--max-steps", "50", "--max-time", "0")
     assert rc == 0
     assert summary_of(out)["training"]["steps"] == 3       # validations at steps 1 (best), 2 and 3 (patience 2)
     losses = val_losses(out)
