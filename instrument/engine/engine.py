@@ -107,8 +107,7 @@ class Engine:
         self.stats = EngineStats()
         self.params = np.array([p.default for p in PARAMS], dtype=np.float64)
         self._latents = {l.index: l for l in bundle.latents}
-        corpus = bundle.metadata.get("corpus", {}) or {}
-        self.loudness_range_db = tuple(corpus.get("loudness_range_db") or (-60.0, -10.0))
+        self.loudness_range_db = bundle.corpus.loudness_range_db
         self.f0_range_hz = bundle.f0_range_hz()
         self._recorder: Callable[[FrameRecord], None] | None = None
         self.state: EngineState | None = None
