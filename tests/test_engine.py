@@ -14,7 +14,8 @@ import torch
 from instrument.model import dsp
 from instrument.model.bundle import random_bundle
 from instrument.engine.engine import Engine
-from instrument.engine.kernels import DecoderStep, StreamingSynth
+from instrument.engine.decoder_kernel import DecoderStep
+from instrument.engine.synth_kernel import StreamingSynth
 from instrument.engine.events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_SUSTAIN, ControlChange, LatentSet, NoteOff,
                                NoteOn, Panic, Param, ParamSet, PitchBend, with_offset)
 
