@@ -14,7 +14,8 @@ import torch
 from instrument.model import dsp
 from instrument.model.bundle import random_bundle
 from instrument.engine.engine import Engine
-from instrument.engine.kernels import DecoderStep, StreamingSynth
+from instrument.engine.decoder_kernel import DecoderStep
+from instrument.engine.synth_kernel import StreamingSynth
 from instrument.engine.events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_SUSTAIN, ControlChange, LatentSet, NoteOff,
                                NoteOn, Panic, Param, ParamSet, PitchBend, with_offset)
 
@@ -566,3 +567,28 @@ def test_idle_voices_are_skipped_and_do_not_change_the_sound(bundle):
     assert many.voices.active_rows == 1
     np.testing.assert_allclose(np.concatenate([a, a2]), np.concatenate([b, b2]), atol=1e-5)
     assert np.abs(a2).max() > 0.01
+
+
+def test_engine_feeds_the_decoder_what_the_model_computes_from_pitch_and_loudness(bundle):
+    """From each frame's voice pitch (MIDI) and loudness (dB), the engine's controls are the decoder module's
+    (Decoder.controls on f0 in Hz, loudness in dB): its input scaling and MIDI -> Hz are the model's."""
+    engine = make_engine(bundle, voices=1, attack_ms=30.0)
+    frames = []
+
+    def record(r):
+        voices = engine.voices
+        frames.append((float(voices.pitch_midi[0]), float(voices.loudness_db[0]), r))
+
+    engine.set_recorder(record)
+    script = [(0, NoteOn(57, 100)), (1500, PitchBend(0.7)), (3000, PitchBend(-0.4))]
+    render(engine, script, 40 * HOP)
+    midi = torch.tensor([m for m, _, _ in frames], dtype=torch.float64)
+    loudness = torch.tensor([ld for _, ld, _ in frames], dtype=torch.float32)
+    assert loudness.max() - loudness.min() > 10 and midi.max() - midi.min() > 1      # inputs move every frame
+    f0_hz = dsp.midi_to_hz(midi).float()
+    with torch.no_grad():
+        controls, _ = bundle.decoder.controls(f0_hz[None], loudness[None], bundle.default_z().expand(1, len(frames), -1))
+    got_f0 = torch.stack([r.f0_hz[0] for _, _, r in frames])
+    got_dist = torch.stack([r.harmonic_distribution[0] for _, _, r in frames])
+    np.testing.assert_allclose(got_f0.numpy(), f0_hz.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(got_dist.numpy(), controls.harmonic_distribution[0].numpy(), atol=2e-6)

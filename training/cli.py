@@ -105,7 +105,7 @@ def transfer_main(argv: list[str] | None = None) -> int:
                    help="set a latent knob (0..1) by name or position, e.g. brightness=0.8 (repeatable)")
     p.add_argument("--cache-dir", type=Path)
     args = p.parse_args(argv)
-    from instrument.model.bundle import load_bundle
+    from instrument.model.bundle import load_bundle, parse_latent_knobs
     from instrument.model.modelfile import ModelFileError
     from training.transfer import TransferError, timbre_transfer
     try:
@@ -114,7 +114,7 @@ def transfer_main(argv: list[str] | None = None) -> int:
         print(f"sdga-transfer: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        knobs = parse_latent_args(args.latent)
+        knobs = {info.name: knob for info, knob in parse_latent_knobs(bundle, args.latent)}
         report = timbre_transfer(bundle, args.input, args.output, pitch_shift=args.pitch_shift,
                                  loudness_shift=args.loudness_shift, knobs=knobs, cache_dir=args.cache_dir)
     except (TransferError, ValueError, KeyError) as exc:
@@ -122,16 +122,3 @@ def transfer_main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print(report)
     return 0
-
-
-def parse_latent_args(items: list[str]) -> dict[str | int, float]:
-    knobs: dict[str | int, float] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--latent {item!r}: expected NAME=KNOB, e.g. brightness=0.8")
-        key, value = item.split("=", 1)
-        knob = float(value)
-        if not 0.0 <= knob <= 1.0:
-            raise ValueError(f"--latent {item!r}: knob must be within 0..1")
-        knobs[int(key) if key.isdigit() else key] = knob
-    return knobs

@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from instrument.model.bundle import CorpusInfo
 from instrument.model.networks import ModelConfig
 
 from training.corpus import Corpus, format_summary, load_corpus
@@ -97,17 +98,17 @@ def make_mel_basis(config: ModelConfig) -> torch.Tensor | None:
                                                 n_mels=config.encoder_n_mels, fmin=30.0)).float()
 
 
-def corpus_statistics(examples: list[Example]) -> dict:
+def corpus_statistics(examples: list[Example]) -> CorpusInfo:
     f0 = np.concatenate([e.features.f0_hz[e.features.voiced & (e.features.voiced_prob >= 0.5)] for e in examples])
     ld = np.concatenate([e.features.loudness_db for e in examples])
     active = ld[ld > max(-70.0, ld.max() - 50.0)] if ld.size else ld
-    stats: dict = {"files": len(examples)}
-    stats["f0_range_hz"] = [float(np.percentile(f0, 1)), float(np.percentile(f0, 99))] if f0.size else None
-    stats["f0_median_hz"] = float(np.median(f0)) if f0.size else None
-    stats["loudness_range_db"] = ([float(np.percentile(active, 5)), float(np.percentile(active, 99))]
-                                  if active.size else [-60.0, -10.0])
-    stats["loudness_median_db"] = float(np.median(active)) if active.size else -30.0
-    return stats
+    return CorpusInfo(
+        files=len(examples),
+        f0_range_hz=(float(np.percentile(f0, 1)), float(np.percentile(f0, 99))) if f0.size else None,
+        f0_median_hz=float(np.median(f0)) if f0.size else None,
+        loudness_range_db=((float(np.percentile(active, 5)), float(np.percentile(active, 99)))
+                           if active.size else CorpusInfo.loudness_range_db),
+        loudness_median_db=float(np.median(active)) if active.size else -30.0)
 
 
 @dataclass
@@ -116,7 +117,7 @@ class PreparedData:
     train: list[Example]
     val: list[Example]
     split: str
-    stats: dict
+    stats: CorpusInfo
 
 
 def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
@@ -130,10 +131,9 @@ def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
     log(f"features: {len(features)} files ({cached} from cache) in {time.time() - t0:.1f} s "
         f"(cache {cache / 'features'})")
     examples = [Example(f.path.stem, f.audio, feats) for f, feats in zip(corpus.files, features)]
-    stats = corpus_statistics(examples)
-    stats["minutes"] = corpus.total_seconds / 60.0
-    stats["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in corpus.skipped]
-    log(format_summary(corpus, tuple(stats["f0_range_hz"]) if stats["f0_range_hz"] else None))
+    stats = replace(corpus_statistics(examples), minutes=corpus.total_seconds / 60.0,
+                    skipped=tuple((str(s.path), s.reason) for s in corpus.skipped))
+    log(format_summary(corpus, stats.f0_range_hz))
     train, val, how = split_examples(examples, cfg.val_fraction, cfg.seed, cfg.hop_size)
     log(f"validation split {how}")
     if cfg.augment and cfg.augment_variants > 0:
@@ -270,7 +270,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     heldout_dir = out_dir / "heldout"
     result = export_model(module, data, training_summary, model_file, heldout_dir,
                           heldout_seconds=cfg.heldout_seconds, log=log)
-    summary = {"model_file": str(model_file), "training": training_summary, "corpus": data.stats,
+    summary = {"model_file": str(model_file), "training": training_summary, "corpus": data.stats.to_dict(),
                "heldout": result["heldout"], "latents": result["latents"],
                "total_seconds": round(time.time() - started, 1)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -97,19 +97,12 @@ def _assignments(items: Sequence[str], what: str) -> list[tuple[str, str]]:
 
 
 def _initial_latents(bundle, items: Sequence[str]) -> list[LatentSet]:
-    events = []
-    for name, text in _assignments(items, "latent"):
-        try:
-            info = bundle.latent(int(name) if name.isdigit() else name)
-            knob = float(text)
-        except KeyError as exc:
-            raise UsageError(f"--latent {name}={text}: {exc.args[0]}") from None
-        except (IndexError, ValueError) as exc:
-            raise UsageError(f"--latent {name}={text}: {exc}; latents: {', '.join(bundle.latent_names)}") from None
-        if not 0.0 <= knob <= 1.0:
-            raise UsageError(f"--latent {name}={text}: knob values are 0..1")
-        events.append(LatentSet(info.index, knob, knob=True))
-    return events
+    from instrument.model.bundle import parse_latent_knobs
+
+    try:
+        return [LatentSet(info.index, knob, knob=True) for info, knob in parse_latent_knobs(bundle, items)]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _initial_params(items: Sequence[str]) -> list[tuple[str, float]]:

@@ -85,10 +85,6 @@ class Target(KnobRange):
         """Continuous targets ramp; switches, choices, channels and triggers change at once."""
         return not self.trigger and not self.choices and self.unit not in ("channel", "switch")
 
-    def clamp(self, value: float) -> float:
-        value = min(max(float(value), min(self.low, self.high)), max(self.low, self.high))
-        return float(round(value)) if (self.choices or self.unit in ("channel", "index")) else value
-
     def event(self, value: float, channel: int = 0, offset: int = 0) -> Event | None:
         """The engine event that sets this target to ``value`` (in its unit); None for patch targets."""
         value = self.clamp(value)
