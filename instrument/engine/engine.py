@@ -36,7 +36,7 @@ from instrument.model import dsp
 from instrument.model.bundle import ModelBundle
 from instrument.engine.decoder_kernel import DecoderStep
 from instrument.engine.synth_kernel import StreamingSynth, device_hop_size
-from instrument.engine.events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
+from instrument.engine.events import (CC_MOD_WHEEL, CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
                      LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet, PitchBend)
 from instrument.engine.voices import VoiceBank, VoiceSettings
 
@@ -48,6 +48,8 @@ _VOICE_SETTINGS = {
     Param.GLIDE_MS: "glide_ms", Param.ATTACK_MS: "attack_ms", Param.DECAY_MS: "decay_ms",
     Param.SUSTAIN_DB: "sustain_db", Param.RELEASE_MS: "release_ms",
     Param.VELOCITY_SENSITIVITY: "velocity_sensitivity", Param.VOICE_MODE: "mode", Param.MIDI_CHANNEL: "midi_channel",
+    Param.EXPRESSION: "expression", Param.VIBRATO_DEPTH: "vibrato_depth", Param.ATTACK_TIME_SCALE: "attack_time_scale",
+    Param.RELEASE_TIME_SCALE: "release_time_scale", Param.LEVEL_OFFSET_DB: "level_offset_db",
 }
 
 
@@ -131,7 +133,8 @@ class Engine:
         z = self._step.z_np.copy() if self.state is not None else self.bundle.default_z().numpy()
         with torch.no_grad():
             settings = VoiceSettings()
-            voices = VoiceBank(V, sr, hop, self.loudness_range_db, self.f0_range_hz, settings, self.silence_db)
+            voices = VoiceBank(V, sr, hop, self.loudness_range_db, self.f0_range_hz, settings, self.silence_db,
+                               articulation=self.bundle.expression)
             self._step = DecoderStep(self.bundle.decoder, V)
             self._synth = StreamingSynth(V, c.n_harmonics, c.n_noise_bands, c.sample_rate, sr, hop,
                                          noise_bias=c.noise_bias, noise_frames=self.noise_frames,
@@ -260,6 +263,8 @@ class Engine:
                 voices.ignored_events += 1
             elif event.control == CC_SUSTAIN:
                 voices.sustain(event.value >= 64, pos)
+            elif event.control == CC_MOD_WHEEL:
+                voices.modulation(event.value / 127.0)
             elif event.control == CC_ALL_SOUND_OFF:
                 self._panic()
             elif event.control == CC_ALL_NOTES_OFF:
