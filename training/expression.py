@@ -84,11 +84,12 @@ def segment_notes(f0_hz: np.ndarray, voiced: np.ndarray, loudness_db: np.ndarray
         if run_stop - run_start < min_frames:
             continue
         next_run = int(edges[2 * run + 2]) if 2 * run + 2 < len(edges) else n
-        # a fresh note's attack begins before pYIN calls it voiced: back to the quietest frame just before
+        # a fresh note's attack begins before pYIN calls it voiced: back while the level still falls, above
+        # the silence (never into the previous run)
         previous_stop = int(edges[2 * run - 1]) if run > 0 else 0
         early = max(previous_stop, run_start - lookback)
-        if early < run_start:
-            run_start = early + int(np.argmin(loudness_db[early:run_start + 1]))
+        while run_start > early and top_db - ACTIVE_RANGE_DB < loudness_db[run_start - 1] < loudness_db[run_start]:
+            run_start -= 1
         onsets = [(int(run_start), True)]
         current = semitone[run_start + min(stable, run_stop - run_start - 1)]
         i = run_start + 1
