@@ -226,3 +226,23 @@ def test_learned_differs_from_the_envelope_and_switches_back(learned_bundle):
     _, adsr = held_frames(plain, 100, 0.5)
     np.testing.assert_array_equal(envelope, adsr)
     assert np.abs(learned - envelope).max() > 3.0
+
+
+def test_levels_are_calibrated_to_what_the_model_sounds_at():
+    """Velocity's note levels are output levels: the decoder inputs found make the model sound there (the
+    untrained model never sounds below about -34 dB: its softest level is left out)."""
+    from instrument.model.offline import render_controls
+    from training.expression import calibrate_levels
+    from training.features import a_weighted_loudness_db
+
+    b = random_bundle(seed=0)
+    art = calibrate_levels(TRUE, b.decoder, 220.0, b.default_z().numpy())
+    assert len(art.level_input_db) == len(TRUE.level_db) and list(art.level_input_db) == sorted(art.level_input_db)
+    c = b.config
+    n = int(0.6 * c.sample_rate / c.hop_size) + 1
+    for target, given in list(zip(art.level_db, art.level_input_db))[1:]:
+        audio = render_controls(b.decoder, np.full(n, 220.0, np.float32), np.full(n, given, np.float32),
+                                b.default_z().numpy(), seed=0)
+        ld = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
+        assert float(np.median(ld[len(ld) // 2:])) == pytest.approx(target, abs=1.0)
+    assert velocity_level_db(art, 127) == pytest.approx(art.level_input_db[-1])

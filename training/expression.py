@@ -25,7 +25,8 @@ import numpy as np
 
 from instrument.model.bundle import Articulation
 
-__all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "MIN_NOTES", "LEVEL_QUANTILES"]
+__all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels", "MIN_NOTES",
+           "LEVEL_QUANTILES"]
 
 MIN_NOTES = 10                 # fewer usable notes: say so, and fit only what there is
 ACTIVE_RANGE_DB = 50.0
@@ -313,3 +314,29 @@ def corpus_articulation(examples: Sequence, frame_ms: float, log=print) -> Artic
     """:func:`fit_articulation` over training examples (objects with ``features``: f0_hz, voiced, loudness_db)."""
     return fit_articulation([(e.features.f0_hz, e.features.voiced, e.features.loudness_db) for e in examples],
                             frame_ms, log=log)
+
+
+def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float = 3.0,
+                     seconds: float = 0.6) -> Articulation:
+    """The articulation with ``level_input_db``: the decoder inputs that make ``decoder`` sound at the corpus's
+    note levels, measured on held notes at ``f0_hz`` and latent ``z`` (the same A-weighted loudness the corpus
+    was measured with), inverted by interpolation. A model that renders quieter or louder than its input (a
+    short training) then still plays notes at the recordings' levels."""
+    from instrument.model.offline import render_controls
+    from training.features import a_weighted_loudness_db
+
+    c = decoder.config
+    n = int(seconds * c.sample_rate / c.hop_size) + 1
+    inputs = np.arange(art.level_db[0] - 24.0, art.level_db[-1] + 24.0 + step_db, step_db)
+    outputs = []
+    for level in inputs:
+        audio = render_controls(decoder, np.full(n, f0_hz, np.float32), np.full(n, level, np.float32),
+                                np.asarray(z, np.float32), seed=0)
+        ld = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
+        outputs.append(float(np.median(ld[len(ld) // 2:])))
+    outputs = np.maximum.accumulate(np.asarray(outputs))
+    keep = np.concatenate([[True], np.diff(outputs) > 1e-3])        # strictly rising for the inversion
+    if keep.sum() < 2:
+        return art
+    wanted = np.interp(art.level_db, outputs[keep], inputs[keep])
+    return replace(art, level_input_db=tuple(float(x) for x in np.maximum.accumulate(wanted)))

@@ -19,7 +19,7 @@ import torch
 
 from instrument.model.bundle import ModelBundle, load_bundle, parse_latent_knobs
 from instrument.engine.engine import Engine
-from instrument.engine.events import Event, LatentSet, Param, ParamSet, from_mido, param_event, with_offset
+from instrument.engine.events import Event, LatentSet, ParamSet, from_mido, param_event, with_offset
 from instrument.model.modelfile import ModelFileError
 
 __all__ = ["midi_file_events", "render_events", "render_midi", "parse_assignments", "main"]
@@ -67,7 +67,7 @@ def render_midi(bundle: ModelBundle, midi, sample_rate: int | None = None, block
                 max_voices: int = 8, initial_events: Iterable[Event] = (), tail_seconds: float | None = None,
                 noise_seed: int = 0) -> tuple[np.ndarray, Engine]:
     """Render a MIDI file; returns (mono float32 audio, the engine, for its stats). ``initial_events``
-    (latents, parameters) apply before the first note. The tail defaults to the release time + 0.25 s."""
+    (latents, parameters) apply before the first note. The tail defaults to the release time (the learnt one where the model has it) + 0.25 s."""
     engine = Engine(bundle, noise_seed=noise_seed)
     engine.prepare(sample_rate, block_size, max_voices)
     sr = engine.sample_rate
@@ -77,7 +77,7 @@ def render_midi(bundle: ModelBundle, midi, sample_rate: int | None = None, block
         if isinstance(event, ParamSet):
             engine.set_param(event.param, event.value)
     if tail_seconds is None:
-        tail_seconds = engine.params[Param.RELEASE_MS] / 1000.0 + 0.25
+        tail_seconds = engine.voices.release_seconds + 0.25    # the envelope's or the learnt release
     audio = render_events(engine, initial + events, length + int(round(tail_seconds * sr)), block_size)
     return audio, engine
 

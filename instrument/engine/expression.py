@@ -26,11 +26,12 @@ TWO_PI = 2.0 * math.pi
 
 
 def velocity_level_db(art: Articulation, velocity: float, sensitivity: float = 1.0) -> float:
-    """A velocity 0..127 -> the note level (dB, the corpus's loudness scale): the corpus's note-level quantile
-    ``velocity / 127`` (``sensitivity`` < 1 narrows the range towards the loudest notes). Monotonic."""
+    """A velocity 0..127 -> the note level the decoder is given (dB): the decoder input that sounds at the
+    corpus's note-level quantile ``velocity / 127`` (``sensitivity`` < 1 narrows the range towards the loudest
+    notes). Monotonic."""
     v = min(max(float(velocity) / 127.0, 0.0), 1.0)
     q = 1.0 - sensitivity * (1.0 - v)
-    qs, levels = art.level_quantiles, art.level_db
+    qs, levels = art.level_quantiles, art.level_input_db or art.level_db
     q = min(max(q, qs[0]), qs[-1])
     for k in range(1, len(qs)):
         if q <= qs[k]:

@@ -488,6 +488,15 @@ class VoiceBank:
                 f"out-of-range notes {self.out_of_range_notes})")
 
     @property
+    def release_seconds(self) -> float:
+        """How long a note sounds after its note-off at most (the ADSR's or the learnt release to the floor)."""
+        s = self.settings
+        if self._learn:
+            return release_ms_to_floor(self.articulation, self.articulation.attack_peak_db, s.floor_db,
+                                       s.release_time_scale) / 1000.0
+        return s.release_ms / 1000.0
+
+    @property
     def active_voices(self) -> int:
         return sum(1 for v in self.voices if v.stage != IDLE)
 

@@ -147,7 +147,9 @@ class Articulation:
     Pitch: a fresh note starts ``approach_cents`` off and settles with time constant ``approach_ms``; legato
     transitions glide over ``legato_ms``; vibrato of ``vibrato_cents`` (amplitude) at ``vibrato_hz`` fades in
     around ``vibrato_delay_ms``. Velocity 1..127 maps onto the corpus's note levels at ``level_quantiles``
-    (``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels). ``notes`` is how many
+    (``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels); ``level_input_db[k]`` is the
+    decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export; empty: the
+    same as ``level_db``). ``notes`` is how many
     notes the fit used; ``fallback`` says there were too few (then only what could be fitted differs from
     the defaults, and the engine plays the envelope unless asked for ``learned``)."""
 
@@ -171,6 +173,7 @@ class Articulation:
     tremolo_db: float = 0.0
     level_quantiles: tuple[float, ...] = (0.0, 1.0)
     level_db: tuple[float, ...] = (-40.0, -15.0)
+    level_input_db: tuple[float, ...] = ()
 
     def __post_init__(self):
         if len(self.level_quantiles) != len(self.level_db) or len(self.level_db) < 2:
@@ -178,6 +181,9 @@ class Articulation:
         if any(b < a for a, b in zip(self.level_db, self.level_db[1:])) or \
                 any(b <= a for a, b in zip(self.level_quantiles, self.level_quantiles[1:])):
             raise ValueError("level_quantiles must rise and level_db must not fall")
+        if self.level_input_db and (len(self.level_input_db) != len(self.level_db) or any(
+                b < a for a, b in zip(self.level_input_db, self.level_input_db[1:]))):
+            raise ValueError("level_input_db must be empty or as long as level_db, and not fall")
         for name in ("attack_ms", "attack_shape", "decay_ms", "release_db_per_s", "approach_ms", "legato_ms",
                      "vibrato_hz", "tremolo_hz"):
             if not getattr(self, name) > 0.0:
@@ -186,6 +192,7 @@ class Articulation:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["level_quantiles"], d["level_db"] = list(self.level_quantiles), list(self.level_db)
+        d["level_input_db"] = list(self.level_input_db)
         return d
 
     @classmethod
@@ -203,7 +210,7 @@ class Articulation:
                 values[name] = int(value)
             elif name == "fallback":
                 values[name] = bool(value)
-            elif name in ("level_quantiles", "level_db"):
+            elif name in ("level_quantiles", "level_db", "level_input_db"):
                 values[name] = tuple(_number(x) for x in value)
             else:
                 values[name] = _number(value)
