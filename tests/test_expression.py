@@ -230,17 +230,19 @@ def test_learned_differs_from_the_envelope_and_switches_back(learned_bundle):
 
 def test_levels_are_calibrated_to_what_the_model_sounds_at():
     """Velocity's note levels are output levels: the decoder inputs found make the model sound there (the
-    untrained model never sounds below about -34 dB: its softest level is left out)."""
+    untrained model only spans about -34..-26 dB, and at -33 dB in for -40 dB out: the input is not the output)."""
+    from dataclasses import replace
+
     from instrument.model.offline import render_controls
     from training.expression import calibrate_levels
     from training.features import a_weighted_loudness_db
 
     b = random_bundle(seed=0)
-    art = calibrate_levels(TRUE, b.decoder, 220.0, b.default_z().numpy())
+    art = calibrate_levels(replace(TRUE, level_db=(-32.0, -29.0, -27.0)), b.decoder, 220.0, b.default_z().numpy())
     assert len(art.level_input_db) == len(TRUE.level_db) and list(art.level_input_db) == sorted(art.level_input_db)
     c = b.config
     n = int(0.6 * c.sample_rate / c.hop_size) + 1
-    for target, given in list(zip(art.level_db, art.level_input_db))[1:]:
+    for target, given in zip(art.level_db, art.level_input_db):
         audio = render_controls(b.decoder, np.full(n, 220.0, np.float32), np.full(n, given, np.float32),
                                 b.default_z().numpy(), seed=0)
         ld = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
