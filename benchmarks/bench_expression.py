@@ -13,7 +13,7 @@ note, and the held notes' pitch error in cents.
     python benchmarks/bench_expression.py cello=runs/cello/model.sdga:data/cello clarinet=...:... \\
         --phrases 3 --out benchmarks/results/expression_48k.json
 
-A model file without an articulation (format < 3) gets one fitted from its corpus folder (the time is reported).
+Given a corpus folder, the articulation is (re)fitted from it (the time is reported), else the model file's is used.
 """
 from __future__ import annotations
 
@@ -162,11 +162,11 @@ def main(argv=None) -> int:
         bundle = load_bundle(model_path)
         sr = bundle.config.sample_rate
         entry: dict = {"model": model_path}
-        if bundle.expression is None:
-            if not corpus_dir:
-                raise SystemExit(f"{model_path} has no learnt expression: give its corpus as {name}=MODEL:CORPUS")
+        if corpus_dir:              # (re)fit from the corpus: older files have none, or an uncalibrated one
             bundle.expression, seconds = fit_from_corpus(Path(corpus_dir), bundle, args.cache_dir)
             entry["fit_seconds"] = round(seconds, 2)
+        elif bundle.expression is None:
+            raise SystemExit(f"{model_path} has no learnt expression: give its corpus as {name}=MODEL:CORPUS")
         entry["articulation"] = bundle.expression.to_dict()
         program, low, high = INSTRUMENTS[name]
         sets = [("fluidr3", fluidsynth_render)] + ([("freepats", timidity_render)] if timidity_has(program) else [])

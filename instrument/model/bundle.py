@@ -197,7 +197,8 @@ class Articulation:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Articulation":
-        """The stored record; TypeError / KeyError / ValueError on anything else (every field present)."""
+        """The stored record; TypeError / KeyError / ValueError on anything else (every field present but
+        ``level_input_db``)."""
         if not isinstance(d, dict):
             raise TypeError(f"expression record is a {type(d).__name__}, not an object")
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
@@ -205,6 +206,8 @@ class Articulation:
             raise KeyError(f"expression record has unknown field(s) {unknown}")
         values = {}
         for name in cls.__dataclass_fields__:
+            if name == "level_input_db" and name not in d:        # an uncalibrated articulation
+                continue
             value = d[name]
             if name == "notes":
                 values[name] = int(value)
@@ -319,7 +322,7 @@ def load_bundle(path: Path | str, with_encoder: bool = True) -> ModelBundle:
         config = ModelConfig.from_dict(metadata["model_config"])
         latents = [LatentInfo.from_dict(d) for d in metadata["latents"]]
         corpus = CorpusInfo.from_dict(metadata["corpus"])
-        expression = None if metadata.get("expression") is None else Articulation.from_dict(metadata["expression"])
+        expression = None if metadata["expression"] is None else Articulation.from_dict(metadata["expression"])
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(f"{path}: bad metadata: {exc}") from exc
     if sorted(l.index for l in latents) != list(range(config.latent_dim)):
