@@ -248,3 +248,22 @@ def test_levels_are_calibrated_to_what_the_model_sounds_at():
         ld = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
         assert float(np.median(ld[len(ld) // 2:])) == pytest.approx(target, abs=1.0)
     assert velocity_level_db(art, 127) == pytest.approx(art.level_input_db[-1])
+
+
+def test_sdga_render_plays_the_learnt_expression_by_default(learned_bundle):
+    import mido
+    from instrument.apps.render import render_midi
+    from instrument.engine.events import param_event
+
+    track = mido.MidiTrack([mido.Message("note_on", note=60, velocity=90, time=0),
+                            mido.Message("note_off", note=60, velocity=0, time=480)])
+    midi = mido.MidiFile(ticks_per_beat=480)
+    midi.tracks.append(track)
+    default, engine = render_midi(learned_bundle, midi, SR, block_size=256)
+    learned, _ = render_midi(learned_bundle, midi, SR, block_size=256,
+                             initial_events=[param_event("expression", "learned")])
+    envelope, _ = render_midi(learned_bundle, midi, SR, block_size=256,
+                              initial_events=[param_event("expression", "envelope")])
+    np.testing.assert_array_equal(default, learned)
+    assert np.abs(default[:len(envelope)] - envelope[:len(default)]).max() > 1e-3
+    assert len(default) >= SR // 2 + int(engine.voices.release_seconds * SR)      # the learnt release's tail
