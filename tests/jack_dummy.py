@@ -50,6 +50,18 @@ def jack_env(name: str) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the process that started it dies, so a test run that
+    is killed or aborts leaves no jackd behind (orphans pile up until jackd refuses: "Too many servers")."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)          # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 @contextmanager
 def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, log_path: Path | None = None,
                       timeout_s: float = 15.0, realtime: bool = False) -> Iterator[dict[str, str]]:
@@ -60,7 +72,8 @@ def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, lo
     env = jack_env(name)
     log = open(log_path, "w") if log_path is not None else subprocess.DEVNULL
     process = subprocess.Popen(["jackd", "--realtime" if realtime else "--no-realtime", "-n", name, "-d", "dummy", "-r", str(sample_rate),
-                                "-p", str(period)], stdout=log, stderr=subprocess.STDOUT, env=env)
+                                "-p", str(period)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                               preexec_fn=_die_with_parent if os.name == "posix" else None)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
