@@ -1,6 +1,7 @@
 """Mappings over real transports: JACK MIDI through the dummy server, OSC over UDP from liblo's oscsend, and
-the shipped Pd patch (mappings/sdga.pd) run headless by real Pd, each feeding a router whose events drive
-the engine. Skips when jackd / oscsend / pd are not installed."""
+the shipped Pd patch (mappings/sdga.pd) run headless by real Pd, each feeding a router (through OscServer, as
+sdga-play wires it) whose events drive the engine. Skips when oscsend / pd are not installed; the JACK test
+fails where jackd is installed but does not start (tests/jack_dummy.py) and skips only where it is not."""
 from __future__ import annotations
 
 import shutil
