@@ -20,7 +20,7 @@ from instrument.model.networks import ModelConfig
 
 from training.corpus import Corpus, format_summary, load_corpus
 from training.data import Example, RandomWindows, TiledWindows, split_examples
-from training.features import FeatureSettings, extract_corpus_features, features_cache_path
+from training.features import FeatureSettings, extract_corpus_features_reported
 from training.module import LossConfig
 
 
@@ -124,10 +124,10 @@ def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
     settings = FeatureSettings(sample_rate=cfg.sample_rate, hop_size=cfg.hop_size)
     cache = cfg.cache_dir or default_cache_dir()
     t0 = time.time()
-    cached = sum(features_cache_path(cache / "features", f.audio, settings).exists() for f in corpus.files)
-    features = extract_corpus_features([f.audio for f in corpus.files], settings, cache / "features",
-                                       progress=cfg.progress, names=[f.path.name for f in corpus.files])
-    log(f"features: {len(features)} files ({cached} from cache) in {time.time() - t0:.1f} s "
+    features, report = extract_corpus_features_reported(
+        [f.audio for f in corpus.files], settings, cache / "features", progress=cfg.progress,
+        names=[f.path.name for f in corpus.files])
+    log(f"features: {len(features)} files ({report.describe()}) in {time.time() - t0:.1f} s "
         f"(cache {cache / 'features'})")
     examples = [Example(f.path.stem, f.audio, feats) for f, feats in zip(corpus.files, features)]
     stats = corpus_statistics(examples)
