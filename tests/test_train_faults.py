@@ -154,3 +154,250 @@ def test_kill_9_during_feature_extraction_leaves_no_worker_behind(tmp_path):
     for w in left:                                          # clean up after a failure, then report it
         os.kill(w, signal.SIGKILL)
     assert not left, f"orphaned feature workers still alive after kill -9 of their parent: {left}"
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+TINY = ["--batch-size", "2", "--window", "0.5", "--no-augment", "--latents", "2", "--no-progress",
+        "--threads", "2"]
+
+
+def _train(corpus, out, cache, *extra) -> int:
+    from training.cli import train_main
+    return train_main([str(corpus), "-o", str(out), "--cache-dir", str(cache), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def base_run(demo_corpus_dir, tmp_path_factory):
+    """A finished 4-step run (validated at steps 2 and 4) and its feature cache."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    cache = tmp_path_factory.mktemp("cache")
+    assert _train(demo_corpus_dir, out, cache, "--max-steps", "4", "--val-every", "2") == 0
+    return out, cache
+
+
+@pytest.fixture
+def run_copy(base_run, tmp_path):
+    import shutil
+    out, cache = base_run
+    shutil.copytree(out, tmp_path / "run")
+    return tmp_path / "run", cache
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_corrupt_last_checkpoint_is_refused_and_nothing_is_overwritten(demo_corpus_dir, run_copy, capsys, damage):
+    out, cache = run_copy
+    last = out / "checkpoints" / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    rc = _train(demo_corpus_dir, out, cache, "--max-steps", "8", "--val-every", "2", "--resume")
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "cannot resume" in err and "last.ckpt" in err and "Nothing was changed" in err
+    assert "Traceback" not in err
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == kept                                    # no step-0 checkpoint, model.sdga untouched
+
+
+@pytest.mark.slow
+def test_resume_appends_metrics_gets_a_fresh_time_budget_and_exports_what_it_reports(demo_corpus_dir, run_copy):
+    import csv
+    import json
+
+    import torch
+
+    from instrument.model.modelfile import read_metadata
+
+    out, cache = run_copy
+    metrics = out / "logs" / "metrics.csv"
+    before = list(csv.DictReader(metrics.open()))
+    assert before and max(int(r["step"]) for r in before) < 4
+    # The run this checkpoint came from had used 10 h of a long --max-time budget.
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    timers = [s for s in ckpt["callbacks"].values() if "time_elapsed" in s]
+    assert timers
+    for state in timers:
+        state["time_elapsed"] = {k: 36000.0 for k in state["time_elapsed"]}
+    # ...and validation gets worse after resuming: the best weights stay those of step 4.
+    (state,) = [s for k, s in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    best_path = str(out / "checkpoints" / "best.ckpt")
+    state.update(dirpath=str(out / "checkpoints"), best_model_path=best_path, kth_best_model_path=best_path,
+                 best_model_score=torch.tensor(-1e9), kth_value=torch.tensor(-1e9),
+                 best_k_models={best_path: torch.tensor(-1e9)}, last_model_path=str(last))
+    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    (best_state,) = [s for k, s in best["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    best_state["best_model_score"] = torch.tensor(-1e9)
+    torch.save(best, out / "checkpoints" / "best.ckpt")
+    torch.save(ckpt, last)
+
+    assert _train(demo_corpus_dir, out, cache, "--max-steps", "8", "--val-every", "2", "--resume",
+                  "--max-time", "10m") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    t = summary["training"]
+    assert t["steps"] == 8 and t["resumed_from_step"] == 4   # --max-time on resume: 10 more minutes
+    after = list(csv.DictReader(metrics.open()))
+    steps = [int(r["step"]) for r in after]
+    assert after[: len(before)] == before                   # appended, not wiped
+    assert max(steps) >= 7
+    # The model file holds the weights the summary describes: step 4's, not step 8's.
+    meta = read_metadata(out / "model.sdga")["training"]
+    assert t["model_step"] == 4 and t["best_val_loss"] == -1e9
+    assert meta["model_step"] == t["model_step"] and meta["best_val_loss"] == t["best_val_loss"]
+    from instrument.model.bundle import load_bundle
+    exported = load_bundle(out / "model.sdga").decoder.state_dict()
+    for name, value in exported.items():
+        torch.testing.assert_close(value, best["state_dict"][f"decoder.{name}"])
+
+
+@pytest.mark.slow
+def test_a_shorter_fresh_run_keeps_the_further_trained_model(demo_corpus_dir, run_copy, capsys):
+    from instrument.model.bundle import load_bundle
+
+    out, cache = run_copy
+    old = (out / "model.sdga").read_bytes()
+    assert _train(demo_corpus_dir, out, cache, "--max-steps", "1", "--val-every", "1") == 0
+    assert "kept it as" in capsys.readouterr().out
+    assert (out / "model.prev.sdga").read_bytes() == old
+    load_bundle(out / "model.prev.sdga")
+    load_bundle(out / "model.sdga")
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(demo_corpus_dir, run_copy, capsys, monkeypatch):
+    import torch
+
+    from training.module import SdgaModule
+
+    out, cache = run_copy
+    kept = {p: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    model = (out / "model.sdga").read_bytes()
+    real = SdgaModule.training_step
+
+    def nan_step(self, batch, batch_idx):
+        return real(self, batch, batch_idx) * torch.tensor(float("nan"))
+
+    monkeypatch.setattr(SdgaModule, "training_step", nan_step)
+    rc = _train(demo_corpus_dir, out, cache, "--max-steps", "8", "--val-every", "2", "--resume")
+    err = capsys.readouterr().err
+    assert rc == 1 and "loss became nan" in err
+    assert {p: p.read_bytes() for p in (out / "checkpoints").iterdir()} == kept
+    assert (out / "model.sdga").read_bytes() == model
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL")
+def test_kill_9_during_training_resumes_from_the_wall_clock_checkpoint(demo_corpus_dir, base_run, tmp_path):
+    from training.train import check_checkpoint
+
+    _, cache = base_run
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "import sys; from training.cli import train_main; sys.exit(train_main())",
+           str(demo_corpus_dir), "-o", str(out), "--cache-dir", str(cache), *TINY, "--val-every", "1000",
+           "--max-time", "5m", "--checkpoint-every", "2s"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    last = out / "checkpoints" / "last.ckpt"
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("training:"):
+                break
+        deadline = time.time() + 120
+        while not last.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert last.exists(), "".join(lines)                # no validation yet: only the wall-clock save
+        time.sleep(3.0)                                     # likely mid-way through the next save
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    step = check_checkpoint(last)
+    assert step > 0
+    assert not list(out.glob("model.sdga"))
+    assert _train(demo_corpus_dir, out, cache, "--max-steps", str(step + 2), "--val-every", "1000",
+                  "--resume") == 0
+    import json
+    t = json.loads((out / "summary.json").read_text())["training"]
+    assert t["resumed_from_step"] == step and t["steps"] == step + 2
+
+
+# ------------------------------------------------------------------------------------------------ disk full
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A mounted tmpfs of a chosen size (Linux, root: CI runs as root); unmounted afterwards."""
+    mounts = []
+
+    def mount(size_mb: float) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size_mb * 1024)}k", "tmpfs", str(where)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(disk: Path, leave_bytes: int) -> None:
+    """Fill the file system at `disk` until only about leave_bytes are free."""
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave_bytes))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs")
+def test_disk_full_during_export_keeps_the_previous_model(demo_corpus_dir, run_copy, small_disk, capsys):
+    import shutil
+
+    from instrument.model.bundle import load_bundle
+
+    out, cache = run_copy
+    disk = small_disk(8)
+    model = disk / "model.sdga"
+    shutil.copy(out / "model.sdga", model)
+    old = model.read_bytes()
+    _fill(disk, 500_000)                                    # less than a model file
+    rc = _train(demo_corpus_dir, out, cache, "--max-steps", "4", "--val-every", "2", "--resume",
+                "--model-file", str(model))
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "export failed" in err and "No space left on device" in err and "unchanged" in err
+    assert model.read_bytes() == old
+    load_bundle(model)
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "model.sdga"]   # no temp file left behind
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs")
+def test_disk_full_during_checkpointing_keeps_the_last_checkpoint(demo_corpus_dir, run_copy, small_disk, capsys):
+    import shutil
+
+    from training.train import check_checkpoint
+
+    src, cache = run_copy
+    disk = small_disk(40)
+    out = disk / "run"
+    shutil.copytree(src, out)
+    last = out / "checkpoints" / "last.ckpt"
+    old = last.read_bytes()
+    model = (out / "model.sdga").read_bytes()
+    _fill(disk, 2_000_000)                                  # room for logs, not for an 11 MB checkpoint
+    rc = _train(demo_corpus_dir, out, cache, "--max-steps", "6", "--val-every", "2", "--resume")
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "could not write" in err and "No space left on device" in err and "--resume" in err
+    assert last.read_bytes() == old and check_checkpoint(last) == 4
+    assert (out / "model.sdga").read_bytes() == model
+    (disk / "filler").unlink()                              # space again: the advice works
+    assert _train(demo_corpus_dir, out, cache, "--max-steps", "6", "--val-every", "2", "--resume") == 0
+    assert check_checkpoint(last) == 6
