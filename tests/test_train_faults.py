@@ -77,7 +77,8 @@ def test_corrupt_cache_entry_is_reported_as_recomputed(tmp_path, damage):
 
 
 def test_nan_augmentation_cache_entry_is_rerendered(tmp_path):
-    from training.augment import _variant_cache_path, draw_params, make_augmented_variants, variant_rng
+    from training.augment import (_variant_cache_path, draw_params, make_augmented_variants,
+                                  make_augmented_variants_reported, variant_rng)
 
     audio = _tone(440.0, 0.5)
     (feats,), _ = extract_corpus_features_reported([audio], SETTINGS, None, n_jobs=1, progress=False)
@@ -89,10 +90,17 @@ def test_nan_augmentation_cache_entry_is_rerendered(tmp_path):
     bad[:5] = np.nan
     F.save_npz_atomic(path, audio=rendered, f0_hz=rfeats.f0_hz, voiced_prob=rfeats.voiced_prob,
                       voiced=rfeats.voiced, loudness_db=bad)
-    ((_, again, _, _),) = make_augmented_variants([audio], [feats], 1, 0, SETTINGS, tmp_path, progress=False,
-                                                  n_jobs=1)
+    ((_, again, _, _),), report = make_augmented_variants_reported([audio], [feats], 1, 0, SETTINGS, tmp_path,
+                                                                   progress=False, n_jobs=1)
     assert np.isfinite(again.loudness_db).all()
     np.testing.assert_allclose(again.loudness_db, rfeats.loudness_db, atol=1e-4)
+    assert report.recomputed == 1 and report.from_cache == 0 and "loudness_db" in report.describe()
+    path.write_bytes(path.read_bytes()[:1000])              # truncated, as by a writer killed mid-way
+    _, report = make_augmented_variants_reported([audio], [feats], 1, 0, SETTINGS, tmp_path, progress=False,
+                                                 n_jobs=2)
+    assert report.recomputed == 1 and "unreadable" in report.describe()
+    _, report = make_augmented_variants_reported([audio], [feats], 1, 0, SETTINGS, tmp_path, progress=False)
+    assert report.describe() == "1 from cache"
 
 
 # -------------------------------------------------------------------------------------- feature workers
@@ -401,3 +409,52 @@ def test_disk_full_during_checkpointing_keeps_the_last_checkpoint(demo_corpus_di
     (disk / "filler").unlink()                              # space again: the advice works
     assert _train(demo_corpus_dir, out, cache, "--max-steps", "6", "--val-every", "2", "--resume") == 0
     assert check_checkpoint(last) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL")
+@pytest.mark.parametrize("phase, marker, delay_s", [
+    ("augmentation", "validation split", 0.2),
+    ("export", "held-out resynthesis", 0.5),
+])
+def test_kill_9_at_a_phase_then_resume_finishes_with_valid_files(demo_corpus_dir, base_run, tmp_path, phase,
+                                                                  marker, delay_s):
+    """kill -9 while augmenting or exporting; whatever is on disk is either absent or valid, and --resume ends
+    the run."""
+    import json
+
+    from instrument.model.bundle import load_bundle
+    from training.train import check_checkpoint
+
+    _, features_cache = base_run
+    cache = tmp_path / "cache"
+    import shutil
+    shutil.copytree(features_cache / "features", cache / "features")   # augmentation renders cold
+    out = tmp_path / "run"
+    args = ["--batch-size", "2", "--window", "0.5", "--latents", "2", "--no-progress", "--threads", "2",
+            "--augment-variants", "2", "--max-steps", "2", "--val-every", "2"]
+    cmd = [sys.executable, "-c", "import sys; from training.cli import train_main; sys.exit(train_main())",
+           str(demo_corpus_dir), "-o", str(out), "--cache-dir", str(cache), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(marker):
+                break
+        time.sleep(delay_s)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert any(line.startswith(marker) for line in lines), "".join(lines)
+    if (out / "model.sdga").exists():
+        load_bundle(out / "model.sdga")                     # never half-written
+    for ckpt in (out / "checkpoints").glob("*.ckpt"):
+        check_checkpoint(ckpt)
+    for entry in cache.rglob("*.npz"):
+        np.load(entry)["f0_hz"]                             # cache entries are whole
+    from training.cli import train_main
+    assert train_main([str(demo_corpus_dir), "-o", str(out), "--cache-dir", str(cache), *args, "--resume"]) == 0
+    load_bundle(out / "model.sdga")
+    assert json.loads((out / "summary.json").read_text())["training"]["model_step"] == 2

@@ -149,14 +149,14 @@ def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
     train, val, how = split_examples(examples, cfg.val_fraction, cfg.seed, cfg.hop_size)
     log(f"validation split {how}")
     if cfg.augment and cfg.augment_variants > 0:
-        from training.augment import make_augmented_variants
+        from training.augment import make_augmented_variants_reported
         t0 = time.time()
-        variants = make_augmented_variants([e.audio for e in train], [e.features for e in train],
-                                           cfg.augment_variants, cfg.seed, settings, cache / "augment",
-                                           progress=cfg.progress)
+        variants, report = make_augmented_variants_reported(
+            [e.audio for e in train], [e.features for e in train], cfg.augment_variants, cfg.seed, settings,
+            cache / "augment", progress=cfg.progress)
         train = train + [Example(f"{train[src].name}~aug{i}", audio, feats)
                          for i, (audio, feats, _params, src) in enumerate(variants)]
-        log(f"augmentation: {len(variants)} pedalboard variants in {time.time() - t0:.1f} s")
+        log(f"augmentation: {len(variants)} pedalboard variants ({report.describe()}) in {time.time() - t0:.1f} s")
     return PreparedData(corpus, train, val, how, stats)
 
 
@@ -231,7 +231,8 @@ def _read_metrics_rows(path: Path, before_step: int) -> tuple[list[str], list[di
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < before_step]
+            rows = [r for r in reader if (r.get("step") or "").isdigit() and int(r["step"]) < before_step
+                    and None not in r.values()]             # (a line cut short by a kill is dropped)
             return list(reader.fieldnames or []), rows
     except (OSError, csv.Error, UnicodeDecodeError):
         return [], []
