@@ -261,6 +261,20 @@ def test_resume_appends_metrics_gets_a_fresh_time_budget_and_exports_what_it_rep
 
 
 @pytest.mark.slow
+def test_corrupt_best_checkpoint_is_reported_and_the_last_weights_exported(demo_corpus_dir, run_copy, capsys):
+    import json
+
+    out, cache = run_copy
+    best = out / "checkpoints" / "best.ckpt"
+    best.write_bytes(best.read_bytes()[:5000])
+    assert _train(demo_corpus_dir, out, cache, "--max-steps", "4", "--val-every", "2", "--resume") == 0
+    text = capsys.readouterr().out
+    assert "not exporting the best validated weights" in text and "best.ckpt is unreadable" in text
+    t = json.loads((out / "summary.json").read_text())["training"]
+    assert t["model_step"] == t["steps"] == 4
+
+
+@pytest.mark.slow
 def test_a_shorter_fresh_run_keeps_the_further_trained_model(demo_corpus_dir, run_copy, capsys):
     from instrument.model.bundle import load_bundle
 

@@ -406,8 +406,14 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     # (A resumed run folder that was moved or copied still names the old folder's best.ckpt: use this one's.)
     best = ckpt_dir / Path(checkpoint.best_model_path).name if checkpoint.best_model_path else None
     model_step, model_val_loss = int(trainer.global_step), None
+    saved = None
     if best and best.exists():
-        saved = torch.load(best, map_location="cpu", weights_only=True)
+        try:
+            check_checkpoint(best)
+            saved = torch.load(best, map_location="cpu", weights_only=True)
+        except CheckpointError as exc:
+            log(f"not exporting the best validated weights: {exc}; exporting the last weights instead")
+    if saved is not None:
         module.load_state_dict(saved["state_dict"])
         model_step = int(saved["global_step"])
         scores = [c.get("best_model_score") for k, c in saved.get("callbacks", {}).items()
