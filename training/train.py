@@ -166,7 +166,9 @@ def check_checkpoint(path: Path) -> int:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        first_sentence = str(exc).splitlines()[0].split(". ")[0][:160] if str(exc) else ""
+        raise CheckpointError(f"{path} is unreadable: truncated or not a checkpoint ({type(exc).__name__}: "
+                              f"{first_sentence})") from None
     if not isinstance(checkpoint, dict) or not {"state_dict", "global_step", "optimizer_states"} <= checkpoint.keys():
         raise CheckpointError(f"{path} is not a complete training checkpoint")
     bad = [k for k, v in checkpoint["state_dict"].items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
@@ -260,8 +262,15 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         try:
             resume_step = check_checkpoint(last_ckpt)
         except CheckpointError as exc:
-            raise CheckpointError(f"cannot resume: {exc}. Nothing was changed. Move the file away to train "
-                                  f"from scratch (without --resume), or put back a good copy.") from None
+            advice = f"move {last_ckpt.name} away to train from scratch (without --resume), or put back a good copy"
+            best = ckpt_dir / "best.ckpt"
+            if best.is_file():
+                try:
+                    advice = (f"{best} (step {check_checkpoint(best)}, the best validated) is intact: copy it over "
+                              f"{last_ckpt.name} to resume from there, or {advice}")
+                except CheckpointError:
+                    pass
+            raise CheckpointError(f"cannot resume: {exc}. Nothing was changed; {advice}.") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
