@@ -130,7 +130,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_during_feature_extraction_leaves_no_worker_behind(tmp_path):
     """kill -9 of the parent while 2 worker processes extract features: the workers die too."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import numpy as np, sys
         from training.features import FeatureSettings, extract_corpus_features
         rng = np.random.default_rng(0)

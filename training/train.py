@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
