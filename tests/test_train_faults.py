@@ -241,8 +241,11 @@ def test_resume_appends_metrics_gets_a_fresh_time_budget_and_exports_what_it_rep
     torch.save(best, out / "checkpoints" / "best.ckpt")
     torch.save(ckpt, last)
 
+    stale = out / "checkpoints" / ".last.ckpt.k9x2_a1.tmp"                  # a save cut short by kill -9
+    stale.write_bytes(b"PK\3\4")
     assert _train(demo_corpus_dir, out, cache, "--max-steps", "8", "--val-every", "2", "--resume",
                   "--max-time", "10m") == 0
+    assert not stale.exists()
     summary = json.loads((out / "summary.json").read_text())
     t = summary["training"]
     assert t["steps"] == 8 and t["resumed_from_step"] == 4   # --max-time on resume: 10 more minutes

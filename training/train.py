@@ -282,6 +282,9 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     if cfg.resume and resume_from is None:
         log(f"--resume: no checkpoint at {last_ckpt}; starting fresh")
     # Under DDP Lightning re-launches this script once per extra device (LOCAL_RANK set): only rank 0 cleans up.
+    if ckpt_dir.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
+        for tmp in ckpt_dir.glob(".*.ckpt.*.tmp"):        # left by a kill -9 in the middle of a save
+            tmp.unlink()
     if resume_from is None and ckpt_dir.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
         stale = list(ckpt_dir.glob("*.ckpt"))
         for path in stale:
@@ -333,7 +336,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
             self.saved_at = time.monotonic()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if self.period_s > 0 and time.monotonic() - self.saved_at >= self.period_s:
+            due = self.period_s > 0 and time.monotonic() - self.saved_at >= self.period_s
+            if trainer.strategy.broadcast(due, src=0):      # every rank saves together (DDP)
                 trainer.save_checkpoint(str(last_ckpt))
                 self.saved_at = time.monotonic()
 
