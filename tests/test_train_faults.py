@@ -210,6 +210,17 @@ def test_corrupt_last_checkpoint_is_refused_and_nothing_is_overwritten(demo_corp
 
 
 @pytest.mark.slow
+def test_resume_without_last_checkpoint_keeps_best_and_says_how_to_use_it(demo_corpus_dir, run_copy, capsys):
+    out, cache = run_copy
+    (out / "checkpoints" / "last.ckpt").unlink()
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    rc = _train(demo_corpus_dir, out, cache, "--max-steps", "8", "--val-every", "2", "--resume")
+    err = capsys.readouterr().err
+    assert rc == 2 and "no " in err and "best.ckpt (step 4" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept
+
+
+@pytest.mark.slow
 def test_resume_appends_metrics_gets_a_fresh_time_budget_and_exports_what_it_reports(demo_corpus_dir, run_copy):
     import csv
     import json

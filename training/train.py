@@ -255,21 +255,28 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     last_ckpt = ckpt_dir / "last.ckpt"
     resume_from = str(last_ckpt) if cfg.resume and last_ckpt.exists() else None
     resume_step = 0
+
+    def resume_advice(fallback: str) -> str:
+        best = ckpt_dir / "best.ckpt"
+        try:
+            return (f"{best} (step {check_checkpoint(best)}, the best validated) is intact: copy it to "
+                    f"{last_ckpt.name} to resume from there, or {fallback}")
+        except CheckpointError:
+            return fallback
+
+    # Refuse before anything is written: a corrupt last.ckpt must neither start the run over nor be
+    # overwritten by a step-0 checkpoint, and the run's model file must stay.
     if resume_from is not None:
-        # Refuse before anything is written: a corrupt last.ckpt must neither start the run over nor be
-        # overwritten by a step-0 checkpoint, and the run's model file must stay.
         try:
             resume_step = check_checkpoint(last_ckpt)
         except CheckpointError as exc:
-            advice = f"move {last_ckpt.name} away to train from scratch (without --resume), or put back a good copy"
-            best = ckpt_dir / "best.ckpt"
-            if best.is_file():
-                try:
-                    advice = (f"{best} (step {check_checkpoint(best)}, the best validated) is intact: copy it over "
-                              f"{last_ckpt.name} to resume from there, or {advice}")
-                except CheckpointError:
-                    pass
+            advice = resume_advice(f"move {last_ckpt.name} away to train from scratch (without --resume), "
+                                   f"or put back a good copy")
             raise CheckpointError(f"cannot resume: {exc}. Nothing was changed; {advice}.") from None
+    elif cfg.resume and (ckpt_dir / "best.ckpt").is_file():
+        # --resume never deletes checkpoints (a fresh start would): say what there is instead.
+        advice = resume_advice("run without --resume to train from scratch (that removes the old checkpoints)")
+        raise CheckpointError(f"cannot resume: there is no {last_ckpt}. Nothing was changed; {advice}.")
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
