@@ -8,7 +8,8 @@ program, by timidity (another sample set). Figures, by the reference definitions
 (imported from there, not re-implemented): A-weighted loudness-contour L1 (16 kHz, 10 ms frames, frames within
 50 dB of the recording's loudest) and the multi-resolution spectral distance. Also a note grid (velocities
 32/64/96/127 on three pitches, 1 s each) through measure.py's ``grid``: velocity monotonic in loudness on every
-note, and the held notes' pitch error in cents.
+note, and the held notes' pitch error in cents. ``uncalibrated`` (the articulation without the model's
+measured input -> output loudness) shows what the calibration brings.
 
     python benchmarks/bench_expression.py cello=runs/cello/model.sdga:data/cello clarinet=...:... \\
         --phrases 3 --out benchmarks/results/expression_48k.json
@@ -37,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.demo_corpus import INSTRUMENTS, render_midi as fluidsynth_render, write_phrase_midi  # noqa: E402
 from instrument.apps.render import render_midi as model_render  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
 from instrument.engine.events import param_event  # noqa: E402
 from instrument.model.bundle import load_bundle  # noqa: E402
 from instrument.model.offline import encode_means, render_controls  # noqa: E402
@@ -46,6 +49,9 @@ from training.features import FeatureSettings, extract_corpus_features, extract_
 
 MEASURE = Path("/work/shared/measure/measure.py")
 FREEPATS_CFG = Path("/etc/timidity/freepats.cfg")
+# envelope: the ADSR (what the instrument played before); learned: the articulation; uncalibrated: the
+# articulation with velocity -> decoder input taken as the corpus's levels (no measurement of the model)
+MODES = ("envelope", "learned", "uncalibrated")
 
 
 def load_measure(path: Path):
@@ -168,6 +174,7 @@ def main(argv=None) -> int:
         elif bundle.expression is None:
             raise SystemExit(f"{model_path} has no learnt expression: give its corpus as {name}=MODEL:CORPUS")
         entry["articulation"] = bundle.expression.to_dict()
+        uncalibrated = replace(bundle, expression=replace(bundle.expression, level_input_db=()))
         program, low, high = INSTRUMENTS[name]
         sets = [("fluidr3", fluidsynth_render)] + ([("freepats", timidity_render)] if timidity_has(program) else [])
         rows = []
@@ -180,8 +187,10 @@ def main(argv=None) -> int:
                 renderer(midi_path, ref_path)
                 ref, _ = sf.read(str(ref_path), dtype="float32")
                 row = {"set": set_name, "phrase": k}
-                for mode in ("envelope", "learned"):
-                    audio, _ = model_render(bundle, midi_path, sr, initial_events=[param_event("expression", mode)])
+                for mode in MODES:
+                    played = uncalibrated if mode == "uncalibrated" else bundle
+                    expression = "envelope" if mode == "envelope" else "learned"
+                    audio, _ = model_render(played, midi_path, sr, initial_events=[param_event("expression", expression)])
                     out_path = Path(f"{stem}.{mode}.wav")
                     sf.write(str(out_path), np.clip(audio, -1, 1), sr, subtype="FLOAT")
                     row[mode] = figures(measure, ref_path, out_path)
@@ -191,11 +200,12 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"{name} {set_name} phrase {k}: loudness L1 dB / MSS  ADSR "
                       f"{row['envelope']['loudness_db_l1']:.2f} / {row['envelope']['mss']:.2f}   learnt "
-                      f"{row['learned']['loudness_db_l1']:.2f} / {row['learned']['mss']:.2f}   resynthesis "
+                      f"{row['learned']['loudness_db_l1']:.2f} / {row['learned']['mss']:.2f}   (uncalibrated "
+                      f"{row['uncalibrated']['loudness_db_l1']:.2f} / {row['uncalibrated']['mss']:.2f})   resynthesis "
                       f"{row['resynthesis']['loudness_db_l1']:.2f} / {row['resynthesis']['mss']:.2f}", flush=True)
         entry["phrases"] = rows
         entry["summary"] = {mode: {fig: summary([r[mode][fig] for r in rows]) for fig in ("loudness_db_l1", "mss")}
-                            for mode in ("envelope", "learned", "resynthesis")}
+                            for mode in MODES + ("resynthesis",)}
         grid_path = work / f"{name}_grid.mid"
         grid_midi(grid_path, program, low, high)
         grids = {}
