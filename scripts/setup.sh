@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(libportaudio2 libsndfile1 jackd2 liblo-tools puredata-core fluidsynth fluid-soundfont-gm ffmpeg)
+APT_PKGS=(libportaudio2 libsndfile1 jackd2 liblo-tools puredata-core fluidsynth fluid-soundfont-gm ffmpeg timidity freepats)
 
 need_apt=()
 for p in "${APT_PKGS[@]}"; do
