@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--osc-host", default="127.0.0.1",
                    help="address to listen on (default loopback; 0.0.0.0 lets anyone on the network play it)")
     o.add_argument("--no-osc", action="store_true", help="no OSC server")
+    w = p.add_argument_group("web control page")
+    w.add_argument("--web", type=int, nargs="?", const=8080, default=None, metavar="PORT",
+                   help="serve the control page on http://127.0.0.1:PORT/ (default port 8080; 0 = any free port)")
+    w.add_argument("--web-host", default="127.0.0.1",
+                   help="address the page listens on (default loopback; another one, e.g. 0.0.0.0 for a phone, "
+                        "requires the token printed at start)")
     c = p.add_argument_group("control")
     c.add_argument("--latent", action="append", default=[], metavar="NAME=KNOB",
                    help="start a latent (name or importance rank) at a 0..1 knob value; repeatable")
@@ -362,6 +368,33 @@ def _print_summary(s: dict, out) -> None:
               + (f", ERROR: {rec['error']}" if rec["error"] else ""), file=out)
 
 
+def _open_web(args, router, queue, bundle, session, model_path, log):
+    """The control page (instrument.io.web) when --web is given: loopback by default, a token off loopback."""
+    if args.web is None:
+        return None
+    from instrument.io.web import WebServer, is_loopback, new_token
+
+    audio, engine = session.audio, session.engine
+
+    def state() -> dict:                      # the web thread reads counters only
+        loads = audio.recent_loads(1.0)
+        return {"load": float(np.median(loads)) if loads.size else None, "underflows": audio.stats.underflows,
+                "voices": engine.voices.active_voices, "max_voices": engine.max_voices, "dropped": queue.dropped}
+
+    token = None if is_loopback(args.web_host) else new_token()
+    web = WebServer(router, queue, bundle, host=args.web_host, port=args.web, token=token, state=state,
+                    model_name=Path(model_path).name)
+    try:
+        web.start()
+    except OSError as exc:
+        raise UsageError(f"web: cannot listen on {args.web_host}:{args.web}: {exc}") from None
+    log(f"web: control page at {web.url()}")
+    if token is not None:
+        print(f"{PROG}: the control page listens on {args.web_host}: open it with its token, "
+              f"{web.url()} (a phone: this machine's address on the same network)", file=sys.stderr, flush=True)
+    return web
+
+
 # ---------------------------------------------------------------------------------------------- main
 def _list_devices() -> int:
     import sounddevice as sd
@@ -531,6 +564,9 @@ def _play(args, stop: threading.Event) -> int:
         router.watch()                         # hot reload of the mapping file
         started = time.monotonic()
         session = _Session(bundle, engine, queue, audio, midi, osc, recorder, started, effects)
+        web = _open_web(args, router, queue, bundle, session, model_path, log)
+        if web is not None:
+            stack.callback(web.close)
         block_ms = 1000.0 * args.block_size / sample_rate
         frame_ms = 1000.0 * engine.control_delay_samples / sample_rate
         log(f"audio: {info['name']} ({channels} ch, {sample_rate} Hz)")
@@ -556,6 +592,10 @@ def _play(args, stop: threading.Event) -> int:
             status_width[0] = 0
         audio.close()          # stop the stream first, then ports and the recording (the stack)
     summary = session.summary()
+    if web is not None:
+        from dataclasses import asdict
+
+        summary["web"] = {"address": [args.web_host, web.port], **asdict(web.stats)}
     _print_summary(summary, sys.stdout)
     if args.stats_json is not None:
         args.stats_json.parent.mkdir(parents=True, exist_ok=True)
