@@ -1,0 +1,183 @@
+"""The control page in a real browser: headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by
+selenium with the driver's path given, so nothing is downloaded) against ``sdga-play --web`` on a private JACK
+dummy server, and against a server in this process for the refusals.
+
+- a slider moved on the page changes the engine's latent (the exit summary's latents);
+- a CC from a JACK MIDI port moves the slider on the page;
+- a key pressed on the computer keyboard and one clicked on the on-screen keyboard play notes at their pitch
+  (found in the recording);
+- a wrong or missing token, and a page of another site (another origin) are refused.
+"""
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_play import (SR, Keyboard, Player, cents, f0_autocorrelation, held_part, jack, model_path,  # noqa: E402,F401
+                       notes_in, play_args, results)
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(CHROMIUM is None or not os.path.exists(CHROMEDRIVER),
+                                reason="chromium / chromium-driver not installed (scripts/setup.sh installs them)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):
+        options.add_argument(arg)
+    os.environ.setdefault("SE_OFFLINE", "true")          # selenium manager must not look anything up
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver, condition, timeout: float = 10.0, what: str = ""):
+    return WebDriverWait(driver, timeout, poll_frequency=0.02).until(lambda d: condition(d), what)
+
+
+def connected(driver) -> bool:
+    return driver.find_element(By.ID, "conn").get_attribute("class") == "on"
+
+
+def slider(driver, target: str):
+    return driver.find_element(By.ID, f"slider-{target}")
+
+
+def slider_value(driver, target: str) -> float:
+    return float(driver.execute_script("return arguments[0].value", slider(driver, target)))
+
+
+# ---------------------------------------------------------------------------------------------- with sdga-play
+@pytest.mark.slow
+def test_page_moves_the_engine_and_follows_midi(jack, model_path, browser, tmp_path):
+    from instrument.model.bundle import load_bundle
+
+    names = load_bundle(model_path, with_encoder=False).latent_names
+    keys = Keyboard("sdga_test_web")
+    try:
+        player = Player(play_args(model_path, tmp_path, "--duration", "120", "--midi", "sdga_test_web", "--no-osc",
+                                  "--web", "0", "--latent", f"{names[0]}=0", "--latent", f"{names[1]}=0"), env=jack)
+        line = player.wait_for("web: control page at", timeout=60)
+        url = re.search(r"http://\S+", line).group(0)
+        player.wait_for("sdga-play: playing")
+        browser.get(url)
+        wait(browser, connected, what="the page connects")
+        assert slider_value(browser, "latent/0") == pytest.approx(0.0, abs=1e-3)
+
+        # a slider moved on the page (keyboard End: the input event a drag makes) -> the engine's latent 0
+        s = slider(browser, "latent/0")
+        s.click()
+        s.send_keys(Keys.END)
+        # a CC from a JACK MIDI port (CC 2 -> latent/1 by default) -> the slider on the page
+        keys.send(0xB0, 2, 127)
+        wait(browser, lambda d: slider_value(d, "latent/1") == 1.0, what="the CC moves the slider")
+        assert browser.find_element(By.CSS_SELECTOR, '.slider[data-target="latent/1"] .value').text == "1.000"
+
+        time.sleep(0.5)
+        keys.send(0x90, 60, 100)                       # the reference: MIDI note 60 in the same timbre
+        time.sleep(1.2)
+        keys.send(0x80, 60, 0)
+        time.sleep(1.0)
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.click()                                   # focus off the slider: the keys play
+        ActionChains(browser).key_down("z").pause(1.2).key_up("z").perform()          # C4 (octave 4)
+        time.sleep(1.0)
+        key = browser.find_element(By.CSS_SELECTOR, '.key[data-offset="7"]')          # G4 on screen
+        ActionChains(browser).click_and_hold(key).pause(1.2).release().perform()
+        time.sleep(1.0)
+        state = browser.find_element(By.ID, "underflows").text
+        player.process.send_signal(signal.SIGTERM)
+        code = player.finish()
+    finally:
+        keys.close()
+    assert code == 0, player.output
+    audio, stats = results(tmp_path)
+    assert stats["latents"][names[0]] == pytest.approx(1.0, abs=1e-3), stats["latents"]
+    assert stats["latents"][names[1]] == pytest.approx(1.0, abs=1e-3), stats["latents"]
+    web = stats["web"]
+    assert web["connections"] >= 1 and web["malformed"] == 0 and web["errors"] == 0 and web["received"] >= 5, web
+    assert state.isdigit()                             # the live state reached the page
+    notes = notes_in(audio)
+    assert len(notes) == 3, notes
+    # the page's keys play MIDI notes 60 (key Z at octave 4) and 67 (the on-screen G): measured against MIDI
+    # note 60 itself (the pitch tracker may lock an octave below on a random model's timbre: compare in octaves)
+    reference, page_z, page_g = [f0_autocorrelation(held_part(audio, span), SR) for span in notes]
+    assert abs(cents(page_z, reference)) < 20.0, (reference, page_z)
+    assert abs((cents(page_g, reference) - 700.0 + 600.0) % 1200.0 - 600.0) < 30.0, (reference, page_g)
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+@pytest.fixture
+def token_server():
+    from instrument.controls.routing import default_router
+    from instrument.engine.events import EventQueue
+    from instrument.io.web import WebServer
+    from instrument.model.bundle import random_bundle
+
+    bundle = random_bundle(seed=0)
+    router = default_router(bundle=bundle)
+    queue = EventQueue()
+    with WebServer(router, queue, bundle, port=0, token="right-token") as server:
+        yield server, queue
+    router.close()
+
+
+def test_wrong_or_missing_token_is_refused(token_server, browser):
+    server, queue = token_server
+    for query in ("", "?token=wrong"):
+        browser.get(f"http://127.0.0.1:{server.port}/{query}")
+        time.sleep(1.0)
+        assert not connected(browser)
+    refused = server.stats.refused
+    assert refused >= 2
+    browser.get(f"http://127.0.0.1:{server.port}/?token=right-token")
+    wait(browser, connected, what="the page connects with the token")
+    assert server.stats.connections == 1
+
+
+def test_a_page_of_another_site_cannot_drive_the_instrument(token_server, browser, tmp_path):
+    """A page served from another origin (another port) opens a WebSocket to the instrument, with the right
+    token even: the Origin check refuses it, nothing reaches the queue."""
+    server, queue = token_server
+    (tmp_path / "evil.html").write_text(f"""<!doctype html><title>waiting</title><script>
+const ws = new WebSocket("ws://127.0.0.1:{server.port}/ws?token=right-token");
+ws.onopen = () => {{ document.title = "open"; ws.send(JSON.stringify({{a: "/sdga/note_on", v: [60, 100]}})); }};
+ws.onclose = () => {{ if (document.title !== "open") document.title = "refused"; }};
+</script>""")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{httpd.server_address[1]}/evil.html")
+        wait(browser, lambda d: d.title != "waiting", what="the other site's socket settles")
+        assert browser.title == "refused"
+    finally:
+        httpd.shutdown()
+    assert server.stats.refused == 1 and "Origin" in server.stats.last_error
+    assert len(queue) == 0
