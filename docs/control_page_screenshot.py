@@ -2,7 +2,8 @@
 
     .venv/bin/python docs/control_page_screenshot.py MODEL.sdga [OUT.png]
 
-Holds a chord from a JACK MIDI port and moves two knobs by CC so the live state and the sliders show something.
+Plays through mappings/default.yaml (its patches listed); holds a chord from a JACK MIDI port and moves two
+knobs by CC so the live state and the sliders show something.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def main() -> None:
         keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sdga_shot")
         keys.open_virtual_port("out")
         play = subprocess.Popen([sys.executable, "-m", "instrument.apps.play", str(model), "--device", "JACK",
-                                 "--no-osc", "--web", "0", "--midi", "sdga_shot", "--quiet"], cwd=ROOT, env=env,
+                                 "--no-osc", "--web", "0", "--midi", "sdga_shot", "--quiet",
+                                 "--mapping", str(ROOT / "mappings" / "default.yaml")], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = None
         for line in play.stdout:
@@ -50,8 +52,8 @@ def main() -> None:
             time.sleep(1.0)
             for note in (48, 55, 64):
                 keys.send_message([0x90, note, 90])
-            keys.send_message([0xB0, 1, 100])          # CC 1 -> latent/0
-            keys.send_message([0xB0, 2, 30])           # CC 2 -> latent/1
+            keys.send_message([0xB0, 70, 100])         # CC 70 -> latent/0 (mappings/default.yaml)
+            keys.send_message([0xB0, 71, 30])          # CC 71 -> latent/1
             time.sleep(1.5)
             height = driver.execute_script("return document.documentElement.scrollHeight")
             driver.set_window_size(1300, min(max(height, 700), 1600))

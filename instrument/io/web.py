@@ -130,10 +130,16 @@ def refusal(host: str | None, origin: str | None, token_given: str | None, token
 
 
 # ---------------------------------------------------------------------------------------------- page data
+# What of the model file's training record the card shows (``heldout`` is the held-out metrics, all of them).
+CARD_TRAINING_KEYS = ("steps", "fit_seconds", "best_val_loss", "beta", "split", "date", "untrained", "heldout")
+
+
 def _scalar_items(d: dict, depth: int = 0) -> dict:
     out = {}
     for key, value in (d or {}).items():
-        if isinstance(value, bool) or isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value)):
+        if isinstance(value, float) and math.isfinite(value):
+            out[str(key)] = float(f"{value:.4g}")
+        elif isinstance(value, (bool, int, str)):
             out[str(key)] = value
         elif isinstance(value, dict) and depth == 0:
             out.update({f"{key}.{k}": v for k, v in _scalar_items(value, 1).items()})
@@ -165,7 +171,8 @@ def page_layout(bundle, targets: dict, model_name: str = "") -> dict:
             "corpus files": corpus.files, "corpus minutes": round(corpus.minutes, 2),
             "f0 range hz": None if corpus.f0_range_hz is None else [round(x, 1) for x in corpus.f0_range_hz],
             "loudness range db": [round(x, 1) for x in corpus.loudness_range_db],
-            **{f"training.{k}": v for k, v in _scalar_items(bundle.metadata.get("training", {})).items()}}
+            **{f"training {k}": v for k, v in _scalar_items(bundle.metadata.get("training", {})).items()
+               if k.split(".")[0] in CARD_TRAINING_KEYS}}
     return {"latents": latents, "groups": groups, "card": card}
 
 

@@ -34,6 +34,7 @@ function fmt(spec, knob) {
   if (spec.choices && spec.choices.length) return spec.choices[Math.round(knob * (spec.choices.length - 1))];
   if (spec.unit === "knob") return knob.toFixed(3);
   let v = spec.low + (spec.high - spec.low) * Math.pow(knob, spec.curve);
+  if (Math.abs(v) < 0.005) v = 0;
   if (spec.unit === "channel") return v < 0 ? "omni" : String(Math.round(v) + 1);
   const digits = Math.abs(v) >= 100 ? 0 : Math.abs(v) >= 10 ? 1 : 2;
   return `${v.toFixed(digits)} ${spec.unit}`.trim();
