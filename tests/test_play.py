@@ -28,7 +28,7 @@ from instrument.model.bundle import random_bundle, save_bundle
 from instrument.model.modelfile import ModelFileError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from jack_dummy import JackUnavailable, jack_dummy_server  # noqa: E402
+from jack_dummy import JackUnavailable, jack_dummy_server, jack_unavailable  # noqa: E402
 
 SR = 48000
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def jack(tmp_path_factory):
             os.environ["JACK_NO_START_SERVER"] = "1"
             yield env
     except JackUnavailable as exc:
-        pytest.skip(str(exc))
+        jack_unavailable(str(exc))          # a failure where jackd is installed; a skip where it is not
     finally:
         for key, value in saved.items():
             if value is None:
