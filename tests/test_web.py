@@ -214,3 +214,49 @@ def test_a_port_in_use_is_an_oserror(served):
     server, router, queue = served
     with pytest.raises(OSError):
         WebServer(router, queue, server.bundle, port=server.port).start()
+
+
+def test_learn_from_the_page_arms_the_router(served):
+    server, router, queue = served
+    server.handle_text(json.dumps({"a": "/sdga/learn", "v": ["latent/2"]}))
+    assert router.learning == "latent/2" and server.hello()["state"]["learning"] == "latent/2"
+    server.handle_text(json.dumps({"a": "/sdga/learn/cancel"}))
+    assert router.learning is None
+
+
+def test_sdga_play_off_loopback_wants_the_printed_token(capsys):
+    """``--web-host 0.0.0.0``: a random token, printed as a URL at start; the WebSocket refuses a page without
+    it. On loopback: no token."""
+    from types import SimpleNamespace
+
+    from instrument.apps.play import _open_web
+
+    bundle = random_bundle(seed=0)
+    router = default_router(bundle=bundle)
+    session = SimpleNamespace(audio=None, engine=None)     # the state callback fails: the page shows an error
+    logged: list[str] = []
+    for host in ("127.0.0.1", "0.0.0.0"):
+        web = _open_web(SimpleNamespace(web=0, web_host=host), router, EventQueue(), bundle, session, "m.sdga",
+                        logged.append)
+        try:
+            url = f"http://127.0.0.1:{web.port}/ws"
+
+            async def status(query: str):
+                async with aiohttp.ClientSession() as s:
+                    try:
+                        async with s.ws_connect(url + query) as ws:
+                            return (await ws.receive_json())["t"]
+                    except aiohttp.WSServerHandshakeError as exc:
+                        return exc.status
+
+            if host == "127.0.0.1":
+                assert web.token is None and _run(status("")) == "hello"
+            else:
+                err = capsys.readouterr().err
+                assert web.token and len(web.token) >= 16 and f"?token={web.token}" in err
+                assert _run(status("")) == 403 and _run(status("?token=x")) == 403
+                assert _run(status(f"?token={web.token}")) == "hello"
+        finally:
+            web.close()
+    assert any("web: control page at http://127.0.0.1:" in line for line in logged)
+    router.close()
