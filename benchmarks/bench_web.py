@@ -15,9 +15,10 @@ sends): a :class:`~instrument.io.web.WebServer` over the default router, prepare
 A browser adds at most one animation frame (the page sends a slider's value once per frame) and its own
 event loop; those are not in these figures.
 
-``--soak S [--rounds N]``: sdga-play on a private JACK dummy server for S seconds, without a page and with a
-page client moving a slider 30 times a second, alternated N times; prints the underflows (after the first second) and callback load of
-each run.
+``--soak S [--rounds N]``: sdga-play on a private JACK dummy server for S seconds, with its web server on and
+(``SOAK_KINDS``) nothing moving, OSC moving latent/0 30 times a second, a page moving it 30 times a second;
+alternated N times. Prints each run's underflows (after the first second), callback load, sdga-play's CPU and
+its web thread's.
 """
 from __future__ import annotations
 
@@ -126,46 +127,87 @@ def latency(moves: int) -> None:
           f"{DEFAULT_SMOOTH_MS:g} ms after the first event)")
 
 
+def thread_cpu_s(pid: int, name: str) -> float:
+    """CPU seconds (user + system) the threads called ``name`` of process ``pid`` have used."""
+    import os
+
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == name:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def process_cpu_s(pid: int) -> float:
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SOAK_KINDS = ("idle", "osc", "page")     # nothing moves; OSC moves the slider's target 30/s; a page does
+
+
 def soak(seconds: float, rounds: int = 1) -> None:
     import aiohttp
+    from pythonosc.udp_client import SimpleUDPClient
 
     from jack_dummy import jack_dummy_server
     from instrument.model.bundle import random_bundle, save_bundle
 
+    def knob_at(t: float) -> float:
+        return round(0.5 + 0.45 * float(np.sin(2 * np.pi * 0.5 * t)), 4)
+
     with tempfile.TemporaryDirectory() as tmp, jack_dummy_server("sdga_bench_web", SR, BLOCK) as env:
         model = save_bundle(Path(tmp) / "model.sdga", random_bundle(seed=0))
-        for with_page in (False, True) * rounds:          # alternated: the machine's load drifts
-            stats = Path(tmp) / f"stats_{with_page}.json"
+        for kind in SOAK_KINDS * rounds:          # alternated: the machine's load drifts
+            stats = Path(tmp) / f"stats_{kind}.json"
             process = subprocess.Popen([sys.executable, "-m", "instrument.apps.play", str(model), "--device", "JACK",
-                                        "--no-osc", "--web", "0", "--duration", str(seconds), "--quiet",
+                                        "--osc-port", "0", "--web", "0", "--duration", str(seconds), "--quiet",
                                         "--stats-json", str(stats)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
-            url = None
+            url, osc_port = None, None
             for line in process.stdout:
                 if "web: control page at" in line:
                     url = line.split()[-1]
+                if "OSC: listening on udp" in line:
+                    osc_port = int(line.split()[4].rsplit(":", 1)[1])
                 if "playing" in line:
                     break
+            cpu0, t0 = process_cpu_s(process.pid), time.monotonic()
             moves = 0
-            if with_page and url:
+            if kind == "page":
                 async def drive() -> int:
                     n = 0
                     async with aiohttp.ClientSession() as s, s.ws_connect(url.replace("http", "ws") + "ws") as ws:
-                        t0 = time.monotonic()
                         while process.poll() is None and time.monotonic() - t0 < seconds - 1:
-                            knob = 0.5 + 0.45 * np.sin(2 * np.pi * 0.5 * (time.monotonic() - t0))
-                            await ws.send_str(json.dumps({"a": "/sdga/target/latent/0", "v": [round(knob, 4)]}))
+                            await ws.send_str(json.dumps({"a": "/sdga/target/latent/0",
+                                                          "v": [knob_at(time.monotonic() - t0)]}))
                             n += 1
                             await asyncio.sleep(1 / 30)
                     return n
                 moves = asyncio.run(drive())
+            elif kind == "osc":
+                client = SimpleUDPClient("127.0.0.1", osc_port)
+                while process.poll() is None and time.monotonic() - t0 < seconds - 1:
+                    client.send_message("/sdga/target/latent/0", knob_at(time.monotonic() - t0))
+                    moves += 1
+                    time.sleep(1 / 30)
+            else:
+                time.sleep(max(0.0, seconds - 1))
+            cpu = (process_cpu_s(process.pid) - cpu0) / (time.monotonic() - t0)
+            web_cpu = thread_cpu_s(process.pid, "sdga-web")
             process.stdout.read()
             process.wait()
             s = json.loads(stats.read_text())
-            print(f"{'page, slider 30/s' if with_page else 'no page          '}: {s['seconds']:.1f} s, underflows "
-                  f"{s['underflows'] - s['startup_underflows']} (after the first second), load median "
-                  f"{100 * s['load_median']:.1f} % p99 {100 * s['load_p99']:.1f} %, late {s['late_callbacks']}, "
-                  f"moves sent {moves}, web received {s['web']['received']}")
+            print(f"{kind:5s}: {s['seconds']:.1f} s, underflows {s['underflows'] - s['startup_underflows']} (after "
+                  f"the first second), callback load median {100 * s['load_median']:.1f} % p99 "
+                  f"{100 * s['load_p99']:.1f} %, late {s['late_callbacks']}, moves {moves}, sdga-play CPU "
+                  f"{100 * cpu:.0f} % of a core, its web thread {web_cpu:.2f} s ({100 * web_cpu / s['seconds']:.1f} %)")
 
 
 def main() -> None:

@@ -205,3 +205,29 @@ ws.onclose = () => {{ if (document.title !== "open") document.title = "refused";
         httpd.shutdown()
     assert server.stats.refused == 1 and "Origin" in server.stats.last_error
     assert len(queue) == 0
+
+
+def test_the_page_reconnects_after_the_instrument_restarts(browser):
+    """The server goes away (the page says offline) and comes back on the same port: the page reconnects by
+    itself and takes the new instrument's values."""
+    from instrument.controls.routing import default_router
+    from instrument.engine.events import EventQueue
+    from instrument.io.web import WebServer
+    from instrument.model.bundle import random_bundle
+
+    bundle = random_bundle(seed=0)
+    router = default_router(bundle=bundle)
+    server = WebServer(router, EventQueue(), bundle, port=0).start()
+    port = server.port
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait(browser, connected, what="the page connects")
+        server.close()
+        wait(browser, lambda d: not connected(d), what="the page notices the instrument is gone")
+        router.osc("/sdga/target/latent/0", (0.9,))          # the new instrument starts elsewhere
+        server = WebServer(router, EventQueue(), bundle, port=port).start()
+        wait(browser, connected, timeout=15, what="the page reconnects by itself")
+        wait(browser, lambda d: abs(slider_value(d, "latent/0") - 0.9) < 1e-3, what="and shows the new values")
+    finally:
+        server.close()
+        router.close()

@@ -188,6 +188,16 @@ class WebStats:
 
 
 # ---------------------------------------------------------------------------------------------- server
+def _name_os_thread(name: bytes) -> None:
+    """Give the calling thread its name in the OS too (top -H, /proc/PID/task/*/comm; Linux), best effort."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)     # PR_SET_NAME
+    except Exception:
+        pass
+
+
 class WebServer:
     """The control page's server on ``host:port`` (port 0: any free port, see :attr:`port`) in its own thread.
 
@@ -253,6 +263,7 @@ class WebServer:
         self.close()
 
     def _run(self) -> None:
+        _name_os_thread(b"sdga-web")
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
