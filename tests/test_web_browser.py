@@ -25,8 +25,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_play import (SR, Keyboard, Player, cents, held_part, jack, model_path,  # noqa: E402,F401
-                       note_hz, notes_in, play_args, results)
+import test_play  # noqa: E402
+from test_play import SR, Keyboard, Player, cents, held_part, note_hz, notes_in, play_args, results  # noqa: E402
+
+jack, model_path = test_play.jack, test_play.model_path          # its fixtures: the JACK dummy server, a model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

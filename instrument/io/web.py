@@ -29,11 +29,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 from urllib.parse import urlsplit
 
 from instrument.controls.addresses import OscError, match_address
-from instrument.engine.events import PARAMS, EventQueue
+from instrument.engine.events import EventQueue
 
 __all__ = ["WebServer", "WebMessageError", "decode_message", "refusal", "page_layout", "PARAM_GROUPS",
            "STATIC_DIR", "DEFAULT_WEB_PORT", "MAX_MESSAGE_BYTES", "new_token", "is_loopback"]
