@@ -151,6 +151,7 @@ def test_page_moves_the_engine_and_follows_midi(jack, model_path, browser, tmp_p
     web = stats["web"]
     assert web["connections"] >= 1 and web["malformed"] == 0 and web["errors"] == 0 and web["received"] >= 5, web
     assert state.isdigit()                             # the live state reached the page
+    assert "web: 1 page connections" in player.output
     notes = notes_in(audio)
     assert len(notes) == 2, notes
     f0s = [fundamental_hz(held_part(audio, span)) for span in notes]

@@ -355,6 +355,11 @@ def _print_summary(s: dict, out) -> None:
     if osc is not None:
         print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC)"
               + (f" (last: {osc['last_error']})" if osc["last_error"] else ""), file=out)
+    web = s.get("web")
+    if web is not None:
+        print(f"  web: {web['connections']} page connections, {web['received']} messages, {web['errors']} refused by "
+              f"the router, {web['malformed']} malformed, {web['refused']} connections refused (origin, host, token)"
+              + (f" (last: {web['last_error']})" if web["last_error"] else ""), file=out)
     if s["hook_errors"]:
         print(f"  hook errors: {s['hook_errors']} (ramps or effects failed; those blocks played dry)", file=out)
     print("  effects: " + (" > ".join(s["effects"]["chain"]) or "none"), file=out)
