@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -448,3 +449,35 @@ def test_mapping_file_routes_midi(jack, model_path, tmp_path):
     midi = stats["midi"]          # a smoothed binding returns no event at once (its ramp comes per block)
     assert midi["received"] + midi["ignored"] == 1 and midi["malformed"] == 0 and stats["engine_errors"] == 0
     assert "mine.yaml" in player.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_audio_server_dying_mid_set_stops_with_summary_and_recording(model_path, tmp_path, sig):
+    """jackd killed while sdga-play plays (a private server, so the other tests keep theirs): sdga-play notices
+    (no callback arrives; PortAudio's stop would wait forever), says so, exits 3 well before --duration with its
+    summary and --stats-json, and the --record WAV is valid and holds every block the callbacks rendered."""
+    name = f"sdga_play_dies_{os.getpid()}_{int(sig)}"
+    try:
+        server = jack_dummy_server(name, SR, 128, tmp_path / "jackd.log")
+        env = server.__enter__()
+    except JackUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        player = Player(play_args(model_path, tmp_path, "--duration", "60", "--no-osc", "--midi-api", "jack"),
+                        env=env)
+        player.wait_for("sdga-play: playing", timeout=60)
+        time.sleep(1.5)
+        os.kill(int(env["JACKD_PID"]), sig)
+        killed = time.monotonic()
+        code = player.finish(timeout=30)
+        took_s = time.monotonic() - killed
+    finally:
+        server.__exit__(None, None, None)
+    assert code == 3, player.output
+    assert took_s < 15.0, took_s
+    assert "AUDIO LOST" in player.output and "sdga-play summary" in player.output
+    audio, stats = results(tmp_path)
+    assert stats["audio_lost"] and stats["callbacks"] * 128 / SR > 1.0
+    assert len(audio) == stats["callbacks"] * 128 == round(stats["record"]["seconds"] * SR)
+    data = (tmp_path / "take.wav").read_bytes()         # the header's sizes, which other readers trust
+    assert struct.unpack("<I", data[4:8])[0] == len(data) - 8
