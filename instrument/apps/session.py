@@ -172,7 +172,7 @@ class Session:
         osc = self.osc
         return {"address": list(osc.address), "received": osc.received, "errors": osc.errors,
                 "malformed_packets": osc.malformed_packets, "last_error": osc.last_error,
-                "kernel_drops": getattr(osc, "kernel_drops", 0)}
+                "kernel_drops": osc.kernel_drops, "parser_warnings": osc.parser_warnings}
 
 
 def print_summary(s: dict, out) -> None:
@@ -194,8 +194,7 @@ def print_summary(s: dict, out) -> None:
           + (f" (last: {midi['last_error']})" if midi["last_error"] else ""), file=out)
     if osc is not None:
         print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC)"
-              + (f", {osc['kernel_drops']} dropped by the kernel (socket buffer full)" if osc.get("kernel_drops")
-                 else "")
+              + (f", {osc['kernel_drops']} dropped by the kernel (socket buffer full)" if osc["kernel_drops"] else "")
               + (f" (last: {osc['last_error']})" if osc["last_error"] else ""), file=out)
     if s["hook_errors"]:
         print(f"  hook errors: {s['hook_errors']} (ramps or effects failed; those blocks played dry)", file=out)
