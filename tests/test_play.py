@@ -428,6 +428,15 @@ def test_corrupt_model_is_refused_before_any_device(model_path, tmp_path):
     assert not (tmp_path / "take.wav").exists()
 
 
+def test_huge_block_size_is_warned_about(model_path, tmp_path):
+    """``--block-size 100000`` (2 s of latency at 48 kHz) plays, but says what it costs."""
+    player = Player([str(model_path), "--block-size", "100000", "--device", "no such device", "--no-osc",
+                     "--no-virtual-midi"], env={**os.environ, "JACK_NO_START_SERVER": "1"})
+    code = player.finish(timeout=120)
+    assert code == 2, player.output             # the device does not exist: refused after the warning
+    assert "WARNING: --block-size 100000 at 48000 Hz is 2083 ms per block" in player.output
+
+
 def test_mapping_file_routes_midi(jack, model_path, tmp_path):
     """``--mapping`` loads instrument.controls.mapping's router: a CC bound in the YAML file moves its latent (through the
     router's smoothing ramps, which the callback merges into each block)."""

@@ -35,6 +35,7 @@ from instrument.engine.events import LatentSet, NoteOn, param_event, param_spec
 __all__ = ["main", "build_parser"]
 
 PROG = "sdga-play"
+MAX_LIVE_BLOCK_MS = 50.0        # a longer block plays, with a warning: its latency is felt
 
 
 class UsageError(Exception):
@@ -389,6 +390,11 @@ def _build_engine(args, inst: _Instrument, log):
     sys.setswitchinterval(0.001)      # the callback waits at most ~1 ms for the GIL held by another thread
     bundle, router = inst.bundle, inst.router
     sample_rate = int(args.sample_rate or bundle.config.sample_rate)
+    block_ms = 1000.0 * args.block_size / sample_rate
+    if block_ms > MAX_LIVE_BLOCK_MS:
+        print(f"{PROG}: WARNING: --block-size {args.block_size} at {sample_rate} Hz is {block_ms:.0f} ms per block: "
+              f"each note sounds that much after its key (live play wants <= {MAX_LIVE_BLOCK_MS:g} ms; 64..512 "
+              f"frames)", file=sys.stderr, flush=True)
     _warm_up(bundle, sample_rate, args.block_size, args.voices)
     engine = Engine(bundle)
     engine.prepare(sample_rate, args.block_size, args.voices)
