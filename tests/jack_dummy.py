@@ -31,7 +31,8 @@ def jack_env(name: str) -> dict[str, str]:
 
 @contextmanager
 def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, log_path: Path | None = None,
-                      timeout_s: float = 15.0, realtime: bool = False) -> Iterator[dict[str, str]]:
+                      timeout_s: float = 15.0, realtime: bool = False,
+                      _release: bool = True) -> Iterator[dict[str, str]]:
     """``realtime``: run jackd (and so its clients' process threads) with SCHED_FIFO, as a live setup would;
     needs the privilege (root or an rtprio limit)."""
     if shutil.which("jackd") is None or shutil.which("jack_lsp") is None:
@@ -59,11 +60,17 @@ def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, lo
             process.wait()
         if log is not subprocess.DEVNULL:
             log.close()
-        if process.returncode == -signal.SIGKILL:
-            # A killed jackd leaves its entry in JACK's shared registry, which holds 8 servers for the whole
-            # machine and frees an entry only when a server of the same name exits cleanly: do that now.
+        if process.returncode != 0 and _release:
+            # A jackd killed (or crashed) leaves its entry in JACK's shared registry, which holds 8 servers for the
+            # whole machine and frees an entry only when a server of the same name exits cleanly: do that now.
             try:
-                with jack_dummy_server(name, sample_rate, period, timeout_s=timeout_s):
+                with jack_dummy_server(name, sample_rate, period, timeout_s=timeout_s, _release=False):
                     pass
             except JackUnavailable:
+                pass
+        # the semaphores and sockets that clients of a server gone under them leave in /dev/shm
+        for leftover in [*Path("/dev/shm").glob(f"jack_sem.*_{name}_*"), *Path("/dev/shm").glob(f"jack_{name}_*")]:
+            try:
+                leftover.unlink()
+            except OSError:
                 pass

@@ -470,11 +470,12 @@ def test_mapping_file_routes_midi(jack, model_path, tmp_path):
     assert "mine.yaml" in player.output
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP], ids=["SIGKILL", "SIGTERM", "SIGSTOP"])
 def test_audio_server_dying_mid_set_stops_with_summary_and_recording(model_path, tmp_path, sig):
-    """jackd killed while sdga-play plays (a private server, so the other tests keep theirs): sdga-play notices
-    (no callback arrives; PortAudio's stop would wait forever), says so, exits 3 well before --duration with its
-    summary and --stats-json, and the --record WAV is valid and holds every block the callbacks rendered."""
+    """jackd killed (or frozen: SIGSTOP, no callback for 3 s) while sdga-play plays (a private server, so the
+    other tests keep theirs): sdga-play notices (PortAudio's stop would wait forever), says so, exits 3 well
+    before --duration with its summary and --stats-json, and the --record WAV is valid and holds every block the
+    callbacks rendered."""
     name = f"sdga_play_dies_{os.getpid()}_{int(sig)}"
     try:
         server = jack_dummy_server(name, SR, 128, tmp_path / "jackd.log")
@@ -491,6 +492,8 @@ def test_audio_server_dying_mid_set_stops_with_summary_and_recording(model_path,
         code = player.finish(timeout=30)
         took_s = time.monotonic() - killed
     finally:
+        if sig == signal.SIGSTOP:
+            os.kill(int(env["JACKD_PID"]), signal.SIGCONT)
         server.__exit__(None, None, None)
     assert code == 3, player.output
     assert took_s < 15.0, took_s

@@ -270,7 +270,7 @@ class AudioOutput:
 
         thread = threading.Thread(target=stop, name="sdga-audio-close", daemon=True)
         thread.start()
-        thread.join(timeout_s)
+        thread.join(min(timeout_s, 0.5) if lost else timeout_s)      # a dead server's abort hangs: wait little
         if thread.is_alive():
             import sounddevice as sd
 
