@@ -11,19 +11,17 @@ EXIT_BAD_INPUT = 2
 
 def format_card(path: Path, bundle) -> str:
     c = bundle.config
-    corpus = bundle.metadata.get("corpus", {})
+    corpus = bundle.corpus
     training = bundle.metadata.get("training", {})
     heldout = training.get("heldout", {}) or {}
     lines = [f"sdga model: {path}",
              f"  sample rate {c.sample_rate} Hz, control frame {c.hop_size} samples "
              f"({1000 * c.hop_size / c.sample_rate:.2f} ms), {c.n_harmonics} harmonics, {c.n_noise_bands} noise bands, "
              f"{c.latent_dim} latents"]
-    if corpus:
-        f0r = corpus.get("f0_range_hz")
-        ldr = corpus.get("loudness_range_db")
-        lines.append(f"  corpus: {corpus.get('files', '?')} files, {corpus.get('minutes', 0):.1f} min"
-                     + (f", pitch {f0r[0]:.0f}-{f0r[1]:.0f} Hz" if f0r else "")
-                     + (f", loudness {ldr[0]:.0f}..{ldr[1]:.0f} dB" if ldr else ""))
+    f0r, ldr = corpus.f0_range_hz, corpus.loudness_range_db
+    lines.append(f"  corpus: {corpus.files} files, {corpus.minutes:.1f} min"
+                 + (f", pitch {f0r[0]:.0f}-{f0r[1]:.0f} Hz" if f0r else "")
+                 + f", loudness {ldr[0]:.0f}..{ldr[1]:.0f} dB")
     if training:
         lines.append(f"  training: {training.get('steps', '?')} steps in {training.get('fit_seconds', '?')} s, "
                      f"beta {training.get('beta', '?')}, augmentation {'on' if training.get('augment') else 'off'}, "
@@ -52,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdga-info: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        meta = dict(bundle.metadata, model_config=bundle.config.to_dict(), latents=[l.to_dict() for l in bundle.latents])
+        meta = dict(bundle.metadata, model_config=bundle.config.to_dict(), latents=[l.to_dict() for l in bundle.latents],
+                    corpus=bundle.corpus.to_dict())
         print(json.dumps(meta, indent=2))
     else:
         print(format_card(args.model, bundle))

@@ -33,11 +33,11 @@ def _held_note(f0_hz: float, loudness_db: float, seconds: float, hop_size: int, 
 def _render_note(bundle, f0_hz: float, loudness_db: float, z: np.ndarray, seconds: float):
     """(audio, harmonic, noise, harmonic distribution (F, H)) of a held note."""
     import torch
-    from instrument.model.offline import render_controls
+    from instrument.model.offline import render_parts
 
     c = bundle.config
     f0, ld = _held_note(f0_hz, loudness_db, seconds, c.hop_size, c.sample_rate)
-    harmonic, noise = render_controls(bundle.decoder, f0, ld, z, seed=7, return_parts=True)
+    harmonic, noise = render_parts(bundle.decoder, f0, ld, z, seed=7)
     with torch.inference_mode():
         controls, _ = bundle.decoder.controls(torch.as_tensor(f0).view(1, -1), torch.as_tensor(ld).view(1, -1),
                                               torch.as_tensor(np.asarray(z, np.float32)).view(1, 1, -1)
@@ -123,11 +123,7 @@ def _test_pitches(bundle, n_pitches: int) -> list[float]:
 
 
 def _corpus_loudness(bundle) -> float:
-    corpus = bundle.metadata.get("corpus", {})
-    if corpus.get("loudness_median_db") is not None:
-        return float(corpus["loudness_median_db"])
-    lo, hi = corpus.get("loudness_range_db") or (-60.0, -10.0)
-    return 0.5 * (float(lo) + float(hi))
+    return bundle.corpus.reference_loudness_db
 
 
 def invariance_check(bundle, n_steps: int = 5, pitches_hz: Sequence[float] | None = None, n_pitches: int = 3,
@@ -205,8 +201,7 @@ def midi_play_accuracy(bundle, notes: Sequence[int] | None = None, velocities: S
     errors (|cents| > 600) and unvoiced renders; whether measured loudness rises with velocity at every note
     (`loudness_rises`, and the fraction of notes where it does) and the mean slope dB out per dB in."""
     c = bundle.config
-    corpus = bundle.metadata.get("corpus", {})
-    ld_range = corpus.get("loudness_range_db") or (-60.0, -10.0)
+    ld_range = bundle.corpus.loudness_range_db
     if notes is None:
         lo, hi = bundle.f0_range_hz()
         notes = list(range(int(math.ceil(69 + 12 * math.log2(lo / 440))), int(math.floor(69 + 12 * math.log2(hi / 440))) + 1))

@@ -13,9 +13,7 @@ def traversal_audio(bundle: ModelBundle, latent_position: int, knobs=(0.0, 0.25,
                     seconds_per_step: float = 0.6) -> np.ndarray:
     """One held note per knob value of a latent (others at their mean), concatenated with short gaps."""
     c = bundle.config
-    corpus = bundle.metadata.get("corpus", {})
-    f0_hz = corpus.get("f0_median_hz") or 220.0
-    loud = corpus.get("loudness_median_db", -30.0)
+    f0_hz, loud = bundle.corpus.reference_f0_hz, bundle.corpus.reference_loudness_db
     info = bundle.latents[latent_position]
     n = int(seconds_per_step * c.sample_rate / c.hop_size)
     parts = []

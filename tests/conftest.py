@@ -27,6 +27,21 @@ def demo_corpus_dir(tmp_path_factory) -> Path:
     return out_dir
 
 
+@pytest.fixture(scope="session")
+def trained_model(demo_corpus_dir, tmp_path_factory) -> Path:
+    """A tiny trained model file (6 steps on the demo corpus, 4 latents): what a real run exports, for tests
+    that play a trained model rather than random weights. Trained once per session."""
+    from training.cli import train_main
+
+    out = tmp_path_factory.mktemp("trained_model")
+    rc = train_main([str(demo_corpus_dir), "-o", str(out), "--max-steps", "6", "--max-time", "5m",
+                     "--batch-size", "2", "--window", "0.5", "--val-every", "3",
+                     "--cache-dir", str(tmp_path_factory.mktemp("trained_model_cache")),
+                     "--augment-variants", "1", "--latents", "4", "--no-progress", "--threads", "2"])
+    assert rc == 0
+    return out / "model.sdga"
+
+
 @pytest.fixture
 def sine_wav(tmp_path) -> Callable[..., Path]:
     """Factory: ``sine_wav("sub/a.flac", f_hz=440, seconds=1, sample_rate=48000, channels=1, amplitude=0.5,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from instrument.model.bundle import CorpusInfo
 from training.attributes import ATTRIBUTES, attribute_loss, attribute_n_fft, frame_attributes
 from evaluation.synthetic_corpus import synthesize_segment
 
@@ -116,7 +117,7 @@ def test_anchored_latents_are_named_after_their_attributes_when_they_move_them(m
     monkeypatch.setattr(export, "encode_means", fake_encode_means)
     monkeypatch.setattr(export, "sweep_descriptors", fake_sweep)
     example = SimpleNamespace(audio=np.zeros(SR, np.float32), features=SimpleNamespace(f0_hz=np.full(376, 300.0)))
-    stats = {"f0_median_hz": 300.0, "loudness_median_db": -30.0}
+    stats = CorpusInfo(f0_median_hz=300.0, loudness_median_db=-30.0)
     names = {}
     for weight in (0.3, 0.0):
         module = SdgaModule(config.to_dict(), {"attribute_weight": weight})

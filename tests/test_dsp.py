@@ -123,3 +123,24 @@ def test_sine_has_expected_pitch_and_level():
     peak_hz = np.argmax(spec) * SR / len(x)
     assert abs(peak_hz - 440.0) < SR / len(x)
     assert abs(np.max(np.abs(x)) - 0.5) < 1e-3
+
+
+def test_pitch_and_input_scalings_agree_for_tensors_and_in_place_arrays():
+    """The engine computes the decoder's inputs with the model's own functions on preallocated arrays (``out=``);
+    they must give what the decoder computes from tensors."""
+    from instrument.model.networks import Decoder, ModelConfig
+
+    config = ModelConfig()
+    midi = np.array([21.0, 57.5, 69.0, 100.25])
+    f0_out = np.zeros(4)
+    assert dsp.midi_to_hz(midi, out=f0_out) is f0_out
+    np.testing.assert_allclose(f0_out, dsp.midi_to_hz(torch.from_numpy(midi)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(f0_out[2], 440.0)
+    np.testing.assert_allclose(dsp.hz_to_midi(torch.from_numpy(f0_out)).numpy(), midi, atol=1e-9)
+    loudness_db = np.array([-80.0, -40.0, -12.0, 0.0])
+    f0_in, ld_in = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    assert config.f0_input(midi, out=f0_in) is f0_in and config.loudness_input(loudness_db, out=ld_in) is ld_in
+    want_f0, want_ld = Decoder(config).scale_inputs(torch.from_numpy(f0_out).float(), torch.from_numpy(loudness_db).float())
+    np.testing.assert_allclose(f0_in, want_f0[:, 0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(ld_in, want_ld[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(ld_in, (loudness_db - config.loudness_center_db) / config.loudness_scale_db, atol=1e-6)

@@ -1,7 +1,7 @@
 """Contract of the live I/O around the engine: OSC address space and server, JACK MIDI input, audio stream.
 
-The JACK tests start their own server (`jackd --no-realtime -d dummy`, a private server name) and skip when
-jackd is not installed or does not start.
+The JACK tests start their own server (`jackd --no-realtime -d dummy`, a private server name); where jackd is
+installed (or CI=true) a server that does not start fails them, else they skip (tests/jack_dummy.py).
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from instrument.engine.engine import Engine
 from instrument.engine.events import (ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet,
                                PitchBend)
 from instrument.io.osc import DEFAULT_OSC_PORT, OSC_SPECS, OscError, OscServer, osc_event
+
+sys.path.insert(0, os.path.dirname(__file__))
+from jack_dummy import JackUnavailable, jack_dummy_server, jack_unavailable  # noqa: E402
 
 LATENTS = random_bundle().latents
 
@@ -166,38 +169,26 @@ def test_osc_drives_the_engine():
 # ---------------------------------------------------------------------------------------------- JACK
 @pytest.fixture(scope="module")
 def jack_server(tmp_path_factory):
-    """A private JACK server with the dummy driver (48 kHz, 128-frame periods), for this module's tests."""
-    if shutil.which("jackd") is None or shutil.which("jack_lsp") is None:
-        pytest.skip("jackd not installed")
+    """A private JACK server with the dummy driver (48 kHz, 128-frame periods), for this module's tests; fails
+    where jackd is installed and does not come up (tests/jack_dummy.py), skips where it is not installed."""
     name = f"sdga_test_{os.getpid()}"
     saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    os.environ["JACK_DEFAULT_SERVER"] = name
-    os.environ["JACK_NO_START_SERVER"] = "1"
-    log = open(tmp_path_factory.mktemp("jack") / "jackd.log", "w")
-    process = subprocess.Popen(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
-                               stdout=log, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:
-        result = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=10)
-        return "system:playback_1" in result.stdout
-
+    portaudio = None
     try:
-        if not wait_for(ready, timeout=15.0):
-            pytest.skip("jackd did not start")
-        yield name
-    finally:
-        portaudio = sys.modules.get("sounddevice")
-        if portaudio is not None:          # leave JACK while the server is up (PortAudio asserts otherwise)
-            portaudio._terminate()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        if portaudio is not None:          # no server now and autostart off: PortAudio comes back without JACK
+        with jack_dummy_server(name, 48000, 128, tmp_path_factory.mktemp("jack") / "jackd.log"):
+            os.environ["JACK_DEFAULT_SERVER"] = name
+            os.environ["JACK_NO_START_SERVER"] = "1"
+            try:
+                yield name
+            finally:
+                portaudio = sys.modules.get("sounddevice")
+                if portaudio is not None:      # leave JACK while the server is up (PortAudio asserts otherwise)
+                    portaudio._terminate()
+        if portaudio is not None:              # no server now and autostart off: PortAudio comes back without JACK
             portaudio._initialize()
+    except JackUnavailable as exc:
+        jack_unavailable(str(exc))
+    finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -264,7 +255,7 @@ def test_audio_output_renders_in_the_callback(jack_server):
     devices = [i for i, d in enumerate(sd.query_devices())
                if d["max_output_channels"] >= 2 and "JACK" in sd.query_hostapis(d["hostapi"])["name"]]
     if not devices:
-        pytest.skip("PortAudio has no JACK device")
+        jack_unavailable("PortAudio has no JACK device")
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,11 +1,11 @@
 """Mappings over real transports: JACK MIDI through the dummy server, OSC over UDP from liblo's oscsend, and
-the shipped Pd patch (mappings/sdga.pd) run headless by real Pd, each feeding a router whose events drive
-the engine. Skips when jackd / oscsend / pd are not installed."""
+the shipped Pd patch (mappings/sdga.pd) run headless by real Pd, each feeding a router (through OscServer, as
+sdga-play wires it) whose events drive the engine. Skips when oscsend / pd are not installed; the JACK test
+fails where jackd is installed but does not start (tests/jack_dummy.py) and skips only where it is not."""
 from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import pytest
 
 from instrument.engine.engine import Engine
 from instrument.engine.events import EventQueue, LatentSet, NoteOff, NoteOn, Param, ParamSet, PitchBend
-from instrument.controls.mapping import load_router
+from instrument.controls.router import load_router
+from instrument.io.osc import OscServer
 from test_engine_io import jack_server  # noqa: F401  (the private dummy JACK server fixture)
 from test_mapping import named_bundle, wait_for
 
@@ -43,37 +44,6 @@ def router(tmp_path, bundle):
     router = load_router(path, bundle)
     yield router
     router.close()
-
-
-class RoutedOscServer:
-    """A python-osc UDP server on a free port whose handler is the router (as sdga-play wires it)."""
-
-    def __init__(self, router, queue: EventQueue):
-        from pythonosc.dispatcher import Dispatcher
-        from pythonosc.osc_server import BlockingOSCUDPServer
-
-        self.router, self.queue, self.errors, self.received = router, queue, [], 0
-        dispatcher = Dispatcher()
-        dispatcher.set_default_handler(self._handle)
-        self.server = BlockingOSCUDPServer(("127.0.0.1", 0), dispatcher)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def _handle(self, address, *args):
-        self.received += 1
-        try:
-            for event in self.router.osc(address, args):
-                self.queue.push(event)
-        except ValueError as exc:
-            self.errors.append(str(exc))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def play(bundle, events) -> np.ndarray:
@@ -120,32 +90,32 @@ def test_jack_midi_through_the_router(jack_server, router, bundle):  # noqa: F81
 @pytest.mark.skipif(shutil.which("oscsend") is None, reason="liblo-tools (oscsend) not installed")
 def test_oscsend_over_udp_through_the_router(router, bundle):
     queue = EventQueue()
-    with RoutedOscServer(router, queue) as server:
+    with OscServer(queue, bundle.latents, port=0, router=router) as server:     # the server sdga-play runs
         for args in (["/1/fader1", "f", "0.75"], ["/3/xy", "ff", "0.1", "0.5"], ["/sdga/note_on", "ii", "60", "90"],
                      ["/nowhere", "f", "1"]):
-            subprocess.run(["oscsend", "127.0.0.1", str(server.port), *args], check=True, timeout=10)
+            subprocess.run(["oscsend", "127.0.0.1", str(server.address[1]), *args], check=True, timeout=10)
         assert wait_for(lambda: server.received == 4)
     events = list(queue.drain())
     assert events == [LatentSet(0, 0.75, knob=True), ParamSet(Param.RELEASE_MS, 600.0), NoteOn(60, 90, 0)]
-    assert len(server.errors) == 1 and "/nowhere" in server.errors[0]
+    assert server.errors == 1 and "/nowhere" in server.last_error
     assert np.abs(play(bundle, events)).max() > 0
 
 
 @pytest.mark.skipif(shutil.which("pd") is None, reason="puredata not installed")
 def test_shipped_pd_patch_plays_through_the_router(router, bundle):
     queue = EventQueue()
-    with RoutedOscServer(router, queue) as server:
+    with OscServer(queue, bundle.latents, port=0, router=router) as server:     # the server sdga-play runs
         # The patch connects to 9000 on load; the first -send points it at this test's port, the second plays
         # its scripted sequence, which ends with "pd quit".
         result = subprocess.run(["pd", "-nogui", "-nosound", "-nomidi", "-batch",
                                  "-open", str(ROOT / "mappings" / "sdga.pd"),
-                                 "-send", f"sdga-connect {server.port}", "-send", "sdga-script bang"],
+                                 "-send", f"sdga-connect {server.address[1]}", "-send", "sdga-script bang"],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         assert "error" not in (result.stdout + result.stderr).lower(), result.stderr
         assert wait_for(lambda: server.received == 7)
     events = list(queue.drain())
-    assert not server.errors
+    assert server.errors == 0, server.last_error
     assert [type(e) for e in events] == [NoteOn, LatentSet, LatentSet, LatentSet, NoteOn, NoteOff, NoteOff]
     assert (events[0].note, events[0].velocity) == (60.0, 100.0) and events[4].note == 64.0     # Pd sends floats
     latents = [(e.index, round(e.value, 6), e.knob) for e in events[1:4]]

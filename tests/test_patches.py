@@ -15,8 +15,9 @@ import torch
 from instrument.engine.effects import EFFECTS, EffectConfig, EffectsChain, effects_available
 from instrument.engine.engine import Engine
 from instrument.engine.events import LatentSet, NoteOn, Param, param_event
-from instrument.controls.mapping import load_router
-from instrument.controls.patches import PATCH_KEYS, Patch, PatchError, load_patch, load_patches, save_engine_patch, save_patch
+from instrument.controls.router import load_router
+from instrument.controls.patches import (PATCH_KEYS, Patch, PatchError, engine_sound, load_patch, load_patches,
+                                        save_patch, save_sound)
 from test_mapping import named_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,13 +133,13 @@ def test_save_patch_round_trips(tmp_path, bundle):
     assert not (tmp_path / "bad.yaml").exists()
 
 
-def test_save_engine_patch_recalls_the_same_sound(tmp_path, bundle):
+def test_saving_what_the_engine_plays_recalls_the_same_sound(tmp_path, bundle):
     engine = Engine(bundle)
     engine.prepare(SR, BLOCK, 2)
     events = [LatentSet(0, 0.9, knob=True), LatentSet(5, 0.1, knob=True), param_event("noise_gain_db", -7.5),
               param_event("release_ms", 1234.0), param_event("voice_mode", "mono")]
     engine.process(events, np.zeros(BLOCK, np.float32))
-    path = save_engine_patch(tmp_path / "now.yaml", engine, model=tmp_path / "m.sdga")
+    path = save_sound(tmp_path / "now.yaml", bundle, *engine_sound(engine), model=tmp_path / "m.sdga")
     patch = load_patch(path, bundle)
     fresh = Engine(bundle)
     fresh.prepare(SR, BLOCK, 2)

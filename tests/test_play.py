@@ -29,7 +29,7 @@ from instrument.model.bundle import random_bundle, save_bundle
 from instrument.model.modelfile import ModelFileError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from jack_dummy import JackUnavailable, jack_dummy_server  # noqa: E402
+from jack_dummy import JackUnavailable, jack_dummy_server, jack_unavailable  # noqa: E402
 
 SR = 48000
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def jack(tmp_path_factory):
             os.environ["JACK_NO_START_SERVER"] = "1"
             yield env
     except JackUnavailable as exc:
-        pytest.skip(str(exc))
+        jack_unavailable(str(exc))          # a failure where jackd is installed; a skip where it is not
     finally:
         for key, value in saved.items():
             if value is None:
@@ -481,7 +481,7 @@ def test_audio_server_dying_mid_set_stops_with_summary_and_recording(model_path,
         server = jack_dummy_server(name, SR, 128, tmp_path / "jackd.log")
         env = server.__enter__()
     except JackUnavailable as exc:
-        pytest.skip(str(exc))
+        jack_unavailable(str(exc))
     try:
         player = Player(play_args(model_path, tmp_path, "--duration", "60", "--no-osc", "--midi-api", "jack"),
                         env=env)

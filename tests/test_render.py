@@ -153,3 +153,21 @@ def test_midi_file_events_honour_tempo(tmp_path):
     events, length = midi_file_events(path, SR)
     assert [s for s, _ in events] == [SR, 2 * SR]
     assert length == 2 * SR
+
+
+def test_offline_render_is_the_sum_of_its_parts_in_any_chunking():
+    from instrument.model.offline import RenderedParts, render_controls, render_parts
+
+    torch.set_num_threads(1)
+    bundle = random_bundle(seed=5)
+    n = 40
+    f0, ld = np.full(n, 220.0, np.float32), np.linspace(-60.0, -20.0, n).astype(np.float32)
+    z = bundle.default_z().numpy()
+    parts = render_parts(bundle.decoder, f0, ld, z, seed=2)
+    assert isinstance(parts, RenderedParts) and parts.harmonic.shape == parts.noise.shape == ((n - 1) * bundle.config.hop_size,)
+    assert np.abs(parts.noise).max() > 0 and np.abs(parts.harmonic).max() > 0
+    out = render_controls(bundle.decoder, f0, ld, z, seed=2)
+    np.testing.assert_array_equal(out, parts.harmonic + parts.noise)
+    np.testing.assert_allclose(render_controls(bundle.decoder, f0, ld, z, seed=2, chunk_frames=7), out, atol=1e-5)
+    empty = render_parts(bundle.decoder, f0[:1], ld[:1], z)
+    assert empty.harmonic.shape == empty.noise.shape == (0,) and render_controls(bundle.decoder, f0[:1], ld[:1], z).shape == (0,)

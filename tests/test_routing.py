@@ -11,13 +11,13 @@ from instrument.model.bundle import random_bundle
 from instrument.engine.events import ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, PitchBend
 from instrument.io.midi import MidiInput, MidiPortError, match_midi_inputs
 from instrument.io.osc import OscError, OscServer
-from instrument.controls.routing import LATENT_CCS, LATENT_CCS_ALT, DefaultRouter, Router
+from instrument.controls.routing import LATENT_CCS, LATENT_CCS_ALT, Router, default_mapping_text, default_router
 
 LATENTS = random_bundle().latents
 
 
 def test_default_router_midi():
-    router = DefaultRouter(LATENTS)
+    router = default_router(LATENTS)
     assert isinstance(router, Router)
     assert router.midi(mido.Message("note_on", note=60, velocity=90, channel=2), 5) == [NoteOn(60, 90, 2, 5)]
     assert router.midi(mido.Message("note_on", note=60, velocity=0)) == [NoteOff(60, 0, 0)]
@@ -34,15 +34,15 @@ def test_default_router_midi():
 
 def test_latent_ccs_follow_the_importance_order_and_the_latent_count():
     reordered = list(reversed(LATENTS[:3]))
-    router = DefaultRouter(reordered)
+    router = default_router(reordered)
     assert router.midi(mido.Message("control_change", control=1, value=64)) == \
         [LatentSet(reordered[0].index, 64 / 127, knob=True)]
     assert router.midi(mido.Message("control_change", control=4, value=64)) == [ControlChange(4, 64, 0)]
-    assert "CC1=" in router.describe()
+    assert "default routing" in router.describe() and "6 bindings" in router.describe()
 
 
 def test_default_router_osc():
-    router = DefaultRouter(LATENTS)
+    router = default_router(LATENTS)
     assert router.osc("/sdga/note_on", (60.0, 100.0)) == [NoteOn(60.0, 100.0, 0)]       # Pd sends floats
     assert router.osc("/sdga/latent/z2", (0.25,)) == [LatentSet(2, 0.25, knob=True)]
     with pytest.raises(ValueError):
@@ -122,24 +122,141 @@ def test_osc_server_uses_the_router():
     assert (server.received, server.errors, server.last_error) == (2, 1, "bad")
 
 
-def test_default_mapping_routes_latent_ccs_like_the_default_router():
-    """sdga-play without --mapping plays through a MappingRouter built from default_mapping_text: the same CCs
-    reach the same latents (smoothed: the ramp ends on DefaultRouter's value), notes pass through, and program
-    change recalls patch N when there are patches."""
-    from instrument.controls.mapping import MappingRouter, parse_mapping
-    from instrument.controls.routing import default_mapping_text
+def test_default_routing_smooths_latent_ccs_and_recalls_patches():
+    """sdga-play without --mapping plays through default_router: once prepared, the latent CCs glide (the ramp
+    ends on the CC's knob value), notes pass through, and program change recalls patch N when there are
+    patches."""
+    from pathlib import Path
 
     bundle = random_bundle()
-    default = DefaultRouter(bundle.latents)
-    router = MappingRouter(parse_mapping(None, bundle, text=default_mapping_text(len(bundle.latents))), bundle)
+    router = default_router(bundle=bundle)
     router.prepare(48000, 128)
     for i, cc in enumerate((*LATENT_CCS, *LATENT_CCS_ALT)):
         message = mido.Message("control_change", control=cc, value=20 + 5 * i)
         assert router.midi(message) == []                         # the ramp comes per block
         last = [e for e in router.tick(48000) if isinstance(e, LatentSet)][-1]
-        expected = default.midi(message)[0]
-        assert (last.index, last.value, last.knob) == (expected.index, pytest.approx(expected.value), True)
+        rank = (LATENT_CCS + LATENT_CCS_ALT).index(cc) % len(LATENT_CCS)
+        assert (last.index, last.value, last.knob) == (bundle.latents[rank].index, pytest.approx(message.value / 127),
+                                                       True)
     note = mido.Message("note_on", note=60, velocity=90)
-    assert router.midi(note) == default.midi(note)
+    assert router.midi(note) == [NoteOn(60, 90, 0)]
     assert "program" not in default_mapping_text(8) and "patch/select" in default_mapping_text(8, patches=True)
     assert default_mapping_text(2).count("latent/") == 4
+    patches = Path(__file__).resolve().parents[1] / "patches"
+    with_patches = default_router(bundle=bundle, patches=patches)
+    with_patches.midi(mido.Message("program_change", program=1))
+    assert with_patches.current_patch == 1
+
+
+def test_controls_import_no_transport_and_no_cycle():
+    """Nothing under instrument/controls imports instrument.io (a transport), the apps, training or evaluation,
+    not even inside a function; io may import controls, so the two can no longer import each other."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "instrument" / "controls").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("instrument.io", "instrument.apps", "training", "evaluation")), \
+                    f"{path.name} imports {name}"
+
+
+# ---------------------------------------------------------------------------------------------- the address table
+COMMAND_EXAMPLES = {        # every controller row: a message and the command it decodes to
+    "/sdga/target/<target>": ("/sdga/target/latent/brightness", (0.25,), "SetTarget('latent/brightness', 0.25)"),
+    "/sdga/learn": ("/sdga/learn", ("latent/1",), "Learn('latent/1')"),
+    "/sdga/learn/cancel": ("/sdga/learn/cancel", (), "CancelLearn()"),
+    "/sdga/patch": ("/sdga/patch", ("glass",), "RecallPatch('glass')"),
+    "/sdga/patch/next": ("/sdga/patch/next", (), "StepPatch(1)"),
+    "/sdga/patch/prev": ("/sdga/patch/prev", (), "StepPatch(-1)"),
+    "/sdga/save": ("/sdga/save", ("mine",), "SavePatch('mine')"),
+}
+
+
+def test_every_address_row_decodes_its_example_and_only_its_own():
+    """Round trip over the one table: each controller row decodes its example to its command; every example
+    (these and the engine rows' in test_engine_io) matches exactly one row."""
+    from instrument.controls import addresses as a
+    from test_engine_io import EXAMPLES
+
+    commands = {row.address for row in a.OSC_ADDRESSES if not row.engine}
+    assert set(COMMAND_EXAMPLES) == commands and set(EXAMPLES) == {r.address for r in a.OSC_SPECS}
+    for key, (address, args, expected) in COMMAND_EXAMPLES.items():
+        row, command = a.decode(address, args, LATENTS)
+        assert row.address == key and command == eval(expected, vars(a))
+    for address, args, _ in [*COMMAND_EXAMPLES.values(), *EXAMPLES.values()]:
+        assert sum(row.match(address) is not None for row in a.OSC_ADDRESSES) == 1, address
+    assert a.decode("/sdga/patch", (2.0,))[1] == a.RecallPatch(2) == a.decode("/sdga/patch", ("2",))[1]
+    for address, args in (("/sdga/learn", (3.0,)), ("/sdga/save", ()), ("/sdga/target/x", ("a",)),
+                          ("/sdga/patch/next", (1,)), ("/sdga/target/", (0.5,))):
+        with pytest.raises(OscError):
+            a.decode(address, args, LATENTS)
+    with pytest.raises(OscError, match="controller command"):
+        a.osc_event("/sdga/learn", ("latent/0",))
+
+
+def test_readme_osc_table_is_the_generated_one():
+    """The README's OSC table (between the osc-table markers) is osc_table_markdown() as it is now."""
+    from pathlib import Path
+
+    from instrument.controls.addresses import README_BEGIN, README_END, osc_table_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    if README_BEGIN not in text:
+        pytest.skip("README has no osc-table markers yet: paste osc_table_markdown() between them")
+    section = text[text.index(README_BEGIN) + len(README_BEGIN):text.index(README_END)]
+    assert section.strip() == osc_table_markdown()
+
+
+# ---------------------------------------------------------------------------------------------- ramps hand-over
+def test_router_only_posts_ramp_moves_and_the_audio_side_applies_them():
+    """The router writes nothing the audio thread reads but the inbox: ramp state changes only in tick()."""
+    bundle = random_bundle()
+    router = default_router(bundle=bundle)
+    router.prepare(48000, 128)
+    ramps = router.ramps
+    assert router.midi(mido.Message("control_change", control=1, value=127)) == []
+    assert ramps.values == {} and ramps.moving == 0 and len(ramps.inbox._moves) == 1   # posted, not applied
+    events = ramps.tick(128)
+    assert ramps.moving == 1 and len(ramps.inbox._moves) == 0 and isinstance(events[0], LatentSet)
+    router.midi(mido.Message("control_change", control=1, value=0))            # reverses from where it is
+    ramps.tick(128)
+    assert events[0].value > [e for e in ramps.tick(128)][-1].value
+    ramps.inbox.capacity = 1                                                       # a full inbox drops, counted
+    router.midi(mido.Message("control_change", control=2, value=127))
+    router.midi(mido.Message("control_change", control=3, value=127))
+    assert ramps.inbox.dropped == 1
+
+
+def test_ramps_fed_from_a_controller_thread_while_the_audio_thread_ticks():
+    import threading
+
+    bundle = random_bundle()
+    router = default_router(bundle=bundle)
+    router.prepare(48000, 64)
+    stop, errors, seen = threading.Event(), [], []
+
+    def audio():
+        try:
+            while not stop.is_set():
+                seen.extend(e.value for e in router.ramps.tick(64) if isinstance(e, LatentSet))
+        except Exception as exc:               # pragma: no cover (the failure this test looks for)
+            errors.append(exc)
+
+    thread = threading.Thread(target=audio)
+    thread.start()
+    for i in range(2000):
+        router.midi(mido.Message("control_change", control=1 + i % 8, value=i % 128))
+    for cc in range(1, 9):
+        router.midi(mido.Message("control_change", control=cc, value=64))
+    time.sleep(0.2)
+    stop.set()
+    thread.join()
+    assert not errors and seen and all(0.0 <= v <= 1.0 for v in seen)
+    for _ in range(100):
+        router.ramps.tick(64)
+    assert router.ramps.moving == 0
+    assert {router.ramps.values[("latent", l.index)] for l in bundle.latents} == {64 / 127}

@@ -1,7 +1,11 @@
 """A tiny end-to-end run: train -> export -> load -> render, through the real CLI entry points."""
+import csv
 import json
+import signal
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,19 +16,35 @@ from instrument.model.modelfile import ModelFileError
 from instrument.model.offline import render_controls
 from evaluation.info import main as info_main
 from training.cli import train_main, transfer_main
+from training.features import FeatureSettings, extract_features
+from training.metrics import f0_error_cents, f0_mask
 
 pytestmark = pytest.mark.slow
 
 
+# One shared run of 20 steps with a validation after every step: enough to see the validation loss fall
+# (test_training_learns) and still cheap (~10 s on 2 cores). --patience 100: early stopping has its own test.
+TRAINED_STEPS = 20
+
+
 @pytest.fixture(scope="module")
-def trained(demo_corpus_dir, tmp_path_factory):
+def trained_run(demo_corpus_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cache = tmp_path_factory.mktemp("cache")
-    rc = train_main([str(demo_corpus_dir), "-o", str(out), "--max-steps", "6", "--max-time", "5m",
-                     "--batch-size", "2", "--window", "0.5", "--val-every", "3", "--cache-dir", str(cache),
-                     "--augment-variants", "1", "--latents", "4", "--no-progress", "--threads", "2"])
+    rc = train_main([str(demo_corpus_dir), "-o", str(out), "--max-steps", str(TRAINED_STEPS), "--max-time", "5m",
+                     "--batch-size", "2", "--window", "0.5", "--val-every", "1", "--patience", "100",
+                     "--cache-dir", str(cache), "--augment-variants", "1", "--latents", "4", "--no-progress",
+                     "--threads", "2"])
     assert rc == 0
-    return out, cache
+    # Read now: the resume test below rewrites the run's logs.
+    rows = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
+    val_spectral = [float(r["val/spectral"]) for r in rows if r.get("val/spectral")]
+    return SimpleNamespace(out=out, cache=cache, val_spectral=val_spectral)
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    return trained_run.out, trained_run.cache
 
 
 def test_train_writes_model_logs_heldout_and_summary(trained):
@@ -34,9 +54,18 @@ def test_train_writes_model_logs_heldout_and_summary(trained):
     assert list((out / "logs").glob("metrics.csv"))
     assert list((out / "heldout").glob("*.resynth.wav")) and list((out / "heldout").glob("*.original.wav"))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["training"]["steps"] == 6
-    assert np.isfinite(summary["heldout"]["f0_cents_median"]) or summary["heldout"]["f0_frames"] == 0
+    assert summary["training"]["steps"] == TRAINED_STEPS
+    assert summary["heldout"]["f0_frames"] > 100          # the resynthesis is pitched: 559 voiced frames measured
+    assert np.isfinite(summary["heldout"]["f0_cents_median"])
     assert np.isfinite(summary["heldout"]["loudness_db_median"])
+
+
+def test_training_learns(trained_run):
+    """The validation spectral loss falls clearly within 20 steps. Measured (seeds 0-4, this run's settings):
+    last/first 0.77, 0.63, 0.55, 0.58, 0.72; with the optimiser made a no-op it stays at 1.00."""
+    val = trained_run.val_spectral
+    assert len(val) == TRAINED_STEPS and np.isfinite(val).all()
+    assert val[-1] < 0.85 * val[0], val
 
 
 def test_model_file_loads_and_renders(trained):
@@ -68,27 +97,37 @@ def test_info_prints_card_and_plot(trained, tmp_path, capsys):
     assert (tmp_path / "lat.png").stat().st_size > 10_000
 
 
-def test_transfer_renders_input_pitch(trained, demo_corpus_dir, tmp_path):
+@pytest.mark.parametrize("shift_st", [0.0, 7.0])
+def test_transfer_renders_input_pitch(trained, demo_corpus_dir, tmp_path, shift_st):
     out, cache = trained
     src = sorted(demo_corpus_dir.glob("*.wav"))[0]
     dst = tmp_path / "out.wav"
-    assert transfer_main([str(out / "model.sdga"), str(src), "-o", str(dst), "--pitch-shift", "0",
+    assert transfer_main([str(out / "model.sdga"), str(src), "-o", str(dst), "--pitch-shift", str(shift_st),
                           "--cache-dir", str(cache)]) == 0
     audio, sr = sf.read(dst)
     ref, _ = sf.read(src)
     assert sr == 48000 and abs(len(audio) - len(ref)) < 48000 and np.isfinite(audio).all()
+    # The output's pitch (pYIN, as in training) follows the input's, shifted: on the frames voiced in both.
+    settings = FeatureSettings(sample_rate=sr)
+    f_ref, f_out = extract_features(ref, settings), extract_features(audio, settings)
+    n = min(len(f_ref.f0_hz), len(f_out.f0_hz))
+    mask = f0_mask(f_ref.voiced[:n], f_ref.voiced_prob[:n], f_out.voiced[:n])
+    cents = f0_error_cents(f_ref.f0_hz[:n] * 2.0 ** (shift_st / 12.0), f_out.f0_hz[:n], mask)
+    confident = int((f_ref.voiced & (f_ref.voiced_prob >= 0.5))[:n].sum())
+    assert cents.size > 0.8 * confident > 0, (cents.size, confident)
+    assert np.median(cents) < 25.0 and np.percentile(cents, 90) < 100.0, np.percentile(cents, [50, 90])
 
 
 def test_second_run_reuses_feature_cache_and_resumes(trained, demo_corpus_dir, capsys):
     out, cache = trained
-    rc = train_main([str(demo_corpus_dir), "-o", str(out), "--max-steps", "8", "--batch-size", "2",
-                     "--window", "0.5", "--val-every", "4", "--cache-dir", str(cache), "--augment-variants", "1",
-                     "--latents", "4", "--no-progress", "--resume", "--threads", "2"])
+    rc = train_main([str(demo_corpus_dir), "-o", str(out), "--max-steps", str(TRAINED_STEPS + 2),
+                     "--batch-size", "2", "--window", "0.5", "--val-every", "1", "--cache-dir", str(cache),
+                     "--augment-variants", "1", "--latents", "4", "--no-progress", "--resume", "--threads", "2"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "features: 2 files (2 from cache)" in text
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["training"]["steps"] == 8                  # resumed at 6, went on to 8
+    assert summary["training"]["steps"] == TRAINED_STEPS + 2  # resumed at 20, went on to 22
 
 
 def test_corrupt_model_file_is_refused(trained, tmp_path):
@@ -114,9 +153,9 @@ def test_all_silent_corpus_exits_nonzero(tmp_path, capsys):
     assert "s0.wav" in err and "notes.txt" in err
 
 
-def test_ctrl_c_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_path):
-    import signal
-    import time
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_interrupt_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_path, signum):
+    """README: Ctrl-C or SIGTERM (a scheduler's stop) leave a resumable checkpoint and still export a model."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from training.cli import train_main; sys.exit(train_main())",
@@ -132,13 +171,14 @@ def test_ctrl_c_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_pat
             break
         assert time.time() < deadline, "".join(lines)
     time.sleep(4.0)                       # a few optimiser steps
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=240)
     text = "".join(lines) + rest
     assert proc.returncode == 130, text
     assert (out / "checkpoints" / "last.ckpt").is_file(), text
     assert "--resume" in text
     load_bundle(out / "model.sdga")       # interrupted runs still export a loadable model
+    assert json.loads((out / "summary.json").read_text())["training"]["interrupted"] is True
 
 
 def test_one_short_file_corpus_trains(tmp_path, demo_corpus_dir):

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from training.features import (
     Features,
     a_weighted_loudness_db,
     audio_hash,
-    load_features,
+    FeatureCacheReport,
+    read_cached_features,
     save_npz_atomic,
 )
 
@@ -222,18 +224,21 @@ def _variant_cache_path(
     return Path(cache_dir) / f"variant-{h.hexdigest()[:32]}.npz"
 
 
-def _load_variant(path: Path, n_samples: int, n_frames: int) -> tuple[np.ndarray, Features] | None:
-    features = load_features(path, n_frames)
+def _load_variant(path: Path, n_samples: int, n_frames: int) -> tuple[tuple[np.ndarray, Features] | None, str | None]:
+    """((audio, features), None) for a good cache entry, (None, None) for none, (None, why) for a corrupt one."""
+    features, why = read_cached_features(path, n_frames)
     if features is None:
-        return None
+        return None, why
     try:
         with np.load(path, allow_pickle=False) as data:
             audio = data["audio"].astype(np.float32)
-    except Exception:
-        return None
-    if audio.shape != (n_samples,) or not np.all(np.isfinite(audio)):
-        return None
-    return audio, features
+    except Exception as exc:
+        return None, f"unreadable audio ({type(exc).__name__}: {exc})"
+    if audio.shape != (n_samples,):
+        return None, f"audio has shape {audio.shape}, expected ({n_samples},)"
+    if not np.all(np.isfinite(audio)):
+        return None, "audio has non-finite samples"
+    return (audio, features), None
 
 
 def make_augmented_variants(
@@ -253,6 +258,23 @@ def make_augmented_variants(
     features, params, settings, AUGMENT_VERSION, pedalboard version). n_jobs threads (pedalboard releases
     the GIL; default os.cpu_count()).
     """
+    return make_augmented_variants_reported(audios, features, n_variants, seed, settings, cache_dir, progress,
+                                            pitch_shift_range_semitones, n_jobs)[0]
+
+
+def make_augmented_variants_reported(
+    audios: Sequence[np.ndarray],
+    features: Sequence[Features],
+    n_variants: int,
+    seed: int,
+    settings: FeatureSettings,
+    cache_dir: Path | None,
+    progress: bool = True,
+    pitch_shift_range_semitones: float = 2.0,
+    n_jobs: int | None = None,
+) -> tuple[list[tuple[np.ndarray, Features, AugmentParams, int]], FeatureCacheReport]:
+    """make_augmented_variants, and what came from the cache, was rendered, or was re-rendered because its
+    cache entry was corrupt (unreadable, truncated, NaN/inf)."""
     from tqdm import tqdm
 
     if len(audios) != len(features):
@@ -263,16 +285,26 @@ def make_augmented_variants(
         for v in range(n_variants)
     ]
 
+    report = FeatureCacheReport()
+    report_lock = threading.Lock()          # `one` runs in worker threads
+
     def one(job: tuple[int, int, AugmentParams]) -> tuple[np.ndarray, Features, AugmentParams, int]:
-        i, _, params = job
+        i, v, params = job
         audio = np.asarray(audios[i], dtype=np.float32)
         n_frames = audio.shape[0] // settings.hop_size
-        path = None
+        path, cached, why = None, None, None
         if cache_dir is not None:
             path = _variant_cache_path(Path(cache_dir), audio, features[i], params, settings)
-            cached = _load_variant(path, audio.shape[0], n_frames)
+            cached, why = _load_variant(path, audio.shape[0], n_frames)
+        with report_lock:
             if cached is not None:
-                return cached[0], cached[1], params, i
+                report.from_cache += 1
+            elif why is not None:
+                report.rejected.append(f"source {i} variant {v}: {why}")
+            else:
+                report.computed += 1
+        if cached is not None:
+            return cached[0], cached[1], params, i
         rendered = apply_effects(audio, settings.sample_rate, params)
         rendered_features = augment_features(features[i], rendered, params, settings)
         if path is not None:
@@ -293,10 +325,10 @@ def make_augmented_variants(
             for job in jobs:
                 results.append(one(job))
                 bar.update(1)
-            return results
+            return results, report
         with ThreadPoolExecutor(max_workers=n_jobs) as pool:
             futures = [pool.submit(one, job) for job in jobs]
             for future in futures:
                 future.result()
                 bar.update(1)
-            return [future.result() for future in futures]
+            return [future.result() for future in futures], report

@@ -38,6 +38,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="disable pedalboard augmentation")
     p.add_argument("--augment-variants", type=int, default=2, help="pedalboard renders per training file [2]")
     p.add_argument("--val-every", type=int, default=100, help="validate every N steps [100]")
+    p.add_argument("--checkpoint-every", default="30s", help="also write checkpoints/last.ckpt this often "
+                   "(wall clock), so a crash or kill loses at most this much training; 0 = only at validation [30s]")
     p.add_argument("--patience", type=int, default=10, help="early stopping: validations without improvement [10]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
@@ -52,28 +54,37 @@ def _train_parser() -> argparse.ArgumentParser:
 def train_main(argv: list[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
     from training.corpus import CorpusError
-    from training.train import TrainConfig, parse_duration, run_training
+    from training.train import CheckpointError, TrainConfig, TrainingError, parse_duration, run_training
 
     try:
         max_time = parse_duration(args.max_time)
     except ValueError as exc:
         print(f"sdga-train: --max-time: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        checkpoint_every = parse_duration(args.checkpoint_every)
+    except ValueError as exc:
+        print(f"sdga-train: --checkpoint-every: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
     cfg = TrainConfig(
         corpus_dir=args.corpus, out_dir=args.out, model_file=args.model_file, cache_dir=args.cache_dir,
         sample_rate=args.sample_rate, latent_dim=args.latents, beta=args.beta, window_seconds=args.window,
         batch_size=args.batch_size, max_time_s=max_time or None, max_steps=args.max_steps, augment=not args.no_augment,
-        augment_variants=args.augment_variants, val_every_steps=args.val_every, early_stop_patience=args.patience,
+        augment_variants=args.augment_variants, val_every_steps=args.val_every,
+        checkpoint_every_s=checkpoint_every, early_stop_patience=args.patience,
         seed=args.seed, resume=args.resume, accelerator=args.accelerator, devices=devices,
         num_threads=args.threads, learning_rate=args.lr, progress=not args.no_progress,
         loss_overrides={**({} if args.attributes is None else {"attribute_weight": args.attributes}),
                         **({} if args.invariance is None else {"invariance_weight": args.invariance})})
     try:
         summary = run_training(cfg)
-    except CorpusError as exc:
+    except (CorpusError, CheckpointError) as exc:
         print(f"sdga-train: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingError as exc:
+        print(f"sdga-train: {exc}", file=sys.stderr)
+        return 1
     if "rank" in summary:                 # a DDP worker process: rank 0 reports
         return 0
     h = summary["heldout"]
@@ -105,7 +116,7 @@ def transfer_main(argv: list[str] | None = None) -> int:
                    help="set a latent knob (0..1) by name or position, e.g. brightness=0.8 (repeatable)")
     p.add_argument("--cache-dir", type=Path)
     args = p.parse_args(argv)
-    from instrument.model.bundle import load_bundle
+    from instrument.model.bundle import load_bundle, parse_latent_knobs
     from instrument.model.modelfile import ModelFileError
     from training.transfer import TransferError, timbre_transfer
     try:
@@ -114,7 +125,7 @@ def transfer_main(argv: list[str] | None = None) -> int:
         print(f"sdga-transfer: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        knobs = parse_latent_args(args.latent)
+        knobs = {info.name: knob for info, knob in parse_latent_knobs(bundle, args.latent)}
         report = timbre_transfer(bundle, args.input, args.output, pitch_shift=args.pitch_shift,
                                  loudness_shift=args.loudness_shift, knobs=knobs, cache_dir=args.cache_dir)
     except (TransferError, ValueError, KeyError) as exc:
@@ -122,16 +133,3 @@ def transfer_main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print(report)
     return 0
-
-
-def parse_latent_args(items: list[str]) -> dict[str | int, float]:
-    knobs: dict[str | int, float] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--latent {item!r}: expected NAME=KNOB, e.g. brightness=0.8")
-        key, value = item.split("=", 1)
-        knob = float(value)
-        if not 0.0 <= knob <= 1.0:
-            raise ValueError(f"--latent {item!r}: knob must be within 0..1")
-        knobs[int(key) if key.isdigit() else key] = knob
-    return knobs

@@ -7,8 +7,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from instrument.model.bundle import LatentInfo, ModelBundle, save_bundle
-from instrument.model.offline import encode_means, render_controls
+from instrument.model.bundle import CorpusInfo, LatentInfo, ModelBundle, save_bundle
+from instrument.model.offline import encode_means, render_controls, render_parts
 
 from training.features import FeatureSettings
 from training.metrics import aggregate_metrics, resynthesis_metrics, spectral_min_n_samples
@@ -72,11 +72,11 @@ def describe(audio: np.ndarray, harmonic: np.ndarray, noise: np.ndarray, distrib
     }
 
 
-def reference_controls(stats: dict, hop_size: int, sample_rate: int, seconds: float = 1.0):
+def reference_controls(corpus: CorpusInfo, hop_size: int, sample_rate: int, seconds: float = 1.0):
     """A held note at the corpus's median pitch and loudness, with a short attack from silence."""
     n = int(seconds * sample_rate / hop_size) + 1
-    f0 = np.full(n, stats.get("f0_median_hz") or 220.0, np.float32)
-    ld = np.full(n, stats.get("loudness_median_db", -30.0), np.float32)
+    f0 = np.full(n, corpus.reference_f0_hz, np.float32)
+    ld = np.full(n, corpus.reference_loudness_db, np.float32)
     attack = min(n, int(0.05 * sample_rate / hop_size))
     ld[:attack] = np.linspace(-80.0, ld[attack - 1] if attack else ld[0], attack)
     return f0, ld
@@ -84,7 +84,7 @@ def reference_controls(stats: dict, hop_size: int, sample_rate: int, seconds: fl
 
 @torch.inference_mode()
 def sweep_descriptors(decoder, f0: np.ndarray, ld: np.ndarray, z: np.ndarray, sample_rate: int) -> dict:
-    harmonic, noise = render_controls(decoder, f0, ld, z, seed=7, return_parts=True)
+    harmonic, noise = render_parts(decoder, f0, ld, z, seed=7)
     controls, _ = decoder.controls(torch.as_tensor(f0).view(1, -1), torch.as_tensor(ld).view(1, -1),
                                    torch.as_tensor(z, dtype=torch.float32).view(1, 1, -1).expand(1, len(f0), -1))
     steady = slice(len(harmonic) // 3, None)
@@ -92,7 +92,7 @@ def sweep_descriptors(decoder, f0: np.ndarray, ld: np.ndarray, z: np.ndarray, sa
     return describe(harmonic[steady] + noise[steady], harmonic[steady], noise[steady], dist, sample_rate)
 
 
-def analyse_latents(module, examples: list, stats: dict, max_seconds: float = 120.0) -> list[LatentInfo]:
+def analyse_latents(module, examples: list, corpus: CorpusInfo, max_seconds: float = 120.0) -> list[LatentInfo]:
     """KL per latent (activity), its knob range over the corpus, and a name from what sweeping it does."""
     c = module.model_config
     means, kls, seconds = [], [], 0.0
@@ -107,7 +107,7 @@ def analyse_latents(module, examples: list, stats: dict, max_seconds: float = 12
     kl = np.concatenate(kls).mean(0)
     lo_p, hi_p = np.percentile(mean_all, KNOB_PERCENTILES, axis=0)
     centre = mean_all.mean(0)
-    f0, ld = reference_controls(stats, c.hop_size, c.sample_rate)
+    f0, ld = reference_controls(corpus, c.hop_size, c.sample_rate)
     infos: list[tuple[float, LatentInfo]] = []
     used: dict[str, int] = {}
     anchors = ANCHORED_DESCRIPTORS if getattr(module.loss_config, "attribute_weight", 0.0) > 0 else ()
@@ -172,7 +172,7 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
             f"KL {info.kl_nats:.3f} nats, knob {info.low:+.2f}..{info.high:+.2f}")
     summary = dict(training_summary, heldout=heldout)
     bundle = ModelBundle(config=c, decoder=module.decoder, encoder=module.encoder, latents=latents,
-                         metadata={"corpus": data.stats, "training": summary})
+                         metadata={"training": summary}, corpus=data.stats)
     save_bundle(model_file, bundle)
     log(f"model file written: {model_file}")
     return {"heldout": heldout, "latents": [l.to_dict() for l in latents]}

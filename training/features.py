@@ -12,15 +12,21 @@ decode (numba) exploits the banded pitch-transition matrix: ~1.4 s per audio-min
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
+import signal
+import sys
 import tempfile
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -506,8 +512,27 @@ def save_features(path: Path, features: Features) -> None:
     )
 
 
-def load_features(path: Path, n_frames: int) -> Features | None:
-    """Cached Features, or None when the file is missing, unreadable or has the wrong shape."""
+def check_features(features: Features, n_frames: int) -> str | None:
+    """Why these features cannot be trained on (wrong length, NaN/inf, out-of-range values), or None if fine."""
+    arrays = {"f0_hz": features.f0_hz, "voiced_prob": features.voiced_prob, "voiced": features.voiced,
+              "loudness_db": features.loudness_db}
+    for name, a in arrays.items():
+        if a.shape != (n_frames,):
+            return f"{name} has shape {a.shape}, expected ({n_frames},)"
+    for name in ("f0_hz", "voiced_prob", "loudness_db"):
+        bad = int(np.count_nonzero(~np.isfinite(arrays[name])))
+        if bad:
+            return f"{name} has {bad} non-finite value(s)"
+    if np.any(features.f0_hz <= 0):
+        return "f0_hz has values <= 0"
+    if np.any((features.voiced_prob < 0) | (features.voiced_prob > 1)):
+        return "voiced_prob outside 0..1"
+    return None
+
+
+def read_cached_features(path: Path, n_frames: int) -> tuple[Features | None, str | None]:
+    """(features, None) for a good cache file; (None, None) when there is none; (None, why) when it is unusable
+    (unreadable, truncated, wrong shape, non-finite values): the caller recomputes it and says so."""
     try:
         with np.load(path, allow_pickle=False) as data:
             features = Features(
@@ -516,12 +541,62 @@ def load_features(path: Path, n_frames: int) -> Features | None:
                 voiced=data["voiced"].astype(bool),
                 loudness_db=data["loudness_db"].astype(np.float32),
             )
-    except Exception:
-        return None
-    arrays = (features.f0_hz, features.voiced_prob, features.voiced, features.loudness_db)
-    if any(a.shape != (n_frames,) for a in arrays) or not np.all(np.isfinite(features.f0_hz)):
-        return None
-    return features
+    except FileNotFoundError:
+        return None, None
+    except Exception as exc:
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+    why = check_features(features, n_frames)
+    return (None, why) if why else (features, None)
+
+
+def load_features(path: Path, n_frames: int) -> Features | None:
+    """Cached Features, or None when the file is missing, unreadable, has the wrong shape or non-finite values."""
+    return read_cached_features(path, n_frames)[0]
+
+
+@dataclass
+class FeatureCacheReport:
+    """What extract_corpus_features did per file: loaded from cache, computed (no entry), or recomputed
+    (the entry was corrupt; `rejected` holds "label: reason")."""
+
+    from_cache: int = 0
+    computed: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+    @property
+    def recomputed(self) -> int:
+        return len(self.rejected)
+
+    def describe(self) -> str:
+        parts = [f"{self.from_cache} from cache"] if self.from_cache or not (self.computed or self.rejected) else []
+        if self.computed:
+            parts.append(f"{self.computed} computed")
+        if self.rejected:
+            parts.append(f"{self.recomputed} recomputed: corrupt cache entry ({'; '.join(self.rejected)})")
+        return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------------- worker processes
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: the worker dies with the process that started it, even on kill -9 of that parent
+    (an orphaned worker would otherwise sit blocked on its task queue, holding its memory, forever).
+
+    Linux: prctl(PR_SET_PDEATHSIG, SIGKILL). Elsewhere: a daemon thread that polls getppid() once a second.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    else:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def extract_corpus_features(
@@ -536,6 +611,23 @@ def extract_corpus_features(
 
     n_jobs: worker processes (default os.cpu_count()); 1 runs in this process. names label errors.
     """
+    return extract_corpus_features_reported(audios, settings, cache_dir, n_jobs, progress, names)[0]
+
+
+def extract_corpus_features_reported(
+    audios: Sequence[np.ndarray],
+    settings: FeatureSettings,
+    cache_dir: Path | None,
+    n_jobs: int | None = None,
+    progress: bool = True,
+    names: Sequence[str] | None = None,
+) -> tuple[list[Features], FeatureCacheReport]:
+    """extract_corpus_features, and a report of what came from the cache and what was (re)computed.
+
+    A corrupt cache entry (unreadable, truncated, wrong shape, NaN/inf) is never used: it is recomputed and
+    rewritten (atomically), and listed in the report. Freshly computed features are checked the same way.
+    Worker processes die with this process (see _die_with_parent).
+    """
     from tqdm import tqdm
 
     if names is not None and len(names) != len(audios):
@@ -544,16 +636,24 @@ def extract_corpus_features(
     audios = [_check_mono(a).astype(np.float32, copy=False) for a in audios]
     results: list[Features | None] = [None] * len(audios)
     paths: list[Path | None] = [None] * len(audios)
+    report = FeatureCacheReport()
 
     todo = []
     for i, audio in enumerate(audios):
         if cache_dir is not None:
             paths[i] = features_cache_path(Path(cache_dir), audio, settings)
-            results[i] = load_features(paths[i], audio.shape[0] // settings.hop_size)
+            results[i], why = read_cached_features(paths[i], audio.shape[0] // settings.hop_size)
+            if why is not None:
+                report.rejected.append(f"{labels[i]}: {why}")
         if results[i] is None:
             todo.append(i)
+    report.from_cache = len(audios) - len(todo)
+    report.computed = len(todo) - report.recomputed
 
     def done(i: int, features: Features) -> None:
+        why = check_features(features, audios[i].shape[0] // settings.hop_size)
+        if why is not None:
+            raise ValueError(f"computed features are unusable: {why}")
         results[i] = features
         if paths[i] is not None:
             save_features(paths[i], features)
@@ -571,7 +671,10 @@ def extract_corpus_features(
         else:
             # Import librosa and load the numba kernels here once, so forked workers inherit them.
             extract_features(np.zeros(4 * settings.hop_size, np.float32), settings)
-            with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo))) as pool:
+            context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+            pool = ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=context,
+                                       initializer=_die_with_parent, initargs=(os.getpid(),))
+            try:
                 futures = {pool.submit(extract_features, audios[i], settings): i for i in todo}
                 for future in as_completed(futures):
                     i = futures[future]
@@ -580,6 +683,9 @@ def extract_corpus_features(
                     except Exception as e:
                         raise RuntimeError(f"feature extraction failed for {labels[i]}") from e
                     bar.update(1)
+            finally:
+                # On an error or Ctrl-C, queued files are dropped instead of computed first.
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
-    return results  # type: ignore[return-value]
+    return results, report  # type: ignore[return-value]

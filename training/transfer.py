@@ -40,16 +40,16 @@ def timbre_transfer(bundle: ModelBundle, input_path: Path, output_path: Path, pi
     feats = extract_corpus_features([audio], settings, cache_dir / "features" if cache_dir else None,
                                     n_jobs=1, progress=False)[0]
     confident = feats.voiced & (feats.voiced_prob >= 0.5)
-    corpus = bundle.metadata.get("corpus", {})
+    corpus = bundle.corpus
     if pitch_shift is None:
         pitch_shift = 0.0
-        target = corpus.get("f0_median_hz")
+        target = corpus.f0_median_hz
         if target and confident.any():
             octaves = np.log2(target / np.median(feats.f0_hz[confident]))
             pitch_shift = 12.0 * float(np.round(octaves))
     if loudness_shift is None:
         loudness_shift = 0.0
-        target = corpus.get("loudness_median_db")
+        target = corpus.loudness_median_db
         ld = feats.loudness_db
         active = ld[ld > max(-70.0, ld.max() - 50.0)]
         if target is not None and active.size:

@@ -1,10 +1,10 @@
 """The live instrument: ``sdga-play MODEL`` plays a model file from MIDI and OSC on an audio device.
 
-Threads: rtmidi's thread and the OSC thread hand each message to a router (:mod:`instrument.controls.mapping`'s
-MappingRouter: the ``--mapping`` file, the ``--patch``'s mapping, or without either the default CC bindings of
-:func:`instrument.controls.routing.default_mapping_text`) and push its events into the EventQueue; the audio callback
-drains the queue, renders, runs the effects chain, copies the block into the recorder's ring and measures its
-own load; the main thread prints the status line (~4x/s) and waits for Ctrl-C, SIGTERM or ``--duration``.
+Threads: rtmidi's thread and the OSC thread hand each message to a router (:mod:`instrument.controls.router`'s
+MappingRouter: the ``--mapping`` file, the ``--patch``'s mapping, or without either
+:func:`instrument.controls.routing.default_router`) and push its events into the EventQueue; the audio callback
+drains the queue, advances the router's ramps (the ``Ramps`` object it was handed), renders, runs the effects
+chain, copies the block into the recorder's ring and measures its own load; the main thread prints the status line (~4x/s) and waits for Ctrl-C, SIGTERM or ``--duration``.
 Startup order: patch and model (a bad file exits 2 before any device opens), router (the patch is recalled
 at once, then --latent / --param on top), engine, MIDI, OSC, recorder, audio stream; from MIDI on each piece is
 handed to a :class:`~instrument.apps.session.Session`, which owns the main loop and the one shutdown path.
@@ -103,19 +103,12 @@ def _assignments(items: Sequence[str], what: str) -> list[tuple[str, str]]:
 
 
 def _initial_latents(bundle, items: Sequence[str]) -> list[LatentSet]:
-    events = []
-    for name, text in _assignments(items, "latent"):
-        try:
-            info = bundle.latent(int(name) if name.isdigit() else name)
-            knob = float(text)
-        except KeyError as exc:
-            raise UsageError(f"--latent {name}={text}: {exc.args[0]}") from None
-        except (IndexError, ValueError) as exc:
-            raise UsageError(f"--latent {name}={text}: {exc}; latents: {', '.join(bundle.latent_names)}") from None
-        if not 0.0 <= knob <= 1.0:
-            raise UsageError(f"--latent {name}={text}: knob values are 0..1")
-        events.append(LatentSet(info.index, knob, knob=True))
-    return events
+    from instrument.model.bundle import parse_latent_knobs
+
+    try:
+        return [LatentSet(info.index, knob, knob=True) for info, knob in parse_latent_knobs(bundle, items)]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _initial_params(items: Sequence[str]) -> list[tuple[str, float]]:
@@ -169,26 +162,24 @@ SHIPPED_PATCHES = Path(__file__).resolve().parents[1] / "patches"
 
 def _load_router(bundle, log, *, mapping_path: Path | None, model_path: Path, effects,
                  feedback: tuple[str, int] | None):
-    """A MappingRouter: the mapping file, or without one the default CC bindings plus the shipped patches."""
-    from instrument.controls import mapping
-    from instrument.controls.routing import default_mapping_text
+    """A MappingRouter: the mapping file, or without one the default routing plus the shipped patches."""
+    from instrument.controls.router import load_router
+    from instrument.controls.routing import default_router
+    from instrument.controls.targets import MappingError
+    from instrument.io.feedback import OscFeedback
 
+    kwargs = dict(effects=effects, feedback=feedback, send=OscFeedback(), on_message=log, model_path=model_path)
     if mapping_path is not None:
         try:
-            return mapping.load_router(mapping_path, bundle, effects=effects, feedback=feedback, on_message=log,
-                                       model_path=model_path)
+            return load_router(mapping_path, bundle, **kwargs)
         except Exception as exc:       # YAML, schema, file errors: all refused before playing
             raise UsageError(f"mapping {mapping_path}: {exc}") from None
     patches = SHIPPED_PATCHES if SHIPPED_PATCHES.is_dir() and any(SHIPPED_PATCHES.glob("*.yaml")) else None
-    text = default_mapping_text(len(bundle.latents), patches is not None)
     try:
-        m = mapping.parse_mapping(None, bundle, text=text, patches=patches)
-    except mapping.MappingError as exc:      # shipped patches that do not fit this model: play without them
+        return default_router(bundle=bundle, patches=patches, **kwargs)
+    except MappingError as exc:      # shipped patches that do not fit this model: play without them
         log(f"patches in {patches} not loaded: {exc}")
-        patches = None
-        m = mapping.parse_mapping(None, bundle, text=default_mapping_text(len(bundle.latents)))
-    return mapping.MappingRouter(m, bundle, effects=effects, feedback=feedback, on_message=log,
-                                 patches_override=patches, model_path=model_path)
+        return default_router(bundle=bundle, **kwargs)
 
 
 def _load_patch(args):
@@ -453,7 +444,7 @@ def _start_audio(args, session: Session, log) -> bool:
     channels = max(1, min(2, int(info["max_output_channels"])))
     effects.prepare(engine.sample_rate, args.block_size, channels)      # keeps a patch's effects waiting to start
     audio = AudioOutput(engine, session.queue, device=device, channels=channels, effects=effects,
-                        tap=recorder.push if recorder is not None else None, block_events=session.router.block_events,
+                        tap=recorder.push if recorder is not None else None, block_events=session.router.ramps.block_events,
                         diagnose=args.diagnose_callbacks)
     gc.collect()
     gc.freeze()        # everything allocated so far (torch, the model) leaves the collector's view, so a
@@ -489,12 +480,11 @@ def _finish(args, session: Session, inst: _Instrument) -> int:
         args.stats_json.write_text(json.dumps(summary, indent=1))
     code = EXIT_SERVER_LOST if session.lost else EXIT_OK
     if args.save_patch is not None:
-        from instrument.controls.patches import save_engine_patch
+        from instrument.controls.patches import engine_sound, save_sound
 
         try:
-            saved = save_engine_patch(args.save_patch, session.engine, model=inst.model_path,
-                                      effects=session.effects.effects, mapping=args.mapping,
-                                      description=f"saved by {PROG}")
+            saved = save_sound(args.save_patch, inst.bundle, *engine_sound(session.engine), model=inst.model_path,
+                               effects=session.effects.effects, mapping=args.mapping, description=f"saved by {PROG}")
             print(f"{PROG}: saved the sound as {saved}")
         except Exception as exc:
             print(f"{PROG}: cannot save the patch {args.save_patch}: {exc}", file=sys.stderr)

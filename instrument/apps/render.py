@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from instrument.model.bundle import ModelBundle, load_bundle
+from instrument.model.bundle import ModelBundle, load_bundle, parse_latent_knobs
 from instrument.engine.engine import Engine
 from instrument.engine.events import Event, LatentSet, Param, ParamSet, from_mido, param_event, with_offset
 from instrument.model.modelfile import ModelFileError
@@ -96,17 +96,6 @@ def parse_assignments(items: Sequence[str], what: str) -> list[tuple[str, float]
     return parsed
 
 
-def _latent_events(bundle: ModelBundle, assignments: list[tuple[str, float]]) -> list[Event]:
-    events = []
-    for name, knob in assignments:
-        key: int | str = int(name) if name.isdigit() else name
-        info = bundle.latent(key)             # KeyError / IndexError name what exists
-        if not 0.0 <= knob <= 1.0:
-            raise ValueError(f"--latent {name}={knob}: knob values are 0..1")
-        events.append(LatentSet(info.index, knob, knob=True))
-    return events
-
-
 def _midi_error(path: Path, exc: Exception) -> str:
     """Why a MIDI file could not be read, in words (mido's EOFError has no message)."""
     try:
@@ -146,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sdga-render: {exc}", file=sys.stderr)
         return 2
     try:
-        initial = _latent_events(bundle, parse_assignments(args.latent, "latent"))
+        initial: list[Event] = [LatentSet(info.index, knob, knob=True)
+                                 for info, knob in parse_latent_knobs(bundle, args.latent)]
         initial += [param_event(name, value) for name, value in parse_assignments(args.param, "param")]
         if args.block_size < 1 or args.voices < 1 or (args.sample_rate is not None and args.sample_rate < 1000):
             raise ValueError("--block-size and --voices must be >= 1, --sample-rate >= 1000")

@@ -1,9 +1,9 @@
 """Patches: a named sound in a YAML file (model, latent knobs, engine parameters, effects chain, mapping).
 
 A patch is recalled at start-up (``sdga-play --patch FILE``), by MIDI program change or OSC
-(:meth:`instrument.controls.mapping.Router.recall`, which glides every continuous value to the patch over
+(:meth:`instrument.controls.router.MappingRouter.recall`, which glides every continuous value to the patch over
 ``glide_ms`` and crossfades the effects), and the current sound is saved as a new one with
-:func:`save_patch` / :func:`save_engine_patch`. Paths inside a patch are relative to the patch file.
+:func:`save_sound` (from :func:`engine_sound` or the router's values; :func:`save_patch` writes the file). Paths inside a patch are relative to the patch file.
 
 Validation works like mapping files: a mistake raises :class:`PatchError` (a MappingError, so a ValueError)
 naming the file, line, key and the valid choices. Latents are keyed by measured name (``brightness``) or by
@@ -24,7 +24,7 @@ from instrument.engine.events import PARAMS, Event, LatentSet, Param, ParamSet
 from instrument.controls.targets import KeySpec, MappingError, YamlFile
 
 __all__ = ["PatchError", "Patch", "PATCH_KEYS", "PATCH_VERSION", "load_patch", "load_patches", "save_patch",
-           "save_engine_patch", "patch_files"]
+           "save_sound", "engine_sound", "patch_files"]
 
 PATCH_VERSION = 1
 
@@ -245,15 +245,22 @@ def save_patch(path: str | Path, *, name: str | None = None, model: str | Path |
     return path
 
 
-def save_engine_patch(path: str | Path, engine, *, name: str | None = None, model: str | Path | None = None,
-                      effects: Sequence[EffectConfig] = (), mapping: str | Path | None = None,
-                      glide_ms: float | None = None, description: str = "") -> Path:
-    """Save what a running :class:`~instrument.engine.engine.Engine` plays now: every latent (by name, as a knob over
-    its corpus range) and every sound parameter (all of PARAMS but midi_channel)."""
-    z = engine.state.z.numpy() if engine.state is not None else engine.bundle.default_z().numpy()
-    latents = {}
-    for info in engine.bundle.latents:
-        latents[info.name] = min(max(info.z_to_knob(float(z[info.index])), 0.0), 1.0)
-    params = {spec.name: float(engine.params[i]) for i, spec in enumerate(PARAMS) if spec.name != "midi_channel"}
+def save_sound(path: str | Path, bundle, latent_knobs: Mapping[int, float], param_values: Sequence[float], *,
+               name: str | None = None, model: str | Path | None = None, effects: Sequence[EffectConfig] = (),
+               mapping: str | Path | None = None, glide_ms: float | None = None, description: str = "") -> Path:
+    """Save a sound as a patch: the one place that turns "what plays" into a patch file. ``latent_knobs``:
+    z index -> 0..1 knob (stored by the model's measured names; a latent not given is 0.5); ``param_values``:
+    every PARAMS value by index (all but midi_channel are stored). Sources: :func:`engine_sound` (what an
+    engine plays) or :meth:`instrument.controls.router.MappingRouter.sound` (what the controls have set)."""
+    latents = {info.name: min(max(float(latent_knobs.get(info.index, 0.5)), 0.0), 1.0) for info in bundle.latents}
+    params = {spec.name: float(param_values[i]) for i, spec in enumerate(PARAMS) if spec.name != "midi_channel"}
     return save_patch(path, name=name, model=model, latents=latents, params=params, effects=effects,
                       mapping=mapping, glide_ms=glide_ms, description=description)
+
+
+def engine_sound(engine) -> tuple[dict[int, float], list[float]]:
+    """What a running :class:`~instrument.engine.engine.Engine` plays now, for :func:`save_sound`: every latent
+    as a knob over its corpus range, and every parameter value."""
+    z = engine.state.z.numpy() if engine.state is not None else engine.bundle.default_z().numpy()
+    knobs = {info.index: info.z_to_knob(float(z[info.index])) for info in engine.bundle.latents}
+    return knobs, [float(engine.params[i]) for i in range(len(PARAMS))]

@@ -4,23 +4,24 @@ MIDI and OSC threads (:mod:`instrument.io.midi`, :mod:`instrument.io.osc`) hand 
 :class:`Router` and push what it returns into the :class:`~instrument.engine.events.EventQueue`. A router runs on a
 controller thread, never on the audio thread, so it may allocate; it must be quick and must not block.
 
-:class:`DefaultRouter` is what ``sdga-play`` uses without ``--mapping``: MIDI notes, pitch bend, sustain and
-CC 120/121/123 as the engine knows them (:func:`~instrument.engine.events.from_mido`), CC 1..8 and CC 70..77 to the
-latents in importance order as 0..1 knobs, and OSC through the ``/sdga/`` address table
-(:data:`~instrument.io.osc.OSC_SPECS`). YAML mappings (``instrument.controls.mapping.load_router``) return another
-object with the same two methods. ``sdga-play`` without ``--mapping`` plays through a mapping router built
-from :func:`default_mapping_text` (the same CCs as YAML bindings, smoothed), so patch recall, learn and save
-work without a file.
+Default routing exists once, as a mapping (:func:`default_mapping_text`): MIDI notes, pitch bend, sustain and
+CC 120/121/123 pass through as the engine knows them (:func:`~instrument.engine.events.from_mido`), CC 1..8 and
+CC 70..77 move the latents in importance order as 0..1 knobs, and OSC answers the whole address table
+(:mod:`instrument.controls.addresses`). :func:`default_router` builds a
+:class:`~instrument.controls.router.MappingRouter` from it: ``sdga-play`` without ``--mapping`` plays through
+it (with the shipped patches: program change N recalls patch N), and the MIDI / OSC front ends use it when
+given no router.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Protocol, Sequence, runtime_checkable
 
-from instrument.model.bundle import LatentInfo
-from instrument.engine.events import Event, LatentSet, from_mido
-from instrument.io.osc import osc_event
+from instrument.engine.events import Event
+from instrument.controls.mapping import parse_mapping
+from instrument.controls.router import MappingRouter
 
-__all__ = ["Router", "DefaultRouter", "LATENT_CCS", "LATENT_CCS_ALT", "default_mapping_text"]
+__all__ = ["Router", "LATENT_CCS", "LATENT_CCS_ALT", "default_mapping_text", "default_router"]
 
 LATENT_CCS = tuple(range(1, 9))        # CC 1..8 -> latents 0..7 in importance order
 LATENT_CCS_ALT = tuple(range(70, 78))  # CC 70..77 (sound controllers; many knob boxes send these)
@@ -38,39 +39,10 @@ class Router(Protocol):
         """Events for one OSC message; raise ValueError for a bad message (counted as malformed, dropped)."""
 
 
-class DefaultRouter:
-    """MIDI as the engine knows it plus latent CCs; OSC by the ``/sdga/`` address table."""
-
-    def __init__(self, latents: Sequence[LatentInfo] = (), latent_ccs: Sequence[int] = LATENT_CCS,
-                 latent_ccs_alt: Sequence[int] = LATENT_CCS_ALT):
-        self.latents = list(latents)
-        self.cc_to_latent: dict[int, int] = {}          # CC number -> z index
-        for ccs in (latent_ccs, latent_ccs_alt):
-            for rank, cc in enumerate(ccs):
-                if rank < len(self.latents):
-                    self.cc_to_latent[int(cc)] = self.latents[rank].index
-
-    def midi(self, message, offset: int = 0) -> list[Event]:
-        if message.type == "control_change":
-            index = self.cc_to_latent.get(message.control)
-            if index is not None:
-                return [LatentSet(index, message.value / 127.0, knob=True, offset=offset)]
-        event = from_mido(message, offset)
-        return [] if event is None else [event]
-
-    def osc(self, address: str, args: tuple) -> list[Event]:
-        return [osc_event(address, args, self.latents)]
-
-    def describe(self) -> str:
-        names = {l.index: l.name for l in self.latents}
-        ccs = ", ".join(f"CC{cc}={names[i]}" for cc, i in sorted(self.cc_to_latent.items()) if cc < 70)
-        return f"default routing: notes, bend, sustain, CC120/121/123; latents {ccs or '(none)'} (also CC70..77)"
-
-
 def default_mapping_text(n_latents: int, patches: bool = False, latent_ccs: Sequence[int] = LATENT_CCS,
                          latent_ccs_alt: Sequence[int] = LATENT_CCS_ALT) -> str:
-    """DefaultRouter's latent CCs as a mapping file's text (``instrument.controls.mapping``), for ``n_latents`` latents;
-    with ``patches``, program change N also recalls patch N. Everything else passes through."""
+    """The default routing as a mapping file's text, for ``n_latents`` latents; with ``patches``, program
+    change N also recalls patch N. Everything else passes through."""
     lines = ["version: 1", "name: default routing", "mappings:"]
     for ccs in (latent_ccs, latent_ccs_alt):
         lines += [f"  - {{cc: {int(cc)}, target: latent/{rank}}}" for rank, cc in enumerate(ccs) if rank < n_latents]
@@ -79,3 +51,14 @@ def default_mapping_text(n_latents: int, patches: bool = False, latent_ccs: Sequ
     if lines[-1] == "mappings:":
         lines[-1] = "mappings: []"
     return "\n".join(lines) + "\n"
+
+
+def default_router(latents: Sequence = (), *, bundle=None, patches=None, **kwargs):
+    """A MappingRouter over :func:`default_mapping_text` for a model's latent table (``bundle.latents``, or
+    ``latents`` alone where no bundle is at hand); ``patches`` (a folder or list) adds program change ->
+    patch N. ``kwargs`` go to :class:`~instrument.controls.router.MappingRouter` (effects, send, ...). Raises
+    MappingError when the patches do not fit the model."""
+    bundle = bundle if bundle is not None else SimpleNamespace(latents=list(latents))
+    text = default_mapping_text(len(bundle.latents), patches is not None)
+    mapping = parse_mapping(None, bundle, text=text, patches=patches)
+    return MappingRouter(mapping, bundle, patches_override=patches, **kwargs)

@@ -1,5 +1,4 @@
-"""What a controller can move (the target table), value ramps, and the YAML reading both mapping and patch
-files share.
+"""What a controller can move (the target table) and the YAML reading both mapping and patch files share.
 
 Targets are data, like :data:`instrument.engine.events.PARAMS` (which they reuse): every target has a name, unit,
 range, default and knob curve. Mapping files only point at these names:
@@ -11,11 +10,7 @@ range, default and knob curve. Mapping files only point at these names:
 - ``patch/next``, ``patch/prev``, ``patch/select`` (by index: program change N recalls patch N) and
   ``patch/<name>`` for every patch the mapping knows (triggers).
 
-Smoothing (:class:`Ramps`): a smoothed target does not jump. The router sets a goal; every control frame
-(``hop`` samples) the ramp moves a straight line step towards it, reaching it ``smooth_ms`` after the last
-move, and emits one time-stamped event per frame (at its sample offset inside the block). The engine
-interpolates its controls linearly across each frame, so the sound follows a piecewise-linear path with no
-steps (no zipper noise) however coarse the controller is.
+Smoothing towards a target's value is :mod:`instrument.controls.ramps`.
 
 Errors: a broken file raises :class:`MappingError` (a ValueError) naming the file, the line, the key and the
 valid choices; :class:`YamlFile` keeps yaml's node marks to know the lines.
@@ -32,7 +27,7 @@ import yaml
 
 from instrument.engine.events import (CC_SUSTAIN, PARAMS, ControlChange, Event, KnobRange, LatentSet, Panic, ParamSet, PitchBend)
 
-__all__ = ["MappingError", "Target", "ENGINE_TARGETS", "PATCH_TRIGGERS", "target_table", "Ramps", "KeySpec",
+__all__ = ["MappingError", "Target", "ENGINE_TARGETS", "PATCH_TRIGGERS", "target_table", "KeySpec",
            "YamlFile", "keys_markdown"]
 
 
@@ -90,10 +85,6 @@ class Target(KnobRange):
         """Continuous targets ramp; switches, choices, channels and triggers change at once."""
         return not self.trigger and not self.choices and self.unit not in ("channel", "switch")
 
-    def clamp(self, value: float) -> float:
-        value = min(max(float(value), min(self.low, self.high)), max(self.low, self.high))
-        return float(round(value)) if (self.choices or self.unit in ("channel", "index")) else value
-
     def event(self, value: float, channel: int = 0, offset: int = 0) -> Event | None:
         """The engine event that sets this target to ``value`` (in its unit); None for patch targets."""
         value = self.clamp(value)
@@ -143,97 +134,6 @@ def target_table(latents: Sequence = (), patch_names: Sequence[str] = ()) -> dic
             table[f"patch/{name}"] = Target(f"patch/{name}", "patch", "", 0.0, 1.0, 0.0, index=index,
                                             trigger=True, doc=f"recall patch {name!r}")
     return table
-
-
-# ---------------------------------------------------------------------------------------------- ramps
-class _Ramp:
-    __slots__ = ("target", "current", "goal", "step", "channel", "done")
-
-    def __init__(self, target: Target, current: float, goal: float, step: float, channel: int):
-        self.target, self.current, self.goal, self.step, self.channel = target, current, goal, step, channel
-        self.done = False
-
-
-class Ramps:
-    """Linear per-control-frame ramps towards goals, one per target (see the module docstring).
-
-    The producer side (MIDI/OSC threads) calls :meth:`move`; the audio side calls :meth:`tick` once per block,
-    before ``Engine.process``, and passes its events along (offsets inside the block, non-decreasing). A new
-    goal replaces the whole ramp object with one assignment, so the two sides never see half an update.
-    Until :meth:`prepare` is called nobody ticks, so every move is applied at once.
-    """
-
-    def __init__(self) -> None:
-        self.sample_rate = 0
-        self.hop = 0
-        self._ramps: dict[tuple, _Ramp] = {}
-        self.values: dict[tuple, float] = {}      # last value sent per target key (ramps update it as they go)
-        self._phase = 0                            # samples until the next frame tick
-
-    @property
-    def prepared(self) -> bool:
-        return self.hop > 0
-
-    def prepare(self, sample_rate: int, hop: int) -> None:
-        if sample_rate <= 0 or hop <= 0:
-            raise ValueError("sample_rate and hop must be positive")
-        self.sample_rate, self.hop, self._phase = int(sample_rate), int(hop), 0
-
-    def move(self, target: Target, goal: float, ms: float, channel: int = 0) -> Event | None:
-        """Head for ``goal`` (target unit) over ``ms``, from where the target is now (a running ramp's
-        position, else the last value sent, else the target's default). Returns the event to send now when
-        it does not ramp (``ms`` <= 0, a discrete target, or not prepared), else None (tick sends the ramp)."""
-        goal = target.clamp(goal)
-        key = target.key
-        old = self._ramps.get(key)
-        current = old.current if old is not None and not old.done else self.values.get(key, target.default)
-        if old is not None:
-            old.done = True
-        if ms <= 0 or not target.smoothable or not self.prepared:
-            self.values[key] = goal
-            return target.event(goal, channel)
-        if current == goal:
-            return None
-        samples = max(1.0, ms * self.sample_rate / 1000.0)
-        self._ramps[key] = _Ramp(target, current, goal, (goal - current) / samples, channel)
-        return None
-
-    def stop(self, target: Target, value: float | None = None) -> None:
-        """Cancel a ramp (an immediate setting of the same target arrived), optionally noting the value."""
-        old = self._ramps.get(target.key)
-        if old is not None:
-            old.done = True
-        if value is not None:
-            self.values[target.key] = target.clamp(value)
-
-    @property
-    def moving(self) -> int:
-        return sum(1 for r in list(self._ramps.values()) if not r.done)
-
-    def tick(self, n_samples: int) -> list[Event]:
-        """Events for one block of ``n_samples``: one per moving target per control frame, in offset order."""
-        events: list[Event] = []
-        if not self.prepared:
-            return events
-        hop = self.hop
-        ramps = [r for r in list(self._ramps.values()) if not r.done]
-        offset = self._phase
-        while offset < n_samples:
-            for r in ramps:
-                if r.done:
-                    continue
-                value = r.current + r.step * hop
-                if (r.step > 0 and value >= r.goal) or (r.step < 0 and value <= r.goal) or r.step == 0:
-                    value = r.goal
-                    r.done = True
-                r.current = value
-                self.values[r.target.key] = value
-                event = r.target.event(value, r.channel, offset)
-                if event is not None:
-                    events.append(event)
-            offset += hop
-        self._phase = offset - n_samples
-        return events
 
 
 # ---------------------------------------------------------------------------------------------- YAML

@@ -34,7 +34,8 @@ import torch
 
 from instrument.model import dsp
 from instrument.model.bundle import ModelBundle
-from instrument.engine.kernels import DecoderStep, StreamingSynth, device_hop_size
+from instrument.engine.decoder_kernel import DecoderStep
+from instrument.engine.synth_kernel import StreamingSynth, device_hop_size
 from instrument.engine.events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
                      LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet, PitchBend)
 from instrument.engine.voices import VoiceBank, VoiceSettings
@@ -113,8 +114,7 @@ class Engine:
         self.stats = EngineStats()
         self.params = np.array([p.default for p in PARAMS], dtype=np.float64)
         self._latents = {l.index: l for l in bundle.latents}
-        corpus = bundle.metadata.get("corpus", {}) or {}
-        self.loudness_range_db = tuple(corpus.get("loudness_range_db") or (-60.0, -10.0))
+        self.loudness_range_db = bundle.corpus.loudness_range_db
         self.f0_range_hz = bundle.f0_range_hz()
         self._recorder: Callable[[FrameRecord], None] | None = None
         self.state: EngineState | None = None
@@ -320,16 +320,10 @@ class Engine:
         c = self.config
         state, synth, voices = self.state, self._synth, self.state.voices
         voices.end_interval()
-        # Decoder inputs and f0, from the voices' pitch (MIDI) and loudness (dB).
-        np.subtract(voices.pitch_midi, c.f0_center_midi, out=self._in_f0)
-        self._in_f0 /= c.f0_scale_midi
-        np.subtract(voices.loudness_db, c.loudness_center_db, out=self._in_loudness)
-        self._in_loudness /= c.loudness_scale_db
-        f0 = synth.cur.f0
-        np.subtract(voices.pitch_midi, 69.0, out=self._tmp_v)
-        self._tmp_v /= 12.0
-        np.exp2(self._tmp_v, out=self._tmp_v)
-        np.multiply(self._tmp_v, 440.0, out=f0)
+        # Decoder inputs and f0, from the voices' pitch (MIDI) and loudness (dB), by the model's own functions.
+        c.f0_input(voices.pitch_midi, out=self._in_f0)
+        c.loudness_input(voices.loudness_db, out=self._in_loudness)
+        np.copyto(synth.cur.f0, dsp.midi_to_hz(voices.pitch_midi, out=self._tmp_v))    # float64, then stored
         rows = voices.active_rows               # voices 0 .. rows-1 are sounding or fading: render those
         raw = self._step.run(self._gru_flat, rows)
         np.multiply(voices.gain, self._harmonic_gain, out=self._amp_gain_np)

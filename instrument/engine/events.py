@@ -95,9 +95,17 @@ def with_offset(event: Event, offset: int) -> Event:
 
 
 # ---------------------------------------------------------------------------------------------- parameters
+INTEGER_UNITS = ("channel", "index")   # values of these units (and of choices) are whole numbers
+
+
 class KnobRange:
-    """Knob 0..1 <-> value for a class with ``low``, ``high``, ``curve`` and ``clamp(value)``:
+    """Knob 0..1 <-> value for a class with ``low``, ``high``, ``curve``, ``unit`` and ``choices``:
     ``value = low + (high - low) * knob ** curve`` (also for an inverted range, high < low)."""
+
+    def clamp(self, value: float) -> float:
+        """Into the range (either order of low and high), rounded for choices and integer units."""
+        value = min(max(float(value), min(self.low, self.high)), max(self.low, self.high))
+        return float(round(value)) if (self.choices or self.unit in INTEGER_UNITS) else value
 
     def from_knob(self, knob: float) -> float:
         knob = min(max(float(knob), 0.0), 1.0)
@@ -122,10 +130,6 @@ class ParamSpec(KnobRange):
     curve: float = 1.0
     choices: tuple[str, ...] = ()   # for discrete parameters: the name of each integer value low..high
     doc: str = ""
-
-    def clamp(self, value: float) -> float:
-        value = min(max(float(value), self.low), self.high)
-        return float(round(value)) if self.choices or self.unit == "channel" else value
 
 
 PARAMS: tuple[ParamSpec, ...] = (

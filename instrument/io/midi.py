@@ -87,8 +87,9 @@ class MidiInput:
 
     ``virtual_name``: create a virtual input port with this name (None: none); ``connect``: also receive from
     these existing sources (names as :func:`midi_input_names` lists them, e.g. ``a2j:keyboard`` on JACK).
-    ``router``: an object with ``midi(message, offset) -> list[Event]`` (default: :class:`DefaultRouter`
-    without latents). Counters: ``received`` (events queued), ``ignored`` (messages routed to nothing),
+    ``router``: an object with ``midi(message, offset) -> list[Event]`` (default:
+    :func:`instrument.controls.routing.default_router` without latents). Counters: ``received`` (events
+    queued), ``ignored`` (messages routed to nothing),
     ``malformed`` (bytes that are not a MIDI message, or messages the router refused), ``last_error``.
     ``separate_process``: open the ports in a child process (see the module notes); the counters, routing and
     errors are the same. Use as a context manager or call :meth:`close`.
@@ -98,9 +99,9 @@ class MidiInput:
                  connect: str | Sequence[str] | None = None, client_name: str = "sdga", router=None,
                  separate_process: bool = False):
         if router is None:
-            from instrument.controls.routing import DefaultRouter
+            from instrument.controls.routing import default_router
 
-            router = DefaultRouter()
+            router = default_router()
         self.queue = queue
         self.router = router
         self.received = 0

@@ -1,8 +1,8 @@
-"""OSC control: the /sdga/ address space (a table) and a UDP server that turns messages into engine events.
+"""OSC transport: a UDP server that hands every message to a router and enqueues the events it returns.
 
 The server thread only converts and enqueues (:class:`~instrument.engine.events.EventQueue`); malformed messages are
-counted, never raised. The address table :data:`OSC_SPECS` is data: documentation, validation and tests all
-read it.
+counted, never raised. The address space is one table, :data:`instrument.controls.addresses.OSC_ADDRESSES`
+(re-exported here: :data:`OSC_SPECS` its engine rows, :func:`osc_event`, :class:`OscError`).
 """
 from __future__ import annotations
 
@@ -11,117 +11,16 @@ import math
 import socket
 import sys
 import threading
-from dataclasses import dataclass
 from typing import Sequence
 
 from instrument.model.bundle import LatentInfo
-from instrument.engine.events import (ControlChange, Event, EventQueue, LatentSet, NoteOff, NoteOn, Panic, PitchBend, param_event,
-                     CC_SUSTAIN)
+from instrument.engine.events import EventQueue
+from instrument.controls.addresses import OSC_SPECS, OscAddress, OscError, osc_event
 
 __all__ = ["OscSpec", "OSC_SPECS", "OscError", "osc_event", "OscServer", "DEFAULT_OSC_PORT"]
 
 DEFAULT_OSC_PORT = 9000
-PREFIX = "/sdga/"
-
-
-@dataclass(frozen=True)
-class OscSpec:
-    """One OSC address: ``<name>`` in the address is a name part; ``[arg]`` is an optional argument."""
-
-    address: str
-    args: tuple[str, ...]
-    doc: str
-
-    @property
-    def n_required(self) -> int:
-        return sum(1 for a in self.args if not a.startswith("["))
-
-
-OSC_SPECS: tuple[OscSpec, ...] = (
-    OscSpec("/sdga/note_on", ("note", "velocity", "[channel]"), "start a note; velocity 1..127 (0 releases)"),
-    OscSpec("/sdga/note_off", ("note", "[channel]"), "release a note"),
-    OscSpec("/sdga/bend", ("value", "[channel]"), "pitch bend, -1..1 of the bend range"),
-    OscSpec("/sdga/cc", ("control", "value", "[channel]"), "MIDI control change (64 sustain, 120, 123)"),
-    OscSpec("/sdga/sustain", ("on",), "sustain pedal; on when >= 0.5"),
-    OscSpec("/sdga/panic", (), "silence everything now"),
-    OscSpec("/sdga/latent/<name>", ("knob",), "latent by name (or importance rank), as a 0..1 knob"),
-    OscSpec("/sdga/z/<index>", ("value",), "latent dimension <index> set to a z value"),
-    OscSpec("/sdga/param/<name>", ("value",), "engine parameter (see instrument.engine.events.PARAMS) in its unit"),
-    OscSpec("/sdga/knob/<name>", ("knob",), "engine parameter as a 0..1 knob"),
-)
-
-
-class OscError(ValueError):
-    """A message that is not in the address space or has bad arguments."""
-
-
-def _spec_for(address: str) -> tuple[OscSpec, str]:
-    for spec in OSC_SPECS:
-        if "<" in spec.address:
-            stem = spec.address[:spec.address.index("<")]
-            if address.startswith(stem) and len(address) > len(stem) and "/" not in address[len(stem):]:
-                return spec, address[len(stem):]
-        elif address == spec.address:
-            return spec, ""
-    raise OscError(f"unknown OSC address {address!r}")
-
-
-def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise OscError(f"{what} must be a number, got {value!r}")
-    return float(value)
-
-
-def _channel(args: Sequence, index: int) -> int:
-    if len(args) <= index:
-        return 0
-    channel = int(_number(args[index], "channel"))
-    if not 0 <= channel <= 15:
-        raise OscError(f"channel must be 0..15, got {channel}")
-    return channel
-
-
-def osc_event(address: str, args: Sequence, latents: Sequence[LatentInfo] = ()) -> Event:
-    """Translate one OSC message into an engine event (offset 0); raises OscError when it does not fit."""
-    spec, name = _spec_for(address)
-    if not spec.n_required <= len(args) <= len(spec.args):
-        raise OscError(f"{spec.address} takes {', '.join(spec.args) or 'no arguments'}; got {len(args)}")
-    kind = spec.address
-    if kind == "/sdga/note_on":
-        note, velocity = _number(args[0], "note"), _number(args[1], "velocity")
-        if not 0 <= note <= 127 or not 0 <= velocity <= 127:
-            raise OscError("note and velocity must be 0..127")
-        channel = _channel(args, 2)
-        return NoteOn(note, velocity, channel) if velocity > 0 else NoteOff(note, 0, channel)
-    if kind == "/sdga/note_off":
-        return NoteOff(_number(args[0], "note"), 0, _channel(args, 1))
-    if kind == "/sdga/bend":
-        return PitchBend(max(-1.0, min(1.0, _number(args[0], "value"))), _channel(args, 1))
-    if kind == "/sdga/cc":
-        control, value = int(_number(args[0], "control")), int(_number(args[1], "value"))
-        if not 0 <= control <= 127 or not 0 <= value <= 127:
-            raise OscError("control and value must be 0..127")
-        return ControlChange(control, value, _channel(args, 2))
-    if kind == "/sdga/sustain":
-        return ControlChange(CC_SUSTAIN, 127 if _number(args[0], "on") >= 0.5 else 0)
-    if kind == "/sdga/panic":
-        return Panic()
-    if kind == "/sdga/latent/<name>":
-        knob = _number(args[0], "knob")
-        for rank, info in enumerate(latents):
-            if info.name == name or name == str(rank):
-                return LatentSet(info.index, min(max(knob, 0.0), 1.0), knob=True)
-        raise OscError(f"no latent {name!r}; latents: {', '.join(l.name for l in latents)}")
-    if kind == "/sdga/z/<index>":
-        if not name.isdigit() or (latents and int(name) >= len(latents)):
-            raise OscError(f"bad latent index {name!r}")
-        return LatentSet(int(name), _number(args[0], "value"))
-    if kind in ("/sdga/param/<name>", "/sdga/knob/<name>"):
-        try:
-            return param_event(name, _number(args[0], "value"), knob=kind == "/sdga/knob/<name>")
-        except KeyError as exc:
-            raise OscError(str(exc)) from None
-    raise OscError(f"unhandled OSC address {address!r}")  # pragma: no cover (table and code disagree)
+OscSpec = OscAddress          # the table's row type (instrument.controls.addresses), under its old name
 
 
 SO_RXQ_OVFL = 40                 # Linux: recvmsg reports how many datagrams the kernel dropped (socket full)
@@ -163,7 +62,8 @@ class OscServer:
     """UDP OSC server on ``host:port`` (port 0: any free port, see :attr:`address`), pushing events to a queue
     from its own thread. Use as a context manager or call :meth:`start` / :meth:`close`.
 
-    Every message goes to ``router.osc(address, args)`` (default: the ``/sdga/`` table above, with ``latents``).
+    Every message goes to ``router.osc(address, args)`` (default: :func:`instrument.controls.routing.default_router`
+    over ``latents``).
     Counters (read by the UI): ``received`` (messages), ``errors`` (messages the router refused, plus datagrams
     that are not OSC at all: ``malformed_packets``), ``last_error``, ``kernel_drops`` (datagrams the kernel
     dropped because the socket's buffer was full: a flood faster than this thread; Linux's SO_RXQ_OVFL),
@@ -176,9 +76,9 @@ class OscServer:
     def __init__(self, queue: EventQueue, latents: Sequence[LatentInfo] = (), host: str = "127.0.0.1",
                  port: int = DEFAULT_OSC_PORT, router=None):
         if router is None:
-            from instrument.controls.routing import DefaultRouter
+            from instrument.controls.routing import default_router
 
-            router = DefaultRouter(latents)
+            router = default_router(latents)
         self.queue = queue
         self.router = router
         self.received = 0

@@ -2,17 +2,19 @@
 
 The file layout (see :mod:`instrument.model.modelfile` for the container): tensors ``decoder.*`` and ``encoder.*``;
 metadata keys ``model_config`` (ModelConfig fields), ``latents`` (one entry per latent dimension, ordered by
-importance), ``corpus`` (f0 and loudness ranges), ``training`` (summary and held-out metrics).
+importance), ``corpus`` (a :class:`CorpusInfo`: pitch and loudness ranges), ``training`` (summary and held-out
+metrics).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from instrument.model.networks import Decoder, Encoder, ModelConfig
-from instrument.model.modelfile import ModelFileError, load_model_file, save_model_file
+from instrument.model.modelfile import FORMAT_VERSION, ModelFileError, load_model_file, save_model_file
 
 REQUIRED_METADATA = ("model_config", "latents", "corpus", "training")
 
@@ -55,13 +57,105 @@ def default_latents(latent_dim: int) -> list[LatentInfo]:
     return [LatentInfo(i, f"z{i}", True, 0.0, -2.0, 2.0, 0.0, 1.0) for i in range(latent_dim)]
 
 
+@dataclass(frozen=True)
+class CorpusInfo:
+    """What a model was trained on: the ``corpus`` record of its file, written by training, read by everything
+    that plays the model. The defaults live here and nowhere else; ``None`` is a figure that was not measured
+    (a corpus without voiced frames has no pitch range).
+
+    Stored as a JSON object with every field (format version 2); a version-1 file may lack any of them, or hold
+    only the two ranges (`from_v1_dict`)."""
+
+    files: int = 0
+    minutes: float = 0.0
+    f0_range_hz: tuple[float, float] | None = None      # 1st..99th percentile of confidently voiced frames
+    f0_median_hz: float | None = None
+    loudness_range_db: tuple[float, float] = (-60.0, -10.0)   # 5th..99th percentile of active frames
+    loudness_median_db: float | None = None
+    skipped: tuple[tuple[str, str], ...] = ()           # (path, reason) of each file left out
+
+    DEFAULT_F0_RANGE_HZ = (32.7, 2093.0)                # C1..C7, for a corpus whose pitch was not measured
+    DEFAULT_F0_HZ = 220.0
+
+    @property
+    def f0_range_or_default_hz(self) -> tuple[float, float]:
+        return self.f0_range_hz or self.DEFAULT_F0_RANGE_HZ
+
+    @property
+    def reference_f0_hz(self) -> float:
+        """The pitch a held test note plays at: the corpus median."""
+        return self.f0_median_hz if self.f0_median_hz is not None else self.DEFAULT_F0_HZ
+
+    @property
+    def reference_loudness_db(self) -> float:
+        """The loudness a held test note plays at: the corpus median, else the middle of the loudness range."""
+        if self.loudness_median_db is not None:
+            return self.loudness_median_db
+        return 0.5 * (self.loudness_range_db[0] + self.loudness_range_db[1])
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["f0_range_hz"] = None if self.f0_range_hz is None else list(self.f0_range_hz)
+        d["loudness_range_db"] = list(self.loudness_range_db)
+        d["skipped"] = [{"path": path, "reason": reason} for path, reason in self.skipped]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CorpusInfo":
+        """The stored record (every field present); TypeError / KeyError / ValueError on anything else."""
+        if not isinstance(d, dict):
+            raise TypeError(f"corpus record is a {type(d).__name__}, not an object")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise KeyError(f"corpus record has unknown field(s) {unknown}")
+
+        def pair(value) -> tuple[float, float]:
+            low, high = value
+            return (_number(low), _number(high))
+
+        return cls(files=int(d["files"]), minutes=_number(d["minutes"]),
+                   f0_range_hz=None if d["f0_range_hz"] is None else pair(d["f0_range_hz"]),
+                   f0_median_hz=None if d["f0_median_hz"] is None else _number(d["f0_median_hz"]),
+                   loudness_range_db=pair(d["loudness_range_db"]),
+                   loudness_median_db=None if d["loudness_median_db"] is None else _number(d["loudness_median_db"]),
+                   skipped=tuple((str(s["path"]), str(s["reason"])) for s in d["skipped"]))
+
+    @classmethod
+    def from_v1_dict(cls, d: dict) -> "CorpusInfo":
+        """The record as format version 1 stored it: any field may be missing, a range may be null."""
+        defaults = cls()
+        full = {name: getattr(defaults, name) for name in cls.__dataclass_fields__}
+        full.update({k: v for k, v in (d or {}).items() if k in full and v is not None})
+        full["f0_range_hz"] = (d or {}).get("f0_range_hz")
+        full["f0_median_hz"] = (d or {}).get("f0_median_hz")
+        full["loudness_median_db"] = (d or {}).get("loudness_median_db")
+        full["skipped"] = [s if isinstance(s, dict) else {"path": s[0], "reason": s[1]} for s in full["skipped"]]
+        return cls.from_dict(full)
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _upgrade_v1(metadata: dict) -> dict:
+    return dict(metadata, corpus=CorpusInfo.from_v1_dict(metadata.get("corpus")).to_dict())
+
+
+# Format version -> metadata as that version wrote it, turned into what the next version writes.
+METADATA_UPGRADES = {1: _upgrade_v1}
+assert sorted(METADATA_UPGRADES) == list(range(1, FORMAT_VERSION))
+
+
 @dataclass
 class ModelBundle:
     config: ModelConfig
     decoder: Decoder
     encoder: Encoder | None
     latents: list[LatentInfo]          # ordered by importance (most active first)
-    metadata: dict                     # everything else in the file (corpus, training, ...)
+    metadata: dict = field(default_factory=dict)             # the rest of the file (training summary, ...)
+    corpus: CorpusInfo = field(default_factory=CorpusInfo)
 
     @property
     def latent_names(self) -> list[str]:
@@ -84,8 +178,35 @@ class ModelBundle:
         return z
 
     def f0_range_hz(self) -> tuple[float, float]:
-        r = self.metadata.get("corpus", {}).get("f0_range_hz")
-        return (float(r[0]), float(r[1])) if r else (32.7, 2093.0)
+        return self.corpus.f0_range_or_default_hz
+
+
+def parse_latent_knobs(bundle: ModelBundle, items: Sequence[str]) -> list[tuple[LatentInfo, float]]:
+    """``--latent NAME=KNOB`` arguments -> (latent, knob 0..1) pairs, in the order given.
+
+    NAME is a latent's name or its importance rank (0 = most important). Raises ValueError naming the
+    argument (and the latents there are, where NAME names none) on a malformed item, an unknown latent or a
+    knob outside 0..1. The one parser behind sdga-play, sdga-render and sdga-transfer."""
+    parsed = []
+    for item in items:
+        name, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not name or not text:
+            raise ValueError(f"--latent expects NAME=KNOB (e.g. brightness=0.8), got {item!r}")
+        try:
+            knob = float(text)
+        except ValueError:
+            raise ValueError(f"--latent {item!r}: {text!r} is not a number") from None
+        try:
+            info = bundle.latent(int(name) if name.isdigit() else name)
+        except KeyError as exc:
+            raise ValueError(f"--latent {item!r}: {exc.args[0]}") from None
+        except IndexError:
+            raise ValueError(f"--latent {item!r}: no latent at rank {name} ({len(bundle.latents)} latents: "
+                             f"{', '.join(bundle.latent_names)})") from None
+        if not 0.0 <= knob <= 1.0:
+            raise ValueError(f"--latent {item!r}: knob values are 0..1")
+        parsed.append((info, knob))
+    return parsed
 
 
 def save_bundle(path: Path | str, bundle: ModelBundle) -> Path:
@@ -95,17 +216,18 @@ def save_bundle(path: Path | str, bundle: ModelBundle) -> Path:
     metadata = dict(bundle.metadata)
     metadata["model_config"] = bundle.config.to_dict()
     metadata["latents"] = [l.to_dict() for l in bundle.latents]
-    metadata.setdefault("corpus", {})
+    metadata["corpus"] = bundle.corpus.to_dict()
     metadata.setdefault("training", {})
     return save_model_file(path, tensors, metadata)
 
 
 def load_bundle(path: Path | str, with_encoder: bool = True) -> ModelBundle:
     """Load and check a model file; every problem is a ModelFileError raised before anything runs."""
-    tensors, metadata = load_model_file(path, required_metadata_keys=REQUIRED_METADATA)
+    tensors, metadata = load_model_file(path, required_metadata_keys=REQUIRED_METADATA, upgrades=METADATA_UPGRADES)
     try:
         config = ModelConfig.from_dict(metadata["model_config"])
         latents = [LatentInfo.from_dict(d) for d in metadata["latents"]]
+        corpus = CorpusInfo.from_dict(metadata["corpus"])
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(f"{path}: bad metadata: {exc}") from exc
     if sorted(l.index for l in latents) != list(range(config.latent_dim)):
@@ -126,8 +248,8 @@ def load_bundle(path: Path | str, with_encoder: bool = True) -> ModelBundle:
     decoder.eval()
     if encoder is not None:
         encoder.eval()
-    rest = {k: v for k, v in metadata.items() if k not in ("model_config", "latents")}
-    return ModelBundle(config=config, decoder=decoder, encoder=encoder, latents=latents, metadata=rest)
+    rest = {k: v for k, v in metadata.items() if k not in ("model_config", "latents", "corpus")}
+    return ModelBundle(config=config, decoder=decoder, encoder=encoder, latents=latents, metadata=rest, corpus=corpus)
 
 
 def random_bundle(config: ModelConfig | None = None, seed: int = 0) -> ModelBundle:
@@ -140,6 +262,5 @@ def random_bundle(config: ModelConfig | None = None, seed: int = 0) -> ModelBund
     with torch.no_grad():
         decoder.out.bias[1:1 + config.n_harmonics] = 0.0
     encoder = Encoder(config).eval()
-    return ModelBundle(config, decoder, encoder, default_latents(config.latent_dim),
-                       {"corpus": {"f0_range_hz": [65.4, 1046.5], "loudness_range_db": [-60.0, -10.0]},
-                        "training": {"untrained": True}})
+    return ModelBundle(config, decoder, encoder, default_latents(config.latent_dim), {"training": {"untrained": True}},
+                       CorpusInfo(f0_range_hz=(65.4, 1046.5), loudness_range_db=(-60.0, -10.0)))

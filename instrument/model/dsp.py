@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F_
 
@@ -58,7 +59,13 @@ class SynthState:
 
 
 # ---------------------------------------------------------------------------------------------- scalings
-def exp_sigmoid(x: torch.Tensor, exponent: float = 10.0, max_value: float = 2.0, threshold: float = 1e-7) -> torch.Tensor:
+EXP_SIGMOID_EXPONENT = 10.0      # exp_sigmoid's constants (ddsp's), also read by the engine's synth kernel
+EXP_SIGMOID_MAX_VALUE = 2.0
+EXP_SIGMOID_THRESHOLD = 1e-7
+
+
+def exp_sigmoid(x: torch.Tensor, exponent: float = EXP_SIGMOID_EXPONENT, max_value: float = EXP_SIGMOID_MAX_VALUE,
+                threshold: float = EXP_SIGMOID_THRESHOLD) -> torch.Tensor:
     """DDSP's positive output scaling: max_value * sigmoid(x) ** log(exponent) + threshold."""
     return max_value * torch.sigmoid(x) ** math.log(exponent) + threshold
 
@@ -71,12 +78,24 @@ def amplitude_to_db(amplitude: torch.Tensor, floor_db: float = -120.0) -> torch.
     return (20.0 * torch.log10(amplitude.clamp_min(1e-12))).clamp_min(floor_db)
 
 
+A4_MIDI = 69.0
+A4_HZ = 440.0
+
+
 def hz_to_midi(f0_hz: torch.Tensor) -> torch.Tensor:
-    return 69.0 + 12.0 * torch.log2(f0_hz.clamp_min(1e-3) / 440.0)
+    return A4_MIDI + 12.0 * torch.log2(f0_hz.clamp_min(1e-3) / A4_HZ)
 
 
-def midi_to_hz(note: torch.Tensor) -> torch.Tensor:
-    return 440.0 * torch.pow(2.0, (note - 69.0) / 12.0)
+def midi_to_hz(note: torch.Tensor | np.ndarray, out: np.ndarray | None = None) -> torch.Tensor | np.ndarray:
+    """MIDI note number -> Hz. With ``out`` (a NumPy array, for the audio thread), computed in place there
+    from ``note`` (an array) without allocating, and returned."""
+    if out is None:
+        return A4_HZ * torch.pow(2.0, (note - A4_MIDI) / 12.0)
+    np.subtract(note, A4_MIDI, out=out)
+    out /= 12.0
+    np.exp2(out, out=out)
+    out *= A4_HZ
+    return out
 
 
 def harmonic_mask(f0_hz: torch.Tensor, n_harmonics: int, sample_rate: float) -> torch.Tensor:

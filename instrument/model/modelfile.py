@@ -15,6 +15,14 @@ A reader refuses, with `ModelFileError`, anything it cannot fully trust: a missi
 file, a mangled header, an unknown format version, a digest mismatch, missing required metadata keys.
 Nothing is ever unpickled.
 
+Version rules: a writer always writes ``FORMAT_VERSION``; a reader reads every version in
+``SUPPORTED_FORMAT_VERSIONS`` and refuses any other (a newer writer's file). The container is the same in
+every version; what changes is the layout of the ``"sdga"`` metadata, and a reader given ``upgrades``
+(version v -> a function turning metadata as version v wrote it into metadata as version v + 1 writes it)
+hands back metadata in the current layout, whatever version wrote the file.
+Version 1: the first layout. Version 2: the ``corpus`` record is complete (see
+:class:`instrument.model.bundle.CorpusInfo`).
+
 Metadata is JSON: tuples come back as lists, and dict keys must be strings to come back unchanged.
 """
 
@@ -26,15 +34,15 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 FORMAT_NAME = "sdga-model"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 MODEL_FILE_SUFFIX = ".sdga"
 
 METADATA_KEY_FORMAT = "format"
@@ -130,8 +138,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(directory_descriptor)
 
 
-def read_metadata(path: Path | str, required_metadata_keys: Sequence[str] = ()) -> dict:
-    """Return the caller's metadata dict, reading only the header.
+MetadataUpgrades = Mapping[int, Callable[[dict], dict]]
+
+
+def read_metadata(path: Path | str, required_metadata_keys: Sequence[str] = (),
+                  upgrades: MetadataUpgrades | None = None) -> dict:
+    """Return the caller's metadata dict (in the current layout, given ``upgrades``), reading only the header.
 
     Verified like `load_model_file` (structure, sizes, format, version, required keys) except the
     tensor digest, which needs the tensor data.
@@ -142,15 +154,18 @@ def read_metadata(path: Path | str, required_metadata_keys: Sequence[str] = ()) 
         header_n_bytes = _read_header_length(path, model_file, file_n_bytes)
         header_bytes = model_file.read(header_n_bytes)
     header = _parse_header(path, header_bytes, file_n_bytes - _HEADER_LENGTH_N_BYTES - header_n_bytes)
-    metadata, _ = _check_sdga_metadata(path, header)
+    metadata, _, version = _check_sdga_metadata(path, header)
+    metadata = _upgrade(path, metadata, version, upgrades)
     _check_required_keys(path, metadata, required_metadata_keys)
     return metadata
 
 
 def load_model_file(
-    path: Path | str, required_metadata_keys: Sequence[str] = ()
+    path: Path | str, required_metadata_keys: Sequence[str] = (), upgrades: MetadataUpgrades | None = None
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Return (tensors, metadata) from a model file, or raise ModelFileError saying what is wrong."""
+    """Return (tensors, metadata) from a model file, or raise ModelFileError saying what is wrong.
+
+    With ``upgrades``, metadata an older version wrote comes back in the current layout (module docstring)."""
     path = Path(path)
     with _open_for_reading(path) as model_file:
         file_bytes = model_file.read()
@@ -158,7 +173,8 @@ def load_model_file(
     header_n_bytes = _header_length_from_bytes(path, file_bytes[:_HEADER_LENGTH_N_BYTES], file_n_bytes)
     header_end = _HEADER_LENGTH_N_BYTES + header_n_bytes
     header = _parse_header(path, file_bytes[_HEADER_LENGTH_N_BYTES:header_end], file_n_bytes - header_end)
-    metadata, expected_sha256 = _check_sdga_metadata(path, header)
+    metadata, expected_sha256, version = _check_sdga_metadata(path, header)
+    metadata = _upgrade(path, metadata, version, upgrades)
     _check_required_keys(path, metadata, required_metadata_keys)
 
     try:
@@ -235,8 +251,8 @@ def _parse_header(path: Path, header_bytes: bytes, data_n_bytes: int) -> dict:
     return header
 
 
-def _check_sdga_metadata(path: Path, header: dict) -> tuple[dict, str]:
-    """Return (caller metadata, expected tensor sha256) after checking format and version."""
+def _check_sdga_metadata(path: Path, header: dict) -> tuple[dict, str, int]:
+    """Return (caller metadata, expected tensor sha256, format version) after checking format and version."""
     header_metadata = header.get("__metadata__")
     if not isinstance(header_metadata, dict) or header_metadata.get(METADATA_KEY_FORMAT) != FORMAT_NAME:
         raise ModelFileError(
@@ -270,7 +286,21 @@ def _check_sdga_metadata(path: Path, header: dict) -> tuple[dict, str]:
         raise ModelFileError(f"{path}: header corrupted (sdga metadata is not valid JSON: {error})") from error
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path}: header corrupted (sdga metadata is not a JSON object)")
-    return metadata, expected_sha256
+    return metadata, expected_sha256, version
+
+
+def _upgrade(path: Path, metadata: dict, version: int, upgrades: MetadataUpgrades | None) -> dict:
+    """Metadata written by ``version``, brought up to ``FORMAT_VERSION`` one version at a time."""
+    if upgrades is None:
+        return metadata
+    for from_version in range(version, FORMAT_VERSION):
+        try:
+            metadata = upgrades[from_version](metadata)
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            raise ModelFileError(
+                f"{path}: bad metadata for format_version {from_version}: {error!r}"
+            ) from error
+    return metadata
 
 
 def _check_required_keys(path: Path, metadata: dict, required_metadata_keys: Sequence[str]) -> None:

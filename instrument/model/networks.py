@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,9 +62,25 @@ class ModelConfig:
     def n_outputs(self) -> int:
         return 1 + self.n_harmonics + self.n_noise_bands
 
+    def f0_input(self, midi, out: np.ndarray | None = None):
+        """The decoder's pitch input from MIDI note numbers (tensor or array; with a NumPy ``out``, in place)."""
+        return _scale_input(midi, self.f0_center_midi, self.f0_scale_midi, out)
+
+    def loudness_input(self, loudness_db, out: np.ndarray | None = None):
+        """The decoder's loudness input from dB (tensor or array; with a NumPy ``out``, in place)."""
+        return _scale_input(loudness_db, self.loudness_center_db, self.loudness_scale_db, out)
+
     @property
     def frame_rate_hz(self) -> float:
         return self.sample_rate / self.hop_size
+
+
+def _scale_input(x, center: float, scale: float, out: np.ndarray | None):
+    if out is None:
+        return (x - center) / scale
+    np.subtract(x, center, out=out)
+    out /= scale
+    return out
 
 
 # The decoder's initial harmonic distribution falls by this much per octave (its output bias; training moves
@@ -108,9 +125,7 @@ class Decoder(nn.Module):
 
     def scale_inputs(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        f0 = (dsp.hz_to_midi(f0_hz) - c.f0_center_midi) / c.f0_scale_midi
-        loudness = (loudness_db - c.loudness_center_db) / c.loudness_scale_db
-        return f0.unsqueeze(-1), loudness.unsqueeze(-1)
+        return c.f0_input(dsp.hz_to_midi(f0_hz)).unsqueeze(-1), c.loudness_input(loudness_db).unsqueeze(-1)
 
     def initial_gru_state(self, batch: int) -> torch.Tensor:
         return torch.zeros(1, batch, self.config.gru_size)

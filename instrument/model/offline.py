@@ -2,6 +2,8 @@
 so long files need little memory and offline output is what the live engine would play."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -9,14 +11,19 @@ from instrument.model import dsp
 from instrument.model.networks import Decoder
 
 
+class RenderedParts(NamedTuple):
+    """The two branches of a render, each (n_samples,) float32; the output is their sum."""
+
+    harmonic: np.ndarray
+    noise: np.ndarray
+
+
 @torch.inference_mode()
-def render_controls(decoder: Decoder, f0_hz: np.ndarray | torch.Tensor, loudness_db: np.ndarray | torch.Tensor,
-                    z: np.ndarray | torch.Tensor, seed: int = 0, chunk_frames: int = 512,
-                    return_parts: bool = False):
-    """Render F frames of (f0_hz (F,), loudness_db (F,), z (F, D) or (D,)) to (F - 1) * hop samples.
+def render_parts(decoder: Decoder, f0_hz: np.ndarray | torch.Tensor, loudness_db: np.ndarray | torch.Tensor,
+                 z: np.ndarray | torch.Tensor, seed: int = 0, chunk_frames: int = 512) -> RenderedParts:
+    """Render F frames of (f0_hz (F,), loudness_db (F,), z (F, D) or (D,)) to (F - 1) * hop samples per branch.
 
     Frame k sits at sample k * hop (the training convention); the first frame only starts the synth state.
-    With return_parts, returns (harmonic, noise) arrays instead of their sum.
     """
     c = decoder.config
     f0 = torch.as_tensor(np.asarray(f0_hz, np.float32)).view(1, -1)
@@ -43,11 +50,15 @@ def render_controls(decoder: Decoder, f0_hz: np.ndarray | torch.Tensor, loudness
         harmonic_parts.append(harmonic[0])
         noise_parts.append(filtered[0])
     if not harmonic_parts:
-        empty = np.zeros(0, np.float32)
-        return (empty, empty) if return_parts else empty
-    harmonic = torch.cat(harmonic_parts).numpy()
-    noise = torch.cat(noise_parts).numpy()
-    return (harmonic, noise) if return_parts else harmonic + noise
+        return RenderedParts(np.zeros(0, np.float32), np.zeros(0, np.float32))
+    return RenderedParts(torch.cat(harmonic_parts).numpy(), torch.cat(noise_parts).numpy())
+
+
+def render_controls(decoder: Decoder, f0_hz: np.ndarray | torch.Tensor, loudness_db: np.ndarray | torch.Tensor,
+                    z: np.ndarray | torch.Tensor, seed: int = 0, chunk_frames: int = 512) -> np.ndarray:
+    """The output of `render_parts`: harmonic + noise, (F - 1) * hop samples."""
+    parts = render_parts(decoder, f0_hz, loudness_db, z, seed, chunk_frames)
+    return parts.harmonic + parts.noise
 
 
 @torch.inference_mode()
