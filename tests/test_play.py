@@ -447,6 +447,31 @@ def test_huge_block_size_is_warned_about(model_path, tmp_path):
     assert "WARNING: --block-size 100000 at 48000 Hz is 2083 ms per block" in player.output
 
 
+def test_copied_default_mapping_says_why_its_patches_are_missing(model_path, tmp_path):
+    """A copy of the shipped mappings/default.yaml elsewhere: its relative 'patches: ../patches' is missing; the
+    refusal says it is relative to the copy's folder and names the shipped folder to write instead."""
+    mine = tmp_path / "mine.yaml"
+    shutil.copy(ROOT / "mappings" / "default.yaml", mine)
+    player = Player([str(model_path), "--mapping", str(mine), "--device", "no such device", "--no-osc",
+                     "--no-virtual-midi"], env={**os.environ, "JACK_NO_START_SERVER": "1"})
+    code = player.finish(timeout=120)
+    assert code == 2, player.output
+    assert f"relative to the mapping file's folder {tmp_path.resolve()}" in player.output, player.output
+    assert f"patches: {ROOT / 'instrument' / 'patches'}" in player.output or "patches: /" in player.output
+
+
+def test_without_a_mapping_the_shipped_patches_are_loaded(model_path, tmp_path):
+    """No --mapping: the default routing with the repository's patches/ on program change (the folder is found
+    from instrument/apps/, two levels below the repository)."""
+    shipped = sorted((ROOT / "patches").glob("*.yaml"))
+    assert shipped
+    player = Player([str(model_path), "--device", "no such device", "--no-osc", "--no-virtual-midi"],
+                    env={**os.environ, "JACK_NO_START_SERVER": "1"})
+    code = player.finish(timeout=120)
+    assert code == 2, player.output
+    assert f"default routing): 17 bindings, {len(shipped)} patches" in player.output, player.output
+
+
 def test_mapping_file_routes_midi(jack, model_path, tmp_path):
     """``--mapping`` loads instrument.controls.mapping's router: a CC bound in the YAML file moves its latent (through the
     router's smoothing ramps, which the callback merges into each block)."""

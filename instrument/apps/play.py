@@ -157,7 +157,7 @@ def _feedback(text: str | None) -> tuple[str, int] | None:
     return host, int(port)
 
 
-SHIPPED_PATCHES = Path(__file__).resolve().parents[1] / "patches"
+SHIPPED_PATCHES = Path(__file__).resolve().parents[2] / "patches"        # the repository's patches/
 
 
 def _load_router(bundle, log, *, mapping_path: Path | None, model_path: Path, effects,
@@ -173,13 +173,32 @@ def _load_router(bundle, log, *, mapping_path: Path | None, model_path: Path, ef
         try:
             return load_router(mapping_path, bundle, **kwargs)
         except Exception as exc:       # YAML, schema, file errors: all refused before playing
-            raise UsageError(f"mapping {mapping_path}: {exc}") from None
+            raise UsageError(f"mapping {mapping_path}: {exc}{_relative_patches_hint(mapping_path)}") from None
     patches = SHIPPED_PATCHES if SHIPPED_PATCHES.is_dir() and any(SHIPPED_PATCHES.glob("*.yaml")) else None
     try:
         return default_router(bundle=bundle, patches=patches, **kwargs)
     except MappingError as exc:      # shipped patches that do not fit this model: play without them
         log(f"patches in {patches} not loaded: {exc}")
         return default_router(bundle=bundle, **kwargs)
+
+
+def _relative_patches_hint(mapping_path: Path) -> str:
+    """Why a mapping's ``patches:`` folder is missing when it is a relative path (a shipped mapping copied
+    elsewhere: ``patches: ../patches``), and what to write instead; "" otherwise."""
+    import yaml
+
+    try:
+        top = yaml.safe_load(mapping_path.read_text())
+        entries = top.get("patches") if isinstance(top, dict) else None
+    except Exception:
+        return ""
+    entries = [entries] if isinstance(entries, str) else entries if isinstance(entries, list) else []
+    missing = [e for e in entries if isinstance(e, str) and not Path(e).expanduser().is_absolute()
+               and not (mapping_path.parent / e).exists()]
+    if not missing:
+        return ""
+    return (f"\n  ('patches: {missing[0]}' is relative to the mapping file's folder {mapping_path.parent.resolve()};"
+            f" a copy of a shipped mapping kept elsewhere needs the full path, e.g. 'patches: {SHIPPED_PATCHES}')")
 
 
 def _load_patch(args):
