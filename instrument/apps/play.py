@@ -44,7 +44,10 @@ class UsageError(Exception):
 
 # ---------------------------------------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Play an sdga model live from MIDI and OSC.")
+    p = argparse.ArgumentParser(prog=PROG, description="Play an sdga model live from MIDI and OSC.",
+                                epilog="exit codes: 0 played; 1 the audio device would not open or --save-patch "
+                                       "failed; 2 refused before playing; 3 the audio server died or hung while "
+                                       "playing (summary, --stats-json and --record kept)")
     p.add_argument("model", type=Path, nargs="?", help="model file (.sdga); optional with a --patch that names one")
     a = p.add_argument_group("audio")
     a.add_argument("--device", default=None, help="output device: index or part of its name (see --list-devices)")
