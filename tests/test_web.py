@@ -233,11 +233,10 @@ def test_sdga_play_off_loopback_wants_the_printed_token(capsys):
 
     bundle = random_bundle(seed=0)
     router = default_router(bundle=bundle)
-    session = SimpleNamespace(audio=None, engine=None)     # the state callback fails: the page shows an error
-    logged: list[str] = []
+    session = SimpleNamespace(router=router, queue=EventQueue(), bundle=bundle, audio=None, engine=None)
+    logged: list[str] = []                                 # (no audio: the state callback fails, the page says so)
     for host in ("127.0.0.1", "0.0.0.0"):
-        web = _open_web(SimpleNamespace(web=0, web_host=host), router, EventQueue(), bundle, session, "m.sdga",
-                        logged.append)
+        web = _open_web(SimpleNamespace(web=0, web_host=host), session, "m.sdga", logged.append)
         try:
             url = f"http://127.0.0.1:{web.port}/ws"
 
