@@ -96,6 +96,19 @@ def parse_assignments(items: Sequence[str], what: str) -> list[tuple[str, float]
     return parsed
 
 
+def _midi_error(path: Path, exc: Exception) -> str:
+    """Why a MIDI file could not be read, in words (mido's EOFError has no message)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if isinstance(exc, EOFError):
+        return f"the file ends early ({size} bytes: truncated, or not a Standard MIDI File)"
+    return str(exc) or type(exc).__name__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdga-render", description="Render a MIDI file with an sdga model (offline, "
                                 "same engine as the live instrument).")
@@ -136,12 +149,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     import soundfile as sf
 
     started = time.perf_counter()
+    import mido
+    from instrument.engine.events import NoteOn
+
     try:
-        audio, engine = render_midi(bundle, args.midi, args.sample_rate, args.block_size, args.voices, initial,
-                                    noise_seed=args.seed)
-    except (OSError, ValueError, EOFError) as exc:   # unreadable MIDI
-        print(f"sdga-render: cannot read {args.midi}: {exc}", file=sys.stderr)
+        midi = mido.MidiFile(str(args.midi))
+        notes = sum(isinstance(e, NoteOn) and e.velocity > 0 for _, e in midi_file_events(midi, 1000)[0])
+    except (OSError, ValueError, EOFError, KeyError, IndexError) as exc:   # unreadable MIDI
+        print(f"sdga-render: cannot read {args.midi}: {_midi_error(args.midi, exc)}", file=sys.stderr)
         return 2
+    if notes == 0:
+        print(f"sdga-render: warning: {args.midi} has no notes (no note-on with velocity > 0): the output is "
+              f"silence", file=sys.stderr)
+    audio, engine = render_midi(bundle, midi, args.sample_rate, args.block_size, args.voices, initial,
+                                noise_seed=args.seed)
     elapsed = time.perf_counter() - started
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(args.output), audio, engine.sample_rate, subtype="PCM_24" if args.output.suffix.lower() in

@@ -96,16 +96,22 @@ class FrameRecord:
     audio: np.ndarray                     # (hop,) the final interval output
 
 
+LIMITER_CEILING_DBFS = -0.1        # the soft limiter's output never reaches this (0.98855 of full scale)
+
 class Engine:
     """Plays a :class:`ModelBundle` live: ``prepare`` -> ``process`` (many) -> ``reset``."""
 
     def __init__(self, bundle: ModelBundle, *, noise_seed: int = 0, noise_frames: int = 4096,
-                 limiter_threshold: float = 0.9, silence_db: float = -100.0):
+                 limiter_threshold: float = 0.9, limiter_ceiling_dbfs: float = LIMITER_CEILING_DBFS,
+                 silence_db: float = -100.0):
         self.bundle = bundle
         self.config = bundle.config
         self.noise_seed = int(noise_seed)
         self.noise_frames = int(noise_frames)
         self.limiter_threshold = float(limiter_threshold)
+        self.limiter_ceiling = float(10.0 ** (limiter_ceiling_dbfs / 20.0))
+        if not 0.0 < self.limiter_threshold < self.limiter_ceiling <= 1.0:
+            raise ValueError("the limiter needs 0 < threshold < ceiling <= 1 (0 dBFS)")
         self.silence_db = float(silence_db)
         self.stats = EngineStats()
         self.params = np.array([p.default for p in PARAMS], dtype=np.float64)
@@ -369,10 +375,12 @@ class Engine:
             self._recorder(record)
 
     def _limit(self, audio: np.ndarray) -> None:
-        """Soft limiter: identity below the threshold T, then T + (1 - T) tanh((|x| - T) / (1 - T))."""
-        threshold = self.limiter_threshold
+        """Soft limiter: identity below the threshold T, then T + (C - T) tanh((|x| - T) / (C - T)), which never
+        reaches the ceiling C (-0.1 dBFS: a chord of any size stays below full scale, so an integer export or a
+        converter's inter-sample peak does not clip)."""
+        threshold, ceiling = self.limiter_threshold, self.limiter_ceiling
         self.stats.limited_intervals += 1
-        knee = 1.0 - threshold
+        knee = ceiling - threshold
         over, soft = self._tmp_a, self._tmp_b
         np.abs(audio, out=over)
         over -= threshold
@@ -383,7 +391,7 @@ class Engine:
         over -= soft
         np.copysign(over, audio, out=over)
         audio -= over
-        np.clip(audio, -1.0, 1.0, out=audio)          # T + (1 - T) tanh(.) <= 1, but float32 rounding is not
+        np.clip(audio, -ceiling, ceiling, out=audio)   # T + (C - T) tanh(.) <= C, but float32 rounding is not
 
     def _recover(self, rows: int) -> None:
         """Reset every voice whose output or recurrent state went non-finite, and re-mix without them."""
