@@ -48,6 +48,7 @@ STATE_S = 0.25                    # live state -> pages
 # The engine parameters grouped as a player thinks of them; every PARAMS name appears once (tests hold it).
 PARAM_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("envelope", ("attack_ms", "decay_ms", "sustain_db", "release_ms", "velocity_sensitivity")),
+    ("expression", ("expression", "vibrato_depth", "attack_time_scale", "release_time_scale", "level_offset_db")),
     ("gains", ("harmonic_gain_db", "noise_gain_db", "output_gain_db")),
     ("voices", ("voice_mode", "glide_ms", "midi_channel")),
     ("pitch", ("bend_range_semitones", "pitch_shift_semitones")),
