@@ -267,3 +267,21 @@ def test_sdga_render_plays_the_learnt_expression_by_default(learned_bundle):
     np.testing.assert_array_equal(default, learned)
     assert np.abs(default[:len(envelope)] - envelope[:len(default)]).max() > 1e-3
     assert len(default) >= SR // 2 + int(engine.voices.release_seconds * SR)      # the learnt release's tail
+
+
+def test_legato_transitions_glide_over_the_learnt_time(learned_bundle):
+    """Legato mode, no glide set: the pitch moves to the new note over the articulation's legato_ms, with no
+    new attack; with glide_ms set, that time wins."""
+    def glide_frames(**params):
+        engine = make_engine(learned_bundle, block=HOP, voices=1, voice_mode=2.0, vibrato_depth=0.0, **params)
+        frames = []
+        render(engine, [(0, NoteOn(60, 100)), (SR // 2, NoteOn(67, 100))], SR, frames=frames)
+        pitch = np.array([f[0][0] for f in frames])
+        loudness = np.array([f[1][0] for f in frames])
+        moving = np.flatnonzero((pitch > 60.01) & (pitch < 66.99))
+        return len(moving) * FRAME_MS, loudness
+    learnt_ms, loudness = glide_frames()
+    assert learnt_ms == pytest.approx(TRUE.legato_ms, abs=2 * FRAME_MS)
+    start = SR // 2 // HOP
+    assert np.abs(np.diff(loudness[start - 2:start + 20])).max() < 0.5            # no new attack
+    assert glide_frames(glide_ms=200.0)[0] == pytest.approx(200.0, abs=2 * FRAME_MS)
