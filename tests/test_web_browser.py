@@ -122,7 +122,11 @@ def test_page_moves_the_engine_and_follows_midi(jack, model_path, browser, tmp_p
         # notes first, at the model's default sound: the computer keyboard's Z at octave 4 (C4) and the on-screen G
         body = browser.find_element(By.TAG_NAME, "body")
         body.click()
-        ActionChains(browser).key_down("z").pause(1.2).key_up("z").perform()
+        ActionChains(browser).key_down("z").perform()
+        time.sleep(0.6)
+        held_level = browser.find_element(By.ID, "level").text           # the output meter while the note sounds
+        time.sleep(0.6)
+        ActionChains(browser).key_up("z").perform()
         time.sleep(1.0)
         key = browser.find_element(By.CSS_SELECTOR, '.key[data-offset="7"]')
         ActionChains(browser).click_and_hold(key).pause(1.2).release().perform()
@@ -145,6 +149,7 @@ def test_page_moves_the_engine_and_follows_midi(jack, model_path, browser, tmp_p
     finally:
         keys.close()
     assert code == 0, player.output
+    assert re.fullmatch(r"-?\d+\.\d dB", held_level) and -60.0 < float(held_level.split()[0]) <= -0.1, held_level
     audio, stats = results(tmp_path)
     assert stats["latents"][names[0]] == pytest.approx(1.0, abs=1e-3), stats["latents"]
     assert stats["latents"][names[1]] == pytest.approx(1.0, abs=1e-3), stats["latents"]

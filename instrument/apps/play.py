@@ -506,7 +506,8 @@ def _open_web(args, session: Session, model_path, log):
     def state() -> dict:                      # the web thread reads counters only
         loads = audio.recent_loads(1.0)
         return {"load": float(np.median(loads)) if loads.size else None, "underflows": audio.stats.underflows,
-                "voices": engine.voices.active_voices, "max_voices": engine.max_voices, "dropped": queue.dropped}
+                "voices": engine.voices.active_voices, "max_voices": engine.max_voices, "dropped": queue.dropped,
+                "level_db": engine.output_peak_db()}
 
     token = None if is_loopback(args.web_host) else new_token()
     web = WebServer(session.router, queue, session.bundle, host=args.web_host, port=args.web, token=token,

@@ -97,6 +97,8 @@ class FrameRecord:
 
 
 LIMITER_CEILING_DBFS = -0.1        # the soft limiter's output never reaches this (0.98855 of full scale)
+METER_INTERVALS = 128              # the output meter's window: 128 control frames (341 ms at 48 kHz, hop 128)
+METER_FLOOR_DB = -120.0
 
 class Engine:
     """Plays a :class:`ModelBundle` live: ``prepare`` -> ``process`` (many) -> ``reset``."""
@@ -120,6 +122,7 @@ class Engine:
         self.f0_range_hz = bundle.f0_range_hz()
         self._recorder: Callable[[FrameRecord], None] | None = None
         self.state: EngineState | None = None
+        self._meter = np.zeros(METER_INTERVALS)    # output peak of the last intervals: the audio thread writes
         self.sample_rate = 0
         self.block_size = 0
         self.max_voices = 0
@@ -175,6 +178,7 @@ class Engine:
             self._synth.reset()
             self.state.gru.zero_()
             self.state.interval_audio.fill(0.0)
+        self._meter.fill(0.0)
 
     @property
     def control_delay_samples(self) -> int:
@@ -368,11 +372,19 @@ class Engine:
         state.output_gain = gain_end
         if peak > self.limiter_threshold:
             self._limit(audio)
+            peak = min(peak, self.limiter_ceiling)
+        self._meter[self.stats.intervals % METER_INTERVALS] = peak
         self.stats.intervals += 1
         if record is not None:
             record.output_gain = (gain_start, gain_end)
             record.audio = audio.copy()
             self._recorder(record)
+
+    def output_peak_db(self) -> float:
+        """The output's peak over the last ``METER_INTERVALS`` control frames, in dBFS (a level meter for
+        other threads: it reads what the audio thread wrote and changes nothing)."""
+        peak = float(self._meter.max())
+        return 20.0 * math.log10(peak) if peak > 10.0 ** (METER_FLOOR_DB / 20.0) else METER_FLOOR_DB
 
     def _limit(self, audio: np.ndarray) -> None:
         """Soft limiter: identity below the threshold T, then T + (C - T) tanh((|x| - T) / (C - T)), which never

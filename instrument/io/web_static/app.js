@@ -127,6 +127,10 @@ function setState(s) {
   if (s.load !== undefined) $("load").textContent = s.load === null ? "-" : `${Math.round(100 * s.load)}%`;
   for (const k of ["underflows", "dropped"]) if (s[k] !== undefined) $(k).textContent = s[k];
   if (s.voices !== undefined) $("voices").textContent = `${s.voices}/${s.max_voices}`;
+  if (s.level_db !== undefined) {
+    $("level").textContent = s.level_db <= -120 ? "-inf dB" : `${s.level_db.toFixed(1)} dB`;
+    $("levelbar").value = Math.max(-60, s.level_db);
+  }
   if (s.web) $("pages").textContent = s.web.pages;
   for (const t in sliders) sliders[t].learn.classList.toggle("armed", s.learning === t);
   if (s.messages) $("messages").textContent = s.messages.join(" · ");
