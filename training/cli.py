@@ -48,12 +48,25 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="1", help="Lightning devices: a count, 'auto', or a list like 0,1 [1]")
     p.add_argument("--threads", type=int, help="torch CPU threads [all cores]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--check", action="store_true", help="only check the corpus (duration, pitch, texture, "
+                   "loudness, clipping, DC, sample rates; warnings with advice) and exit; every run prints it too")
     return p
 
 
 def train_main(argv: list[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
     from training.corpus import CorpusError
+    if args.check:
+        from training.check import run_check
+        from training.train import TrainConfig, default_cache_dir
+        try:
+            run_check(args.corpus, args.sample_rate, TrainConfig.hop_size,
+                      (args.cache_dir or default_cache_dir()) / "features",
+                      progress=not args.no_progress)
+        except CorpusError as exc:
+            print(f"sdga-train: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
     from training.train import CheckpointError, TrainConfig, TrainingError, parse_duration, run_training
 
     try:

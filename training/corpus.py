@@ -22,7 +22,7 @@ import soundfile as sf
 
 __all__ = [
     "AUDIO_EXTENSIONS", "SILENCE_DBFS", "CorpusError", "CorpusFile", "SkippedFile", "Corpus", "scan_corpus",
-    "load_audio_file", "load_corpus", "format_summary", "note_name",
+    "load_audio_file", "decode_audio_file", "source_clipped_samples", "load_corpus", "format_summary", "note_name",
 ]
 
 AUDIO_EXTENSIONS: frozenset[str] = frozenset({".wav", ".flac", ".aif", ".aiff", ".ogg", ".oga", ".mp3"})
@@ -46,6 +46,8 @@ class CorpusFile:
     source_sample_rate: int
     source_channels: int
     content_hash: str          # sha256 hex of the original file bytes
+    clipped_samples: int = 0   # source samples in flat tops at the file's own peak (see source_clipped_samples)
+    dc_offset: float = 0.0     # largest per-channel mean of the source, in full-scale units
 
     @property
     def duration_s(self) -> float:
@@ -107,12 +109,30 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     return (pcm.astype(np.float32) / 32768.0).reshape(-1, channels), sr
 
 
-def load_audio_file(path: Path, sample_rate: int) -> tuple[np.ndarray, int, int]:
-    """Decode ``path`` to mono float32 at ``sample_rate``.
+CLIP_RUN_SAMPLES = 4          # this many equal samples in a row at the file's peak count as a clipped flat top
 
-    Returns ``(audio, source_sample_rate, source_channels)``. Channels are averaged; resampling uses soxr.
-    Raises ValueError with the decoders' reasons if the file cannot be decoded.
-    """
+
+def source_clipped_samples(data: np.ndarray) -> int:
+    """Samples of ``data`` (frames, channels) in flat tops: runs of >= CLIP_RUN_SAMPLES equal values at the
+    file's own peak magnitude, so material clipped and then turned down is found too (a 50 Hz sine in 16 bits
+    holds its peak for 1-3 samples)."""
+    data = np.asarray(data)
+    if data.size == 0:
+        return 0
+    peak = float(np.max(np.abs(data)))
+    if peak <= 0.0:
+        return 0
+    total = 0
+    for ch in data.T:
+        at_peak = (np.abs(ch) >= peak).astype(np.int8)
+        edges = np.diff(np.concatenate(([0], at_peak, [0])))
+        runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+        total += int(runs[runs >= CLIP_RUN_SAMPLES].sum())
+    return total
+
+
+def decode_audio_file(path: Path) -> tuple[np.ndarray, int]:
+    """Decode ``path`` as it is: ((frames, channels) float32, sample rate). ValueError if it cannot be decoded."""
     path = Path(path)
     try:
         data, source_sr = _decode_soundfile(path)
@@ -123,6 +143,20 @@ def load_audio_file(path: Path, sample_rate: int) -> tuple[np.ndarray, int, int]
             sf_msg = str(sf_error).replace(f"'{path}'", "file").strip() or type(sf_error).__name__
             ff_msg = str(ff_error).strip() or type(ff_error).__name__
             raise ValueError(f"{sf_msg} (ffmpeg: {ff_msg})") from sf_error
+    return data, source_sr
+
+
+def load_audio_file(path: Path, sample_rate: int) -> tuple[np.ndarray, int, int]:
+    """Decode ``path`` to mono float32 at ``sample_rate``.
+
+    Returns ``(audio, source_sample_rate, source_channels)``. Channels are averaged; resampling uses soxr.
+    Raises ValueError with the decoders' reasons if the file cannot be decoded.
+    """
+    data, source_sr = decode_audio_file(path)
+    return _to_mono(data, source_sr, sample_rate)
+
+
+def _to_mono(data: np.ndarray, source_sr: int, sample_rate: int) -> tuple[np.ndarray, int, int]:
     source_channels = int(data.shape[1])
     mono = data.mean(axis=1, dtype=np.float32) if source_channels > 1 else data[:, 0]
     if not np.all(np.isfinite(mono)):
@@ -176,7 +210,10 @@ def _load_one(path: Path, sample_rate: int, trim_top_db: float, peak_dbfs: float
         return SkippedFile(path, f"not an audio file ({ext or 'no extension'})")
     try:
         content_hash = _sha256(path)
-        audio, source_sr, source_channels = load_audio_file(path, sample_rate)
+        data, source_sr = decode_audio_file(path)
+        clipped = source_clipped_samples(data)
+        dc_offset = float(np.max(np.abs(data.mean(axis=0, dtype=np.float64)))) if len(data) else 0.0
+        audio, source_sr, source_channels = _to_mono(data, source_sr, sample_rate)
     except Exception as e:  # any decoder failure skips the file, never the load
         return SkippedFile(path, f"unreadable: {str(e) or type(e).__name__}")
     if len(audio) == 0:
@@ -190,7 +227,8 @@ def _load_one(path: Path, sample_rate: int, trim_top_db: float, peak_dbfs: float
     if normalise:
         audio = audio * np.float32(10.0 ** (peak_dbfs / 20.0) / np.max(np.abs(audio)))
     return CorpusFile(path=path, audio=np.ascontiguousarray(audio, dtype=np.float32), sample_rate=sample_rate,
-                      source_sample_rate=source_sr, source_channels=source_channels, content_hash=content_hash)
+                      source_sample_rate=source_sr, source_channels=source_channels, content_hash=content_hash,
+                      clipped_samples=clipped, dc_offset=dc_offset)
 
 
 def load_corpus(folder: Path | str, sample_rate: int = 48000, trim_top_db: float = 50.0, peak_dbfs: float = -1.0,

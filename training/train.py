@@ -19,7 +19,8 @@ import torch
 from instrument.model.bundle import CorpusInfo
 from instrument.model.networks import ModelConfig
 
-from training.corpus import Corpus, format_summary, load_corpus
+from training.check import check_corpus, format_check
+from training.corpus import Corpus, load_corpus
 from training.data import Example, RandomWindows, TiledWindows, split_examples
 from training.features import FeatureSettings, extract_corpus_features_reported
 from training.module import LossConfig
@@ -142,7 +143,7 @@ def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
     examples = [Example(f.path.stem, f.audio, feats) for f, feats in zip(corpus.files, features)]
     stats = replace(corpus_statistics(examples), minutes=corpus.total_seconds / 60.0,
                     skipped=tuple((str(s.path), s.reason) for s in corpus.skipped))
-    log(format_summary(corpus, stats.f0_range_hz))
+    log(format_check(check_corpus(corpus, features, cfg.hop_size)))
     train, val, how = split_examples(examples, cfg.val_fraction, cfg.seed, cfg.hop_size)
     log(f"validation split {how}")
     if cfg.augment and cfg.augment_variants > 0:
