@@ -20,7 +20,8 @@ import yaml
 
 from instrument.model.modelfile import write_atomically
 from instrument.engine.effects import EFFECTS, EffectConfig
-from instrument.engine.events import PARAMS, Event, LatentSet, Param, ParamSet
+from instrument.engine.events import PARAMS, Event, LatentSet, Param, ParamSet, TuningSet
+from instrument.engine.tuning import TuningError, read_tuning
 from instrument.controls.targets import KeySpec, MappingError, YamlFile
 
 __all__ = ["PatchError", "Patch", "PATCH_KEYS", "PATCH_VERSION", "load_patch", "load_patches", "save_patch",
@@ -44,6 +45,11 @@ PATCH_KEYS: tuple[KeySpec, ...] = (
             "effects: [{type: reverb, room_size: 0.8}]"),
     KeySpec("glide_ms", "number 0..20000", "how long recalling this patch glides (default: the mapping's "
             "glide_ms, 300)", "glide_ms: 500"),
+    KeySpec("scale", "path", "a Scala scale file (.scl), relative to the patch: the keys play its degrees "
+            "(default: 12-tone equal temperament; a patch without one keeps the current tuning); concert pitch "
+            "is the tuning_a4_hz parameter", "scale: ../tunings/19edo.scl"),
+    KeySpec("keyboard_map", "path", "a Scala keyboard map (.kbm) for the scale, relative to the patch "
+            "(default: degree 0 on key 60, key 69 at 440 Hz)", "keyboard_map: ../tunings/c261.kbm"),
 )
 _KEY_NAMES = tuple(k.name for k in PATCH_KEYS)
 DEFAULT_GLIDE_MS = 300.0
@@ -68,6 +74,9 @@ class Patch:
     params: tuple[tuple[int, float], ...] = ()
     effects: tuple[EffectConfig, ...] = ()
     glide_ms: float | None = None    # None: the mapping's (default 300 ms)
+    scale: Path | None = None
+    keyboard_map: Path | None = None
+    tuning: object = field(default=None, compare=False)   # read-only (128,) key offsets from scale + keyboard_map
     resolved: bool = field(default=False, compare=False)
 
     def resolve(self, latents: Sequence) -> "Patch":
@@ -96,6 +105,8 @@ class Patch:
             raise ValueError(f"patch {self.name!r}: resolve() it against a model first")
         events: list[Event] = [LatentSet(index, knob, knob=True, offset=offset) for index, knob in self.latents]
         events += [ParamSet(param, value, offset) for param, value in self.params]
+        if self.tuning is not None:
+            events.append(TuningSet(self.tuning, offset))
         return events
 
     def param(self, key: str | int) -> float | None:
@@ -153,6 +164,17 @@ def load_patch(path: str | Path, bundle=None, *, model: str | Path | None = None
                                    integer=bool(spec.choices) or spec.unit == "channel")
             params.append((names.index(key), float(value)))
         kwargs["params"] = tuple(params)
+    if "keyboard_map" in top and "scale" not in top:
+        raise doc.error(top["keyboard_map"][1], "keyboard_map", "a keyboard map needs a scale (add scale: FILE.scl)")
+    if "scale" in top:
+        node = top["scale"][1]
+        kwargs["scale"] = _relative(path, doc.string(node, "scale"))
+        if "keyboard_map" in top:
+            kwargs["keyboard_map"] = _relative(path, doc.string(top["keyboard_map"][1], "keyboard_map"))
+        try:
+            kwargs["tuning"] = read_tuning(kwargs["scale"], kwargs.get("keyboard_map"))
+        except TuningError as exc:       # the .scl/.kbm's own file:line, and where the patch names it
+            raise doc.error(node, "scale", str(exc)) from exc
     if "effects" in top:
         kwargs["effects"] = tuple(_effect(doc, node, f"effects[{i}]")
                                   for i, node in enumerate(doc.sequence(top["effects"][1], "effects")))

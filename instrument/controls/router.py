@@ -28,7 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from instrument.engine.events import PARAMS, Event, LatentSet, ParamSet, from_mido, with_offset
+from instrument.engine.events import PARAMS, Event, LatentSet, ParamSet, TuningSet, from_mido, with_offset
 from instrument.controls.addresses import (CancelLearn, Learn, OscError, RecallPatch, SavePatch, SetTarget, StepPatch,
                                            decode, match_address)
 from instrument.controls.learn import LEARNABLE, entry_source, learned_entry
@@ -372,6 +372,8 @@ class MappingRouter:
             if not t.smoothable and self.values.get(t.key, t.default) == t.clamp(value):
                 continue                          # e.g. the same voice mode: do not release held notes
             self._set(t, value, glide, 0, offset, out)
+        if patch.tuning is not None:                # a patch with a scale retunes; one without keeps the tuning
+            out.append(TuningSet(patch.tuning, offset))
         if self.effects is not None:
             try:
                 self.effects.set_effects(patch.effects, fade_ms=max(glide, 20.0))

@@ -37,7 +37,7 @@ from instrument.model.bundle import ModelBundle
 from instrument.engine.decoder_kernel import DecoderStep
 from instrument.engine.synth_kernel import StreamingSynth, device_hop_size
 from instrument.engine.events import (CC_MOD_WHEEL, CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
-                     LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet, PitchBend)
+                     LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet, PitchBend, TuningSet)
 from instrument.engine.voices import VoiceBank, VoiceSettings
 
 __all__ = ["Engine", "EngineState", "EngineStats", "FrameRecord"]
@@ -50,6 +50,7 @@ _VOICE_SETTINGS = {
     Param.VELOCITY_SENSITIVITY: "velocity_sensitivity", Param.VOICE_MODE: "mode", Param.MIDI_CHANNEL: "midi_channel",
     Param.EXPRESSION: "expression", Param.VIBRATO_DEPTH: "vibrato_depth", Param.ATTACK_TIME_SCALE: "attack_time_scale",
     Param.RELEASE_TIME_SCALE: "release_time_scale", Param.LEVEL_OFFSET_DB: "level_offset_db",
+    Param.TUNING_A4_HZ: "tuning_a4_hz",
 }
 
 
@@ -294,6 +295,8 @@ class Engine:
             self._set_param(event.param, event.value, pos)
         elif kind is Panic:
             self._panic()
+        elif kind is TuningSet:
+            voices.set_tuning(event.key_offsets_semitones)
         else:
             voices.ignored_events += 1
 

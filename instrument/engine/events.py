@@ -16,7 +16,7 @@ from enum import IntEnum
 from typing import Iterator, Union
 
 __all__ = [
-    "NoteOn", "NoteOff", "PitchBend", "ControlChange", "LatentSet", "ParamSet", "Panic", "Event",
+    "NoteOn", "NoteOff", "PitchBend", "ControlChange", "LatentSet", "ParamSet", "Panic", "TuningSet", "Event",
     "CC_MOD_WHEEL", "CC_SUSTAIN", "CC_ALL_SOUND_OFF", "CC_RESET_ALL_CONTROLLERS", "CC_ALL_NOTES_OFF",
     "ParamSpec", "PARAMS", "Param", "param_spec", "param_event", "EventQueue", "from_mido", "with_offset",
 ]
@@ -87,7 +87,18 @@ class Panic:
     offset: int = 0
 
 
-Event = Union[NoteOn, NoteOff, PitchBend, ControlChange, LatentSet, ParamSet, Panic]
+@dataclass(frozen=True, slots=True, eq=False)
+class TuningSet:
+    """Retune the keys: ``key_offsets_semitones`` is a read-only (128,) array (each key's distance from 12-TET
+    at A4 = 440 Hz, NaN = unmapped; :func:`instrument.engine.tuning.read_tuning`), or None for equal
+    temperament. Built off the audio thread; the voices keep a reference (notes already sounding keep their
+    pitch)."""
+
+    key_offsets_semitones: object = None
+    offset: int = 0
+
+
+Event = Union[NoteOn, NoteOff, PitchBend, ControlChange, LatentSet, ParamSet, Panic, TuningSet]
 
 
 def with_offset(event: Event, offset: int) -> Event:
@@ -156,6 +167,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("attack_time_scale", "", 1.0, 0.25, 4.0, 2.0, doc="times the learnt attack and decay times"),
     ParamSpec("release_time_scale", "", 1.0, 0.25, 4.0, 2.0, doc="times the learnt release time"),
     ParamSpec("level_offset_db", "dB", 0.0, -24.0, 12.0, doc="added to the learnt note level"),
+    ParamSpec("tuning_a4_hz", "Hz", 440.0, 415.0, 466.0, doc="concert pitch: A4's frequency (442 for many "
+              "orchestras); moves the whole tuning, a Scala scale too"),
 )
 
 
@@ -180,6 +193,7 @@ class Param(IntEnum):
     ATTACK_TIME_SCALE = 15
     RELEASE_TIME_SCALE = 16
     LEVEL_OFFSET_DB = 17
+    TUNING_A4_HZ = 18
 
 
 assert [p.name.upper() for p in PARAMS] == [p.name for p in Param], "Param and PARAMS disagree"

@@ -31,6 +31,7 @@ import numpy as np
 
 from instrument.engine.expression import (ENVELOPE, LEARNED, held_level_db, pitch_offset_cents, release_level_db,
                                           release_ms_to_floor, tremolo_db, velocity_level_db)
+from instrument.engine.tuning import a4_offset_semitones
 from instrument.model.bundle import Articulation
 
 __all__ = ["IDLE", "ATTACK", "DECAY", "SUSTAIN", "RELEASE", "POLY", "MONO", "LEGATO", "Voice", "VoiceSettings",
@@ -62,6 +63,7 @@ class VoiceSettings:
     attack_time_scale: float = 1.0     # times the learnt attack and decay times
     release_time_scale: float = 1.0    # times the learnt release time
     level_offset_db: float = 0.0       # added to the learnt note level
+    tuning_a4_hz: float = 440.0        # concert pitch: moves every key (a Scala tuning too)
 
 
 @dataclass(slots=True)
@@ -107,6 +109,9 @@ class VoiceBank:
         self.settings = settings or VoiceSettings()
         self.articulation = articulation
         self.mod_wheel = 0.0                   # 0..1, pushes the vibrato depth (learnt expression)
+        # the tuning: None (12-TET) or a read-only (128,) table of each key's offset in semitones, NaN = unmapped
+        # (instrument.engine.tuning); replaced by one assignment, never written
+        self.key_offsets_semitones: np.ndarray | None = None
         self._ms_per_sample = 1000.0 / self.sample_rate
         self.voices = [Voice(env_db=self.settings.floor_db) for _ in range(self.n_voices)]
         self.bend = [0.0] * 16                 # per MIDI channel, -1..1
@@ -142,6 +147,7 @@ class VoiceBank:
         self._decay_rate = rate(-s.sustain_db, s.decay_ms)
         self._release_rate = rate(depth, s.release_ms)
         self._glide_samples = max(0.0, s.glide_ms * per_ms)
+        self._a4_shift = a4_offset_semitones(s.tuning_a4_hz) if s.tuning_a4_hz > 0.0 else 0.0
         self._learn = s.expression == LEARNED and self.articulation is not None
         if self.articulation is not None:
             self._legato_samples = self.articulation.legato_ms * per_ms
@@ -156,6 +162,29 @@ class VoiceBank:
         setattr(self.settings, name, value)
         self._update_rates()
 
+    def set_tuning(self, key_offsets_semitones: np.ndarray | None) -> None:
+        """Retune the keys (a table from :func:`instrument.engine.tuning.read_tuning`, or None for 12-TET);
+        sounding notes keep their pitch, the next notes use the new tuning."""
+        self.key_offsets_semitones = key_offsets_semitones
+
+    def tuned(self, note: float) -> float:
+        """The pitch (12-TET MIDI units at A4 = 440 Hz, before bend, shift and concert pitch) key ``note``
+        sounds in the current tuning; NaN for an unmapped key. A fractional note interpolates its two keys."""
+        table = self.key_offsets_semitones
+        if table is None:
+            return float(note)
+        k = min(max(int(math.floor(note)), 0), len(table) - 1)
+        frac = float(note) - k
+        offset = float(table[k])
+        if frac > 0.0 and k + 1 < len(table):
+            offset += frac * (float(table[k + 1]) - offset)
+        return float(note) + offset
+
+    def _key_pitch(self, note: float) -> float:
+        """tuned(note), or the key itself where the tuning leaves it unmapped (a held key after a retune)."""
+        pitch = self.tuned(note)
+        return pitch if pitch == pitch else float(note)
+
     # ------------------------------------------------------------------------------------------ helpers
     def accepts(self, channel: int) -> bool:
         c = self.settings.midi_channel
@@ -169,7 +198,8 @@ class VoiceBank:
         return high - self.settings.velocity_sensitivity * (1.0 - v) * (high - low)
 
     def _check_range(self, note: float) -> None:
-        f0 = 440.0 * 2.0 ** ((note + self.settings.pitch_shift_semitones - 69.0) / 12.0)
+        pitch = self.tuned(note) + self.settings.pitch_shift_semitones + self._a4_shift
+        f0 = 440.0 * 2.0 ** ((pitch - 69.0) / 12.0)
         if not self.f0_range_hz[0] <= f0 <= self.f0_range_hz[1]:
             self.out_of_range_notes += 1
             self.last_out_of_range_note = note
@@ -247,15 +277,15 @@ class VoiceBank:
                         + tremolo_db(art, t_on_ms, s.vibrato_depth))
 
     def _legato_to(self, v: Voice, note: float) -> None:
-        """A legato transition: the glide time set, else the learnt one."""
+        """A legato transition to key ``note``: the glide time set, else the learnt one."""
         if self._learn and self._glide_samples <= 0.0:
-            v.target = float(note)
+            v.target = self._key_pitch(note)
             v.glide_rate = abs(v.target - v.pitch) / max(self._legato_samples, 1.0)
         else:
             self._glide_to(v, note)
 
     def _glide_to(self, v: Voice, note: float) -> None:
-        v.target = float(note)
+        v.target = self._key_pitch(note)
         if self._glide_samples <= 0.0:
             v.pitch = v.target
             v.glide_rate = 0.0
@@ -270,14 +300,14 @@ class VoiceBank:
         was_idle = v.stage == IDLE
         if v.stage == IDLE:
             v.env_db = self.settings.floor_db
-            v.pitch = v.target = float(note)
+            v.pitch = v.target = self._key_pitch(note)
             v.glide_rate = 0.0
             self._pending_onset[index] = pos
             self._any_pending = True
         elif glide:
             self._glide_to(v, note)
         else:
-            v.pitch = v.target = float(note)
+            v.pitch = v.target = self._key_pitch(note)
             v.glide_rate = 0.0
         v.stage = ATTACK
         v.note, v.channel, v.velocity = float(note), int(channel), float(velocity)
@@ -311,7 +341,7 @@ class VoiceBank:
         if velocity <= 0:
             self.note_off(note, channel, pos)
             return
-        if not self.accepts(channel):
+        if not self.accepts(channel) or not math.isfinite(self.tuned(note)):   # other channel, unmapped key
             self.ignored_events += 1
             return
         self._check_range(note)
@@ -435,7 +465,7 @@ class VoiceBank:
         """Advance every voice to the end of the interval and write this frame's arrays."""
         hop = self.hop_size
         s = self.settings
-        shift = s.pitch_shift_semitones
+        shift = s.pitch_shift_semitones + self._a4_shift
         bend_range = s.bend_range_semitones
         bend = self.bend
         pitch, loudness, gain = self.pitch_midi, self.loudness_db, self.gain

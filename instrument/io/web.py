@@ -51,7 +51,7 @@ PARAM_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("expression", ("expression", "vibrato_depth", "attack_time_scale", "release_time_scale", "level_offset_db")),
     ("gains", ("harmonic_gain_db", "noise_gain_db", "output_gain_db")),
     ("voices", ("voice_mode", "glide_ms", "midi_channel")),
-    ("pitch", ("bend_range_semitones", "pitch_shift_semitones")),
+    ("pitch", ("bend_range_semitones", "pitch_shift_semitones", "tuning_a4_hz")),
 )
 
 
