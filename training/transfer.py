@@ -9,12 +9,47 @@ import soundfile as sf
 from instrument.model.bundle import ModelBundle
 from instrument.model.offline import render_controls
 
-from training.corpus import load_audio_file
+from training.corpus import load_audio_file, note_name
 from training.features import FeatureSettings, extract_corpus_features
 
 
 class TransferError(Exception):
     pass
+
+
+FIT_FRACTION = 0.9          # the input fits when this share of its voiced frames lies inside the model's range
+MAX_OCTAVES = 3
+
+
+def _range_text(lo_hz: float, hi_hz: float) -> str:
+    return f"{note_name(lo_hz)}-{note_name(hi_hz)} ({lo_hz:.0f}-{hi_hz:.0f} Hz)"
+
+
+def choose_octave_shift(f0_hz: np.ndarray, model_range_hz: tuple[float, float] | None) -> tuple[float, str]:
+    """(pitch shift in semitones, why) for an input's confidently voiced f0: none when at least FIT_FRACTION of
+    the frames lie inside the model's pitch range (its corpus's 1st-99th percentile); otherwise the whole number
+    of octaves (up to MAX_OCTAVES) that puts the most frames inside it (the smaller shift on a tie)."""
+    f0_hz = np.asarray(f0_hz, dtype=np.float64)
+    if f0_hz.size == 0:
+        return 0.0, "no shift: the input has no confidently voiced pitch"
+    if model_range_hz is None:
+        return 0.0, "no shift: the model file has no measured pitch range"
+    lo, hi = model_range_hz
+    p5, p95 = np.percentile(f0_hz, [5, 95])
+    inside = {k: float(np.mean((f0_hz * 2.0 ** k >= lo) & (f0_hz * 2.0 ** k <= hi)))
+              for k in range(-MAX_OCTAVES, MAX_OCTAVES + 1)}
+    where = f"the input's pitch {_range_text(p5, p95)} (5th-95th percentile)"
+    if inside[0] >= FIT_FRACTION:
+        return 0.0, (f"no shift: {where} fits the model's range {_range_text(lo, hi)} ({inside[0]:.0%} of its "
+                     f"voiced frames inside)")
+    best = max(inside, key=lambda k: (inside[k], -abs(k)))
+    if inside[best] <= inside[0]:
+        return 0.0, (f"no shift: {where} lies {inside[0]:.0%} inside the model's range {_range_text(lo, hi)} and no "
+                     f"octave shift does better")
+    word = "up" if best > 0 else "down"
+    return 12.0 * best, (f"shifted {abs(best)} octave{'s' if abs(best) > 1 else ''} {word}: {where} lies only "
+                         f"{inside[0]:.0%} inside the model's range {_range_text(lo, hi)}, {inside[best]:.0%} after "
+                         f"the shift (--pitch-shift 0 keeps it where it is)")
 
 
 def latent_vector(bundle: ModelBundle, knobs: dict) -> np.ndarray:
@@ -42,11 +77,9 @@ def timbre_transfer(bundle: ModelBundle, input_path: Path, output_path: Path, pi
     confident = feats.voiced & (feats.voiced_prob >= 0.5)
     corpus = bundle.corpus
     if pitch_shift is None:
-        pitch_shift = 0.0
-        target = corpus.f0_median_hz
-        if target and confident.any():
-            octaves = np.log2(target / np.median(feats.f0_hz[confident]))
-            pitch_shift = 12.0 * float(np.round(octaves))
+        pitch_shift, why = choose_octave_shift(feats.f0_hz[confident], corpus.f0_range_hz)
+    else:
+        why = "as asked"
     if loudness_shift is None:
         loudness_shift = 0.0
         target = corpus.loudness_median_db
@@ -62,7 +95,9 @@ def timbre_transfer(bundle: ModelBundle, input_path: Path, output_path: Path, pi
     if peak > 0.99:
         out = out * (0.99 / peak)
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(output_path, out.astype(np.float32), c.sample_rate)
+    # 24-bit like sdga-render (the peak is scaled to at most 0.99 above: nothing clips)
+    sf.write(output_path, out.astype(np.float32), c.sample_rate,
+             subtype="PCM_24" if Path(output_path).suffix.lower() in (".wav", ".flac") else None)
     knob_text = ", ".join(f"{k}={v}" for k, v in (knobs or {}).items()) or "corpus means"
-    return (f"wrote {output_path}: {len(out) / c.sample_rate:.2f} s, pitch shift {pitch_shift:+.1f} st, "
-            f"loudness shift {loudness_shift:+.1f} dB, latents: {knob_text}")
+    return (f"wrote {output_path}: {len(out) / c.sample_rate:.2f} s, pitch shift {pitch_shift:+.1f} st "
+            f"({why}), loudness shift {loudness_shift:+.1f} dB, latents: {knob_text}")
