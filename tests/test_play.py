@@ -177,10 +177,12 @@ def play_args(model: Path, tmp_path: Path, *extra: str) -> list[str]:
             "--stats-json", str(tmp_path / "stats.json"), *extra]
 
 
-def results(tmp_path: Path) -> tuple[np.ndarray, dict]:
+def results(tmp_path: Path, stereo: bool = False) -> tuple[np.ndarray, dict]:
+    """The recording (its left channel, or both with ``stereo``) and the --stats-json summary."""
     audio, rate = sf.read(str(tmp_path / "take.wav"), dtype="float32")
-    assert rate == SR and audio.ndim == 1
-    return audio, json.loads((tmp_path / "stats.json").read_text())
+    assert rate == SR and audio.ndim == 2 and audio.shape[1] == 2        # --record: the stereo effects output
+    assert sf.info(str(tmp_path / "take.wav")).subtype == "FLOAT"
+    return (audio if stereo else audio[:, 0]), json.loads((tmp_path / "stats.json").read_text())
 
 
 def notes_in(audio: np.ndarray, frame_s: float = 0.02, threshold: float = 0.1, min_gap_s: float = 0.1,

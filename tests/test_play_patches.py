@@ -146,6 +146,13 @@ def test_patch_effects_are_in_the_recording(plain_then_breath, breath_at_start):
     (first, second), plain, _ = _plain_parts(plain_audio)
     plain_tail = tail_s(plain_audio, first, plain, second[0] - 0.05)
     assert plain_tail < 0.15 and breath_tail > 0.5, (plain_tail, breath_tail)
+    # --record holds both channels of what is heard: the plain note's two channels are the same signal, the
+    # breath patch's chorus and reverb make them differ
+    stereo, _ = results(plain_then_breath[2], stereo=True)
+    left, right = segment(stereo, first[0], first[1]).T
+    np.testing.assert_array_equal(left, right)
+    left, right = segment(stereo, len(stereo) / SR - 1.0, len(stereo) / SR - 0.05).T
+    assert rms(left - right) > 0.05 * rms(left), (rms(left - right), rms(left))
 
 
 def test_osc_patch_next_glides_without_a_click(plain_then_breath):

@@ -76,3 +76,26 @@ def test_file_is_complete_before_close(tmp_path):
     assert data[:4] == b"RIFF" and struct.unpack("<I", data[4:8])[0] == len(data) - 8
     at = data.index(b"data")
     assert struct.unpack("<I", data[at + 4:at + 8])[0] == 40 * 128 * 4
+
+
+def test_stereo_effects_output_is_recorded_whole_in_float_or_24_bit(tmp_path):
+    """What is heard: both channels of a stereo block, exactly in float, within 24-bit steps in 24-bit; a mono
+    block (a one-channel device) fills both channels; an unknown format is refused."""
+    import pytest
+
+    rng = np.random.default_rng(1)
+    stereo = [(0.5 * rng.standard_normal((128, 2))).clip(-0.99, 0.99).astype(np.float32) for _ in range(20)]
+    mono = (0.3 * rng.standard_normal((128, 1))).astype(np.float32)
+    for name, fmt, subtype, tol in [("f.wav", "float", "FLOAT", 0.0), ("i.wav", "24", "PCM_24", 2.0 ** -23),
+                                    ("i.flac", "float", "PCM_24", 2.0 ** -23)]:
+        with RingRecorder(tmp_path / name, 48000, channels=2, sample_format=fmt, poll_s=0.001) as recorder:
+            for block in stereo:
+                recorder.push(block)
+            recorder.push(mono)
+        audio, _ = sf.read(str(tmp_path / name), dtype="float32", always_2d=True)
+        assert sf.info(str(tmp_path / name)).subtype == subtype and audio.shape == (21 * 128, 2)
+        np.testing.assert_allclose(audio[:20 * 128], np.concatenate(stereo), rtol=0, atol=tol)
+        np.testing.assert_allclose(audio[20 * 128:], np.repeat(mono, 2, axis=1), rtol=0, atol=tol)
+        assert not np.array_equal(audio[:, 0], audio[:, 1])
+    with pytest.raises(ValueError, match="record format"):
+        RingRecorder(tmp_path / "x.wav", 48000, sample_format="16")

@@ -36,6 +36,7 @@ __all__ = ["main", "build_parser"]
 
 PROG = "sdga-play"
 MAX_LIVE_BLOCK_MS = 50.0        # a longer block plays, with a warning: its latency is felt
+RECORD_CHANNELS = 2            # --record holds what the effects put out: the stream opens 1 or 2 channels
 
 
 class UsageError(Exception):
@@ -90,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--osc-feedback", default=None, metavar="HOST:PORT",
                    help="send moved targets' values over OSC to HOST:PORT (overrides the mapping's feedback)")
     r = p.add_argument_group("session")
-    r.add_argument("--record", type=Path, default=None, metavar="FILE", help="record what is played (WAV: float)")
+    r.add_argument("--record", type=Path, default=None, metavar="FILE",
+                   help="record what is heard: the effects' output, stereo (a mono device: both channels)")
+    r.add_argument("--record-format", choices=("float", "24"), default="float",
+                   help="the recording's samples: 32-bit float or 24-bit (FLAC: always 24-bit) [float]")
     r.add_argument("--save-patch", type=Path, default=None, metavar="FILE",
                    help="at exit, save the sound playing then as a patch file")
     r.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
@@ -453,7 +457,8 @@ def _open_inputs(args, session: Session, log) -> None:
         from instrument.io.recording import RingRecorder
 
         try:
-            session.recorder = RingRecorder(args.record, session.engine.sample_rate, channels=1).start()
+            session.recorder = RingRecorder(args.record, session.engine.sample_rate, channels=RECORD_CHANNELS,
+                                            sample_format=args.record_format).start()
         except Exception as exc:       # unwritable path, unknown format
             raise UsageError(f"cannot record to {args.record}: {exc}") from None
 

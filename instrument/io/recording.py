@@ -17,19 +17,36 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RingRecorder"]
+__all__ = ["RingRecorder", "RECORD_FORMATS", "record_subtype"]
+
+# --record-format: the sample format of the recording (WAV, AIFF, W64, CAF; FLAC holds integers only: 24-bit)
+RECORD_FORMATS = {"float": "FLOAT", "24": "PCM_24"}
+_FLOAT_CONTAINERS = (".wav", ".w64", ".caf", ".aif", ".aiff", ".rf64")
 
 SFC_UPDATE_HEADER_NOW = 0x1060           # libsndfile's sf_command: write the header for the frames so far
 
 
+def record_subtype(path: Path | str, sample_format: str = "float") -> str | None:
+    """libsndfile subtype for ``path`` in ``sample_format`` ("float": 32-bit float, so nothing is clipped or
+    hidden; "24": 24-bit PCM); FLAC is always 24-bit, other containers soundfile's default. ValueError for an
+    unknown format."""
+    if sample_format not in RECORD_FORMATS:
+        raise ValueError(f"unknown record format {sample_format!r}; choose {', '.join(RECORD_FORMATS)}")
+    suffix = Path(path).suffix.lower()
+    if suffix in _FLOAT_CONTAINERS:
+        return RECORD_FORMATS[sample_format]
+    return "PCM_24" if suffix == ".flac" else None
+
+
 class RingRecorder:
-    """Records ``channels`` channels at ``sample_rate`` to ``path`` (WAV: 32-bit float, so nothing is clipped
-    or hidden; other formats: soundfile's default subtype). Call :meth:`start` before the stream starts and
-    :meth:`close` after it stopped."""
+    """Records ``channels`` channels at ``sample_rate`` to ``path`` in ``sample_format`` (see
+    :func:`record_subtype`); a block with fewer channels than the file (a mono device) fills every channel.
+    Call :meth:`start` before the stream starts and :meth:`close` after it stopped."""
 
     def __init__(self, path: Path | str, sample_rate: int, channels: int = 1, ring_seconds: float = 4.0,
-                 poll_s: float = 0.05):
+                 poll_s: float = 0.05, sample_format: str = "float"):
         self.path = Path(path)
+        self.subtype = record_subtype(path, sample_format)
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self.capacity = max(1, int(ring_seconds * self.sample_rate))
@@ -54,9 +71,9 @@ class RingRecorder:
         start = self._written % self.capacity
         first = min(frames, self.capacity - start)
         if block.ndim == 1:
-            self._ring[start:start + first, 0] = block[:first]
+            self._ring[start:start + first] = block[:first, None]
             if first < frames:
-                self._ring[:frames - first, 0] = block[first:]
+                self._ring[:frames - first] = block[first:, None]
         else:
             self._ring[start:start + first] = block[:first, :self.channels]
             if first < frames:
@@ -74,8 +91,7 @@ class RingRecorder:
 
         if self._thread is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            subtype = "FLOAT" if self.path.suffix.lower() == ".wav" else None
-            self._file = sf.SoundFile(str(self.path), "w", self.sample_rate, self.channels, subtype=subtype)
+            self._file = sf.SoundFile(str(self.path), "w", self.sample_rate, self.channels, subtype=self.subtype)
             self._thread = threading.Thread(target=self._run, name="sdga-record", daemon=True)
             self._thread.start()
         return self
