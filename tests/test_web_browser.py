@@ -135,6 +135,7 @@ def test_page_moves_the_engine_and_follows_midi(jack, model_path, browser, tmp_p
         # a slider moved on the page (keyboard End: the input event a drag makes) -> the engine's latent 0
         assert slider_value(browser, "latent/0") < 0.9
         s = slider(browser, "latent/0")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", s)   # not under the sticky header
         s.click()
         s.send_keys(Keys.END)
         # a CC from a JACK MIDI port (CC 2 -> latent/1 by default) -> the slider on the page
