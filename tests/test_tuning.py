@@ -148,3 +148,32 @@ def test_recalling_a_patch_retunes_and_one_without_a_scale_keeps_the_tuning(sine
     tuned = [e for e in router.recall("a_19", glide_ms=0) if isinstance(e, TuningSet)]
     assert len(tuned) == 1 and tuned[0].key_offsets_semitones[60] == pytest.approx(9 - 9 * 12 / 19)
     assert not [e for e in router.recall("b_plain", glide_ms=0) if isinstance(e, TuningSet)]
+
+
+def test_mapping_scale_tunes_the_start_and_every_patch_without_its_own(sine, tmp_path):
+    from instrument.controls.router import load_router
+
+    (tmp_path / "just.scl").write_text(JUST)
+    (tmp_path / "white.kbm").write_text(WHITE_KBM)
+    (tmp_path / "19edo.scl").write_text(EDO19)
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches" / "a_19.yaml").write_text("scale: ../19edo.scl\n")
+    (tmp_path / "patches" / "b_plain.yaml").write_text("params: {release_ms: 500}\n")
+    (tmp_path / "m.yaml").write_text("patches: patches\nscale: just.scl\nkeyboard_map: white.kbm\nmappings: []\n")
+    router = load_router(tmp_path / "m.yaml", sine)
+    start = router.tuning_events()
+    assert len(start) == 1 and math.isnan(start[0].key_offsets_semitones[61])         # the just white keys
+    edo = [e for e in router.recall("a_19", glide_ms=0) if isinstance(e, TuningSet)]
+    assert edo[0].key_offsets_semitones[60] == pytest.approx(9 - 9 * 12 / 19)
+    back = [e for e in router.recall("b_plain", glide_ms=0) if isinstance(e, TuningSet)]
+    assert len(back) == 1 and math.isnan(back[0].key_offsets_semitones[61])
+    # played: the mapping's just major third above C4
+    audio = play_grid(sine, keys=(64,), tuning=start[0].key_offsets_semitones)[64]
+    assert abs(cents(audio, 261.6255653 * 5 / 4)) < 2.0
+    # a broken scale named by the mapping: the mapping's line and the scale file's own line
+    (tmp_path / "bad.scl").write_text("desc\n2\n100.0\n")
+    (tmp_path / "bad.yaml").write_text("name: x\nscale: bad.scl\n")
+    from instrument.controls.targets import MappingError
+    with pytest.raises(MappingError) as exc:
+        load_router(tmp_path / "bad.yaml", sine)
+    assert "line 2" in str(exc.value) and "bad.scl:3:" in str(exc.value)

@@ -429,7 +429,8 @@ def _build_engine(args, inst: _Instrument, log):
         f"{engine.describe()}")
     log(router.describe())
     # The patch first, then --latent / --param on top; the first callback applies them in this order.
-    for event in [*(_recall(router, inst.patch, bundle) if inst.patch is not None else []), *inst.given]:
+    for event in [*(_recall(router, inst.patch, bundle) if inst.patch is not None else router.tuning_events()),
+                  *inst.given]:
         queue.push(event)
     router.sync(inst.given)
     return engine, queue

@@ -34,6 +34,7 @@ from typing import Sequence
 import yaml
 
 from instrument.controls.patches import DEFAULT_GLIDE_MS, Patch, load_patches, patch_files
+from instrument.engine.tuning import TuningError, read_tuning
 from instrument.controls.targets import KeySpec, MappingError, Target, YamlFile, _did_you_mean, target_table
 
 __all__ = ["MAPPING_VERSION", "MAPPING_FILE_KEYS", "ENTRY_KEYS", "SOURCE_KINDS", "RELATIVE_MODES", "CURVES",
@@ -69,6 +70,11 @@ MAPPING_FILE_KEYS: tuple[KeySpec, ...] = (
             "engine (default true)", "passthrough: false"),
     KeySpec("feedback", "{host: text, port: 1..65535}", "send values of moved targets back over OSC "
             "(/sdga/value/<target> and each mapped OSC address)", "feedback: {host: 127.0.0.1, port: 9001}"),
+    KeySpec("scale", "path", "a Scala scale file (.scl), relative to this file: the tuning at start and for "
+            "every patch without its own scale (default: 12-tone equal temperament); concert pitch is the "
+            "tuning_a4_hz parameter", "scale: ../tunings/just.scl"),
+    KeySpec("keyboard_map", "path", "a Scala keyboard map (.kbm) for the scale, relative to this file (default: "
+            "degree 0 on key 60, key 69 at 440 Hz)", "keyboard_map: ../tunings/white_keys.kbm"),
     KeySpec("mappings", "list of entries", "the bindings, one source each (several may drive one target)",
             "mappings: [{cc: 70, target: latent/0}]"),
 )
@@ -202,6 +208,7 @@ class Mapping:
     feedback: tuple[str, int] | None
     passthrough: bool
     glide_ms: float
+    tuning: object           # None (12-TET) or the read-only key table of scale + keyboard_map
     midi: dict               # (kind, number or None) -> bindings; kind "lsb" for 14-bit LSBs
     osc: dict                # address -> bindings
     by_key: dict             # Target.key -> Target (the first name of each: latent/<rank> for latents)
@@ -249,6 +256,19 @@ def parse_mapping(path: str | Path | None, bundle, *, text: str | None = None,
         fb = doc.mapping(top["feedback"][1], "feedback", ("host", "port"), ("port",))
         host = doc.string(fb["host"][1], "feedback.host") if "host" in fb else "127.0.0.1"
         feedback = (host, doc.number(fb["port"][1], "feedback.port", 1, 65535, integer=True))
+    tuning = None
+    if "keyboard_map" in top and "scale" not in top:
+        raise doc.error(top["keyboard_map"][1], "keyboard_map", "a keyboard map needs a scale (add scale: FILE.scl)")
+    if "scale" in top:
+        def rel(node, key: str) -> Path:
+            p = Path(os.path.expanduser(doc.string(node, key)))
+            return p if p.is_absolute() else base / p
+        node = top["scale"][1]
+        try:
+            tuning = read_tuning(rel(node, "scale"),
+                                 rel(top["keyboard_map"][1], "keyboard_map") if "keyboard_map" in top else None)
+        except TuningError as exc:       # the .scl/.kbm's own file:line, and where the mapping names it
+            raise doc.error(node, "scale", str(exc)) from exc
     table = target_table(bundle.latents, [p.name for p in loaded])
     bindings: list[Binding] = []
     if "mappings" in top:
@@ -271,7 +291,7 @@ def parse_mapping(path: str | Path | None, bundle, *, text: str | None = None,
                 midi.setdefault(("lsb", s.lsb), []).append(b)
     return Mapping(path=doc.path if path is not None else None, text=doc.text, name=name, bindings=tuple(bindings),
                    targets=table, patches=loaded, patch_source=tuple(source), feedback=feedback,
-                   passthrough=passthrough, glide_ms=glide, midi={k: tuple(v) for k, v in midi.items()},
+                   passthrough=passthrough, glide_ms=glide, tuning=tuning, midi={k: tuple(v) for k, v in midi.items()},
                    osc={k: tuple(v) for k, v in osc.items()}, by_key=by_key)
 
 

@@ -372,8 +372,9 @@ class MappingRouter:
             if not t.smoothable and self.values.get(t.key, t.default) == t.clamp(value):
                 continue                          # e.g. the same voice mode: do not release held notes
             self._set(t, value, glide, 0, offset, out)
-        if patch.tuning is not None:                # a patch with a scale retunes; one without keeps the tuning
-            out.append(TuningSet(patch.tuning, offset))
+        tuning = patch.tuning if patch.tuning is not None else m.tuning   # the patch's scale, else the mapping's
+        if tuning is not None:                      # neither: the tuning stays as it is
+            out.append(TuningSet(tuning, offset))
         if self.effects is not None:
             try:
                 self.effects.set_effects(patch.effects, fade_ms=max(glide, 20.0))
@@ -456,6 +457,11 @@ class MappingRouter:
     def add_entry(self, entry: dict) -> Mapping:
         """:meth:`LiveMapping.add_entry <instrument.controls.reload.LiveMapping.add_entry>`."""
         return self.live.add_entry(entry)
+
+    def tuning_events(self, offset: int = 0) -> list[Event]:
+        """The mapping's tuning (its scale), for the start of a session without a patch; none for 12-TET."""
+        tuning = self._mapping.tuning
+        return [] if tuning is None else [TuningSet(tuning, offset)]
 
     def reload(self) -> bool:
         """Load the mapping file again; on any error keep the current mapping (message in ``last_error``)."""
