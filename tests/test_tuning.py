@@ -177,3 +177,24 @@ def test_mapping_scale_tunes_the_start_and_every_patch_without_its_own(sine, tmp
     with pytest.raises(MappingError) as exc:
         load_router(tmp_path / "bad.yaml", sine)
     assert "line 2" in str(exc.value) and "bad.scl:3:" in str(exc.value)
+
+
+def test_sdga_render_plays_a_note_grid_in_a_scale_at_442(tmp_path):
+    """sdga-render --scale 19edo.scl --param tuning_a4_hz=442: every note of the MIDI file at its tuned pitch."""
+    import soundfile as sf
+    from instrument.apps.render import main as render_main
+    from instrument.model.bundle import save_bundle
+    from test_render import NOTES, pitch_hz, write_midi
+
+    save_bundle(tmp_path / "sine.sdga", sine_bundle())
+    write_midi(tmp_path / "notes.mid")
+    (tmp_path / "19edo.scl").write_text(EDO19)
+    assert render_main([str(tmp_path / "sine.sdga"), "--midi", str(tmp_path / "notes.mid"), "-o",
+                        str(tmp_path / "out.wav"), "--scale", str(tmp_path / "19edo.scl"),
+                        "--param", "tuning_a4_hz=442"]) == 0
+    audio, sr = sf.read(str(tmp_path / "out.wav"), dtype="float32")
+    for note, on, off in NOTES:
+        measured = pitch_hz(audio[int((on + 0.15) * sr):int((off - 0.02) * sr)], sr)
+        assert abs(cents(measured, 442.0 * 2 ** ((note - 69) / 19))) < 3.0, (note, measured)
+    assert render_main([str(tmp_path / "sine.sdga"), "--midi", str(tmp_path / "notes.mid"), "-o",
+                        str(tmp_path / "x.wav"), "--keyboard-map", str(tmp_path / "m.kbm")]) == 2

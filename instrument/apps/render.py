@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a latent (name or importance rank) to a 0..1 knob value; repeatable")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set an engine parameter in its unit (e.g. release_ms=500); repeatable")
+    p.add_argument("--scale", type=Path, default=None, metavar="FILE.scl",
+                   help="play the keys in a Scala scale (concert pitch: --param tuning_a4_hz=442)")
+    p.add_argument("--keyboard-map", type=Path, default=None, metavar="FILE.kbm",
+                   help="a Scala keyboard map for --scale (default: degree 0 on key 60, key 69 at 440 Hz)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     return p
 
@@ -138,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         initial: list[Event] = [LatentSet(info.index, knob, knob=True)
                                  for info, knob in parse_latent_knobs(bundle, args.latent)]
         initial += [param_event(name, value) for name, value in parse_assignments(args.param, "param")]
+        if args.keyboard_map is not None and args.scale is None:
+            raise ValueError("--keyboard-map needs --scale")
+        if args.scale is not None:
+            from instrument.engine.events import TuningSet
+            from instrument.engine.tuning import read_tuning
+            initial.append(TuningSet(read_tuning(args.scale, args.keyboard_map)))
         if args.block_size < 1 or args.voices < 1 or (args.sample_rate is not None and args.sample_rate < 1000):
             raise ValueError("--block-size and --voices must be >= 1, --sample-rate >= 1000")
     except (ValueError, KeyError, IndexError) as exc:
