@@ -46,8 +46,8 @@ PATCH_KEYS: tuple[KeySpec, ...] = (
     KeySpec("glide_ms", "number 0..20000", "how long recalling this patch glides (default: the mapping's "
             "glide_ms, 300)", "glide_ms: 500"),
     KeySpec("scale", "path", "a Scala scale file (.scl), relative to the patch: the keys play its degrees "
-            "(default: 12-tone equal temperament; a patch without one keeps the current tuning); concert pitch "
-            "is the tuning_a4_hz parameter", "scale: ../tunings/19edo.scl"),
+            "(a patch without one plays the mapping's scale, else keeps the tuning); concert pitch is the "
+            "tuning_a4_hz parameter", "scale: ../tunings/19edo.scl"),
     KeySpec("keyboard_map", "path", "a Scala keyboard map (.kbm) for the scale, relative to the patch "
             "(default: degree 0 on key 60, key 69 at 440 Hz)", "keyboard_map: ../tunings/c261.kbm"),
 )
