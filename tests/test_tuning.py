@@ -198,3 +198,27 @@ def test_sdga_render_plays_a_note_grid_in_a_scale_at_442(tmp_path):
         assert abs(cents(measured, 442.0 * 2 ** ((note - 69) / 19))) < 3.0, (note, measured)
     assert render_main([str(tmp_path / "sine.sdga"), "--midi", str(tmp_path / "notes.mid"), "-o",
                         str(tmp_path / "x.wav"), "--keyboard-map", str(tmp_path / "m.kbm")]) == 2
+
+
+def test_saving_the_sound_keeps_the_scale_playing(sine, tmp_path):
+    """/sdga/save and --save-patch write the scale (and keyboard map) playing, relative to the new patch."""
+    from instrument.controls.router import load_router
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "just.scl").write_text(JUST)
+    (tmp_path / "t" / "white.kbm").write_text(WHITE_KBM)
+    (tmp_path / "t" / "19edo.scl").write_text(EDO19)
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches" / "a_19.yaml").write_text("scale: ../t/19edo.scl\n")
+    (tmp_path / "patches" / "b_plain.yaml").write_text("params: {release_ms: 500}\n")
+    (tmp_path / "m.yaml").write_text("patches: patches\nscale: t/just.scl\nkeyboard_map: t/white.kbm\n")
+    router = load_router(tmp_path / "m.yaml", sine)
+    router.recall("a_19", glide_ms=0)
+    saved = load_patch(router.save_current_patch(tmp_path / "out" / "edo.yaml"))
+    assert saved.scale.resolve() == (tmp_path / "t" / "19edo.scl").resolve() and saved.keyboard_map is None
+    assert "../t/19edo.scl" in (tmp_path / "out" / "edo.yaml").read_text()
+    router.recall("b_plain", glide_ms=0)              # no scale of its own: the mapping's just tuning plays
+    saved = load_patch(router.save_current_patch(tmp_path / "out" / "just.yaml"))
+    assert saved.scale.resolve() == (tmp_path / "t" / "just.scl").resolve()
+    assert saved.keyboard_map.resolve() == (tmp_path / "t" / "white.kbm").resolve()
+    np.testing.assert_array_equal(saved.tuning, router.mapping.tuning)

@@ -547,7 +547,8 @@ def _finish(args, session: Session, inst: _Instrument) -> int:
 
         try:
             saved = save_sound(args.save_patch, inst.bundle, *engine_sound(session.engine), model=inst.model_path,
-                               effects=session.effects.effects, mapping=args.mapping, description=f"saved by {PROG}")
+                               effects=session.effects.effects, mapping=args.mapping, description=f"saved by {PROG}",
+                               scale_files=session.router.current_scale)
             print(f"{PROG}: saved the sound as {saved}")
         except Exception as exc:
             print(f"{PROG}: cannot save the patch {args.save_patch}: {exc}", file=sys.stderr)

@@ -209,6 +209,7 @@ class Mapping:
     passthrough: bool
     glide_ms: float
     tuning: object           # None (12-TET) or the read-only key table of scale + keyboard_map
+    scale_files: tuple       # () or (the .scl path, the .kbm path or None) the tuning was read from
     midi: dict               # (kind, number or None) -> bindings; kind "lsb" for 14-bit LSBs
     osc: dict                # address -> bindings
     by_key: dict             # Target.key -> Target (the first name of each: latent/<rank> for latents)
@@ -256,7 +257,7 @@ def parse_mapping(path: str | Path | None, bundle, *, text: str | None = None,
         fb = doc.mapping(top["feedback"][1], "feedback", ("host", "port"), ("port",))
         host = doc.string(fb["host"][1], "feedback.host") if "host" in fb else "127.0.0.1"
         feedback = (host, doc.number(fb["port"][1], "feedback.port", 1, 65535, integer=True))
-    tuning = None
+    tuning, scale_files = None, ()
     if "keyboard_map" in top and "scale" not in top:
         raise doc.error(top["keyboard_map"][1], "keyboard_map", "a keyboard map needs a scale (add scale: FILE.scl)")
     if "scale" in top:
@@ -264,9 +265,10 @@ def parse_mapping(path: str | Path | None, bundle, *, text: str | None = None,
             p = Path(os.path.expanduser(doc.string(node, key)))
             return p if p.is_absolute() else base / p
         node = top["scale"][1]
+        scale_files = (rel(node, "scale"),
+                       rel(top["keyboard_map"][1], "keyboard_map") if "keyboard_map" in top else None)
         try:
-            tuning = read_tuning(rel(node, "scale"),
-                                 rel(top["keyboard_map"][1], "keyboard_map") if "keyboard_map" in top else None)
+            tuning = read_tuning(*scale_files)
         except TuningError as exc:       # the .scl/.kbm's own file:line, and where the mapping names it
             raise doc.error(node, "scale", str(exc)) from exc
     table = target_table(bundle.latents, [p.name for p in loaded])
@@ -291,7 +293,7 @@ def parse_mapping(path: str | Path | None, bundle, *, text: str | None = None,
                 midi.setdefault(("lsb", s.lsb), []).append(b)
     return Mapping(path=doc.path if path is not None else None, text=doc.text, name=name, bindings=tuple(bindings),
                    targets=table, patches=loaded, patch_source=tuple(source), feedback=feedback,
-                   passthrough=passthrough, glide_ms=glide, tuning=tuning, midi={k: tuple(v) for k, v in midi.items()},
+                   passthrough=passthrough, glide_ms=glide, tuning=tuning, scale_files=scale_files, midi={k: tuple(v) for k, v in midi.items()},
                    osc={k: tuple(v) for k, v in osc.items()}, by_key=by_key)
 
 

@@ -240,9 +240,10 @@ def _rel(path: Path, target: str | Path) -> str:
 def save_patch(path: str | Path, *, name: str | None = None, model: str | Path | None = None,
                latents: Mapping[str | int, float] | None = None, params: Mapping[str, float] | None = None,
                effects: Sequence[EffectConfig] = (), mapping: str | Path | None = None,
-               glide_ms: float | None = None, description: str = "") -> Path:
-    """Write a patch file (atomically) that :func:`load_patch` reads back; model and mapping paths are stored
-    relative to the patch. Values are checked the same way as when loading (PatchError on a bad one)."""
+               glide_ms: float | None = None, description: str = "", scale: str | Path | None = None,
+               keyboard_map: str | Path | None = None) -> Path:
+    """Write a patch file (atomically) that :func:`load_patch` reads back; model, mapping and tuning paths are
+    stored relative to the patch. Values are checked the same way as when loading (PatchError on a bad one)."""
     path = Path(path)
     data: dict = {"version": PATCH_VERSION, "name": name or path.stem}
     if description:
@@ -253,6 +254,10 @@ def save_patch(path: str | Path, *, name: str | None = None, model: str | Path |
         data["mapping"] = _rel(path, mapping)
     if glide_ms is not None:
         data["glide_ms"] = float(glide_ms)
+    if scale is not None:
+        data["scale"] = _rel(path, scale)
+        if keyboard_map is not None:
+            data["keyboard_map"] = _rel(path, keyboard_map)
     if latents:
         data["latents"] = {k: round(float(v), 4) for k, v in latents.items()}
     if params:
@@ -262,6 +267,7 @@ def save_patch(path: str | Path, *, name: str | None = None, model: str | Path |
         data["effects"] = [e.to_dict() for e in effects]
     text = "# sdga patch (saved by sdga; see the README's Patches section for the schema)\n"
     text += yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
+    path.parent.mkdir(parents=True, exist_ok=True)    # (relative paths through it must resolve)
     load_patch(path, text=text)                       # refuse to write what would not load back
     _atomic_write(path, text)
     return path
@@ -269,15 +275,18 @@ def save_patch(path: str | Path, *, name: str | None = None, model: str | Path |
 
 def save_sound(path: str | Path, bundle, latent_knobs: Mapping[int, float], param_values: Sequence[float], *,
                name: str | None = None, model: str | Path | None = None, effects: Sequence[EffectConfig] = (),
-               mapping: str | Path | None = None, glide_ms: float | None = None, description: str = "") -> Path:
-    """Save a sound as a patch: the one place that turns "what plays" into a patch file. ``latent_knobs``:
+               mapping: str | Path | None = None, glide_ms: float | None = None, description: str = "",
+               scale_files: tuple = ()) -> Path:
+    """Save a sound as a patch (``scale_files``: () or the (.scl, .kbm or None) of the tuning playing): the one place that turns "what plays" into a patch file. ``latent_knobs``:
     z index -> 0..1 knob (stored by the model's measured names; a latent not given is 0.5); ``param_values``:
     every PARAMS value by index (all but midi_channel are stored). Sources: :func:`engine_sound` (what an
     engine plays) or :meth:`instrument.controls.router.MappingRouter.sound` (what the controls have set)."""
     latents = {info.name: min(max(float(latent_knobs.get(info.index, 0.5)), 0.0), 1.0) for info in bundle.latents}
     params = {spec.name: float(param_values[i]) for i, spec in enumerate(PARAMS) if spec.name != "midi_channel"}
+    scale, keyboard_map = tuple(scale_files) if scale_files else (None, None)
     return save_patch(path, name=name, model=model, latents=latents, params=params, effects=effects,
-                      mapping=mapping, glide_ms=glide_ms, description=description)
+                      mapping=mapping, glide_ms=glide_ms, description=description, scale=scale,
+                      keyboard_map=keyboard_map)
 
 
 def engine_sound(engine) -> tuple[dict[int, float], list[float]]:

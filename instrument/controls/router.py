@@ -66,6 +66,7 @@ class MappingRouter:
         self.effects = effects                     # an EffectsChain, swapped on patch recall
         self.current_effects: tuple = ()
         self.current_patch = -1
+        self.current_scale: tuple = ()             # (.scl, .kbm or None) of the tuning it set, for saving
         self.model_path = Path(model_path) if model_path else None
         self.on_message = on_message
         self.on_patch = on_patch
@@ -375,6 +376,7 @@ class MappingRouter:
         tuning = patch.tuning if patch.tuning is not None else m.tuning   # the patch's scale, else the mapping's
         if tuning is not None:                      # neither: the tuning stays as it is
             out.append(TuningSet(tuning, offset))
+            self.current_scale = (patch.scale, patch.keyboard_map) if patch.tuning is not None else m.scale_files
         if self.effects is not None:
             try:
                 self.effects.set_effects(patch.effects, fade_ms=max(glide, 20.0))
@@ -412,7 +414,7 @@ class MappingRouter:
     def save_current_patch(self, path: str | Path, name: str | None = None, description: str = "") -> Path:
         """Save the sound the router has set (latents by name, parameters, effects) as a patch file."""
         return save_sound(path, self.bundle, *self.sound(), name=name, model=self.model_path,
-                          effects=self.current_effects, description=description)
+                          effects=self.current_effects, description=description, scale_files=self.current_scale)
 
     def save_patch_named(self, name: str) -> Path:
         """``/sdga/save NAME``: write NAME.yaml into the mapping's patch folder (the watcher then reloads)."""
@@ -461,7 +463,10 @@ class MappingRouter:
     def tuning_events(self, offset: int = 0) -> list[Event]:
         """The mapping's tuning (its scale), for the start of a session without a patch; none for 12-TET."""
         tuning = self._mapping.tuning
-        return [] if tuning is None else [TuningSet(tuning, offset)]
+        if tuning is None:
+            return []
+        self.current_scale = self._mapping.scale_files
+        return [TuningSet(tuning, offset)]
 
     def reload(self) -> bool:
         """Load the mapping file again; on any error keep the current mapping (message in ``last_error``)."""
