@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--osc-port", type=int, default=9000, help="UDP port (default 9000; 0 = any free port)")
     o.add_argument("--osc-host", default="127.0.0.1",
                    help="address to listen on (default loopback; 0.0.0.0 lets anyone on the network play it)")
+    o.add_argument("--osc-allow", type=_osc_allow, default=None, metavar="NET[,NET...]",
+                   help="only these senders (addresses or networks, e.g. 192.168.1.0/24,10.0.0.7) may play; others "
+                        "are refused and counted (default: loopback when --osc-host is loopback, else everyone)")
     o.add_argument("--no-osc", action="store_true", help="no OSC server")
     c = p.add_argument_group("control")
     c.add_argument("--latent", action="append", default=[], metavar="NAME=KNOB",
@@ -133,6 +136,15 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _osc_allow(text: str):
+    from instrument.io.netfilter import parse_allow
+
+    try:
+        return parse_allow(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _device(text: str | None):
@@ -320,7 +332,8 @@ class _Session:
                      "malformed": malformed, "last_error": next((m.last_error for m in self.midi if m.last_error), "")},
             "osc": None if self.osc is None else {
                 "address": list(self.osc.address), "received": self.osc.received, "errors": self.osc.errors,
-                "malformed_packets": self.osc.malformed_packets, "last_error": self.osc.last_error},
+                "malformed_packets": self.osc.malformed_packets, "refused_senders": self.osc.refused_senders,
+                "oversized_packets": self.osc.oversized_packets, "last_error": self.osc.last_error},
             "hook_errors": audio.stats.hook_errors,
             "effects": {"chain": [e.type for e in self.effects.effects], "swaps": self.effects.swaps},
             "latents": {l.name: round(float(l.z_to_knob(z[l.index])), 4) for l in self.bundle.latents},
@@ -347,7 +360,8 @@ def _print_summary(s: dict, out) -> None:
     print(f"  MIDI: {midi['received']} events, {midi['ignored']} ignored, {midi['malformed']} malformed"
           + (f" (last: {midi['last_error']})" if midi["last_error"] else ""), file=out)
     if osc is not None:
-        print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC)"
+        print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC, "
+              f"{osc['oversized_packets']} over the size limits, {osc['refused_senders']} from senders not allowed)"
               + (f" (last: {osc['last_error']})" if osc["last_error"] else ""), file=out)
     if s["hook_errors"]:
         print(f"  hook errors: {s['hook_errors']} (ramps or effects failed; those blocks played dry)", file=out)
@@ -483,14 +497,20 @@ def _play(args, stop: threading.Event) -> int:
             from instrument.io.osc import OscServer
 
             try:
-                osc = OscServer(queue, bundle.latents, host=args.osc_host, port=args.osc_port, router=router)
+                from instrument.io.netfilter import LOOPBACK
+
+                allow = args.osc_allow if args.osc_allow else (LOOPBACK if _is_loopback(args.osc_host) else None)
+                osc = OscServer(queue, bundle.latents, host=args.osc_host, port=args.osc_port, router=router,
+                                allow=allow)
             except OSError as exc:
                 raise UsageError(f"OSC: cannot listen on {args.osc_host}:{args.osc_port}: {exc}") from None
             stack.callback(osc.close)
             osc.start()
             host, port = osc.address
             log(f"OSC: listening on udp {host}:{port} (/sdga/...)")
-            if not _is_loopback(args.osc_host):
+            if args.osc_allow:
+                log("OSC: only senders in " + ", ".join(map(str, args.osc_allow)) + " (others refused, counted)")
+            elif not _is_loopback(args.osc_host):
                 print(f"{PROG}: WARNING: OSC listens on {args.osc_host}, not loopback: ANYONE on the network can "
                       f"play this instrument and change its settings. Use --osc-host 127.0.0.1 unless you mean it.",
                       file=sys.stderr, flush=True)
