@@ -72,23 +72,24 @@ def rig(tmp_path_factory, bundle):
     root = tmp_path_factory.mktemp("rig")
     shutil.copytree(ROOT / "mappings", root / "mappings")
     shutil.copytree(ROOT / "patches", root / "patches")
-    mapping = root / "mappings" / "everything.yaml"
-    mapping.write_text(
-        "version: 1\npatches: ../patches\nglide_ms: 50\nmappings:\n"
-        "  - {cc: 70, target: latent/0}\n"
-        "  - {cc: 1, lsb: 33, target: noise_gain_db, range: [-24, 6]}\n"
-        "  - {cc: 16, relative: twos, step: 0.05, target: latent/1}\n"
-        "  - {cc: 64, target: sustain}\n"
-        "  - {cc: 80, target: panic}\n"
-        "  - {aftertouch: true, target: harmonic_gain_db}\n"
-        "  - {poly_aftertouch: true, target: latent/2}\n"
-        "  - {bend: true, target: pitch_shift_semitones, range: [-2, 2]}\n"
-        "  - {velocity: true, target: latent/3}\n"
-        "  - {program: true, target: patch/select}\n"
-        "  - {cc: 81, target: patch/next}\n"
-        "  - {osc: /fader/1, target: latent/4, input: [-100, 100]}\n"
-        "  - {osc: /xy, arg: 1, target: attack_ms, curve: exponential, range: [1, 2000]}\n")
+    (root / "mappings" / "everything.yaml").write_text(EVERYTHING)
     return root
+
+
+EVERYTHING = ("version: 1\npatches: ../patches\nglide_ms: 50\nmappings:\n"
+              "  - {cc: 70, target: latent/0}\n"
+              "  - {cc: 1, lsb: 33, target: noise_gain_db, range: [-24, 6]}\n"
+              "  - {cc: 16, relative: twos, step: 0.05, target: latent/1}\n"
+              "  - {cc: 64, target: sustain}\n"
+              "  - {cc: 80, target: panic}\n"
+              "  - {aftertouch: true, target: harmonic_gain_db}\n"
+              "  - {poly_aftertouch: true, target: latent/2}\n"
+              "  - {bend: true, target: pitch_shift_semitones, range: [-2, 2]}\n"
+              "  - {velocity: true, target: latent/3}\n"
+              "  - {program: true, target: patch/select}\n"
+              "  - {cc: 81, target: patch/next}\n"
+              "  - {osc: /fader/1, target: latent/4, input: [-100, 100]}\n"
+              "  - {osc: /xy, arg: 1, target: attack_ms, curve: exponential, range: [1, 2000]}\n")
 
 
 def make_router(rig, bundle):
@@ -422,8 +423,8 @@ def _yaml_value(keys):
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
                         st.text(max_size=30), st.sampled_from(keys + HOSTILE_PATHS))
     return st.recursive(scalars, lambda inner: st.one_of(
-        st.lists(inner, max_size=5), st.dictionaries(st.sampled_from(keys) | st.text(max_size=8), inner, max_size=6)),
-        max_leaves=25)
+        st.lists(inner, max_size=5), st.dictionaries(st.sampled_from(keys) | st.text(max_size=8), inner, max_size=5)),
+        max_leaves=12)
 
 
 def _yaml_document(keys):
@@ -481,18 +482,22 @@ def _check_error(exc: MappingError, path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def yaml_rig(rig):
-    fifo = rig / "mappings" / "fifo"
-    if not fifo.exists():
-        os.mkfifo(fifo)                            # reading it would block: must be refused, not opened
-    return rig
+def yaml_rig(tmp_path_factory):
+    """mappings/ as shipped, patches/ with one of the shipped patches (each mapping load reads them all), and
+    a FIFO beside the mappings."""
+    root = tmp_path_factory.mktemp("yaml_rig")
+    shutil.copytree(ROOT / "mappings", root / "mappings")
+    (root / "patches").mkdir()
+    shutil.copy(ROOT / "patches" / "1-plain.yaml", root / "patches")
+    os.mkfifo(root / "mappings" / "fifo")          # reading it would block: must be refused, not opened
+    return root
 
 
 @pytest.mark.parametrize("n", SIZES)
 def test_mapping_loader_loads_or_raises_mapping_error(n, yaml_rig, bundle):
     path = yaml_rig / "mappings" / "fuzzed.yaml"
     shipped = [(ROOT / "mappings" / f).read_text() for f in ("default.yaml", "touchosc.yaml")]
-    shipped.append((yaml_rig / "mappings" / "everything.yaml").read_text())
+    shipped.append(EVERYTHING.replace("patch/select}", "patch/select}\n  - {cc: 81, target: patch/plain}"))
 
     @fuzz_settings(n)
     @given(st.one_of(_yaml_document(MAPPING_KEYS), _mutated_text(shipped)))
