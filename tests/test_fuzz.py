@@ -199,6 +199,30 @@ def _message(bundle):
     return st.builds(_encode, _addresses(bundle), st.lists(_arg(), max_size=4))
 
 
+def _plausible(bundle):
+    """A message of the table with a name it knows and the right number of arguments, all numbers (hostile
+    ones among them): what gets past the address and argument-count checks."""
+    names = {"<name>": [l.name for l in bundle.latents] + [p.name for p in PARAMS],
+             "<index>": [str(i) for i in range(len(bundle.latents))] + ["99"],
+             "<target>": ["latent/0", "noise_gain_db", "panic", "patch/next", "patch/select", "sustain"]}
+    number = st.one_of(
+        st.tuples(st.just("i"), st.integers(-2**31, 2**31 - 1) | st.integers(-2, 130)),
+        st.tuples(st.just("h"), st.integers(-2**63, 2**63 - 1)),
+        st.tuples(st.just("f"), st.floats(width=32) | st.floats(-200, 200, width=32)),
+        st.tuples(st.just("d"), st.floats() | st.sampled_from([1e38, -1e38, 1e308]) | st.floats(-200, 200)))
+
+    @st.composite
+    def plausible(draw):
+        row = draw(st.sampled_from(OSC_ADDRESSES))
+        address = row.address
+        for hole, choices in names.items():
+            if hole in address:
+                address = address.replace(hole, draw(st.sampled_from(choices)))
+        args = draw(st.lists(number, min_size=row.n_required, max_size=len(row.args)))
+        return _encode(address, args)
+    return plausible()
+
+
 def _bundle_of(messages):
     """An OSC bundle (time tag 'immediately') of generated messages or bundles."""
     return st.lists(messages, max_size=4).map(
@@ -225,7 +249,7 @@ def _mutated(draw, packets):
 
 
 def datagrams(bundle):
-    message = _message(bundle)
+    message = st.one_of(_message(bundle), _plausible(bundle))
     packet = st.one_of(message, _bundle_of(message), _bundle_of(_bundle_of(message)))
     return st.one_of(st.binary(max_size=256), message, packet, _mutated(packet),
                      st.just(b"#bundle\x00" + bytes(8)), st.builds(_deep_bundle, st.integers(1, 40)))
@@ -539,6 +563,8 @@ def test_named_files_refused_cleanly(name, yaml_rig, bundle):
         parse_mapping(mapping, bundle, text=text)
     except MappingError as exc:
         _check_error(exc, mapping if not isinstance(exc, PatchError) else Path(exc.file))
+    with pytest.raises(ModelFileError):              # a model named by a patch or on the command line
+        load_bundle(yaml_rig / "mappings" / name)
     patch = yaml_rig / "patches" / "named.yaml"
     for key in ("model", "mapping"):
         text = f"{key}: " + yaml.safe_dump(name, default_flow_style=True).split("\n")[0] + "\n"
