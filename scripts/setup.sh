@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(libportaudio2 libsndfile1 jackd2 liblo-tools puredata-core fluidsynth fluid-soundfont-gm ffmpeg)
+APT_PKGS=(libportaudio2 libsndfile1 jackd2 liblo-tools puredata-core fluidsynth fluid-soundfont-gm ffmpeg
+          chromium chromium-driver   # the control page's tests in a real browser
+          timidity freepats)         # bench_expression's second sample set
 
 need_apt=()
 for p in "${APT_PKGS[@]}"; do

@@ -1,8 +1,9 @@
 """A private JACK server with the dummy driver (real-time paced, no sound card), for tests and benchmarks.
 
 ``with jack_dummy_server("name") as env:`` starts ``jackd --no-realtime -n name -d dummy`` and yields the
-environment a client needs (``JACK_DEFAULT_SERVER=name``, ``JACK_NO_START_SERVER=1``); the server is killed
-on exit. Raises :class:`JackUnavailable` when jackd is not installed or does not come up.
+environment a client needs (``JACK_DEFAULT_SERVER=name``, ``JACK_NO_START_SERVER=1``; and ``JACKD_PID``, for
+tests that kill the server themselves); the server is killed on exit. Raises :class:`JackUnavailable` when jackd
+is not installed or does not come up.
 
 Tests decide what that means in one place, :func:`jack_unavailable`: where the JACK binaries are installed
 (or ``CI=true``) a server that does not come up is a test failure; only a machine without them skips.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -55,7 +57,6 @@ def _die_with_parent() -> None:
     is killed or aborts leaves no jackd behind (orphans pile up until jackd refuses: "Too many servers")."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)          # PR_SET_PDEATHSIG
     except Exception:
@@ -64,7 +65,8 @@ def _die_with_parent() -> None:
 
 @contextmanager
 def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, log_path: Path | None = None,
-                      timeout_s: float = 15.0, realtime: bool = False) -> Iterator[dict[str, str]]:
+                      timeout_s: float = 15.0, realtime: bool = False,
+                      _release: bool = True) -> Iterator[dict[str, str]]:
     """``realtime``: run jackd (and so its clients' process threads) with SCHED_FIFO, as a live setup would;
     needs the privilege (root or an rtprio limit)."""
     if not jack_installed():
@@ -85,7 +87,7 @@ def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, lo
                 raise JackUnavailable(f"jackd did not start (exit code {process.poll()})"
                                       + (f"; its log ends:\n{tail}" if tail else ""))
             time.sleep(0.05)
-        yield env
+        yield {**env, "JACKD_PID": str(process.pid)}
     finally:
         process.terminate()
         try:
@@ -95,3 +97,17 @@ def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, lo
             process.wait()
         if log is not subprocess.DEVNULL:
             log.close()
+        if process.returncode != 0 and _release:
+            # A jackd killed (or crashed) leaves its entry in JACK's shared registry, which holds 8 servers for the
+            # whole machine and frees an entry only when a server of the same name exits cleanly: do that now.
+            try:
+                with jack_dummy_server(name, sample_rate, period, timeout_s=timeout_s, _release=False):
+                    pass
+            except JackUnavailable:
+                pass
+        # the semaphores and sockets that clients of a server gone under them leave in /dev/shm
+        for leftover in [*Path("/dev/shm").glob(f"jack_sem.*_{name}_*"), *Path("/dev/shm").glob(f"jack_{name}_*")]:
+            try:
+                leftover.unlink()
+            except OSError:
+                pass

@@ -490,10 +490,35 @@ def test_latent_event_changes_the_sound(bundle):
 
 
 def test_soft_limiter_bounds_the_output(bundle):
-    engine = make_engine(bundle, voices=8, output_gain_db=12.0)
-    out = render(engine, [(0, NoteOn(48 + 5 * k, 127)) for k in range(8)], SR // 4)
+    """However loud the mix, the output stays below the ceiling (-0.1 dBFS), never at full scale: here the
+    limiter's tanh saturates (32 voices at +12 dB)."""
+    from instrument.engine.engine import LIMITER_CEILING_DBFS
+
+    engine = make_engine(bundle, voices=32, output_gain_db=12.0)
+    out = render(engine, [(0, NoteOn(30 + 2 * k, 127)) for k in range(32)], SR // 4)
     assert engine.stats.limited_intervals > 0
-    assert np.abs(out).max() <= 1.0
+    ceiling = 10.0 ** (LIMITER_CEILING_DBFS / 20.0)
+    assert engine.limiter_threshold < np.abs(out).max() <= ceiling < 1.0
+
+
+def test_output_meter_reads_the_peak_of_the_last_frames(bundle):
+    """output_peak_db (the control page's level meter): the peak of what was played over the last
+    METER_INTERVALS control frames, in dBFS; silence reads the floor; reset clears it."""
+    from instrument.engine.engine import METER_FLOOR_DB, METER_INTERVALS
+
+    engine = make_engine(bundle, voices=4)
+    assert engine.output_peak_db() == METER_FLOOR_DB
+    out = render(engine, [(0, NoteOn(60, 100)), (0, NoteOn(67, 90))], SR // 2)
+    window = out[-METER_INTERVALS * engine.hop_size:]
+    assert engine.output_peak_db() == pytest.approx(20 * np.log10(np.abs(window).max()), abs=0.5)
+    engine.process([ControlChange(120, 127)], np.zeros(128, np.float32))          # all sound off
+    render(engine, [], (METER_INTERVALS + 2) * engine.hop_size)
+    assert engine.output_peak_db() < -90.0
+    loud = make_engine(bundle, voices=32, output_gain_db=12.0)
+    render(loud, [(0, NoteOn(30 + 2 * k, 127)) for k in range(32)], SR // 4)
+    assert -0.2 < loud.output_peak_db() <= -0.1 + 1e-9                              # the limiter's ceiling
+    loud.reset()
+    assert loud.output_peak_db() == METER_FLOOR_DB
 
 
 @pytest.mark.parametrize("sample_rate", [44100, 96000])

@@ -95,6 +95,62 @@ def test_osc_server_round_trip_and_oscsend():
             assert list(queue.drain()) == [NoteOn(62, 90, 0)]
 
 
+def _osc(address: str, *args: tuple[str, object]) -> bytes:
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    builder = OscMessageBuilder(address)
+    for tag, value in args:
+        builder.add_arg(value, tag)
+    return builder.build().dgram
+
+
+def test_osc_flood_of_bad_numbers_and_junk_is_refused_quietly(caplog):
+    """NaN, inf and huge numbers never become events (the engine kernels would cast them); python-osc's
+    warnings about type tags it skips (which carry the raw bytes) are counted, not logged."""
+    import socket
+
+    bad = [_osc("/sdga/z/0", ("f", float("nan"))), _osc("/sdga/note_off", ("f", 1e38)),
+           _osc("/sdga/param/release_ms", ("d", float("inf"))), _osc("/sdga/note_on", ("d", -1e300), ("i", 100)),
+           _osc("/sdga/bend", ("h", 2 ** 62)), _osc("/sdga/latent/z0", ("d", float("-inf")))]
+    unknown_tag = b"/sdga/z/0\x00\x00\x00,X\x00\x00" + bytes(range(256)) * 40      # 'X': python-osc warns
+    queue = EventQueue()
+    with caplog.at_level("DEBUG"), OscServer(queue, LATENTS, port=0) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for data in [*bad, unknown_tag, _osc("/sdga/z/1", ("f", 0.5))]:
+                client.sendto(data, server.address)
+        assert wait_for(lambda: server.received == len(bad) + 2)
+    assert list(queue.drain()) == [LatentSet(1, 0.5)]
+    assert server.errors == len(bad) + 1 and server.parser_warnings == 1
+    assert not [r for r in caplog.records if "pythonosc" in r.pathname]
+
+
+def test_osc_counts_datagrams_the_kernel_dropped():
+    """A flood faster than the server thread: the socket's buffer overflows and the kernel drops datagrams;
+    the server reads the count (SO_RXQ_OVFL) so every datagram sent is either received or counted as dropped."""
+    import socket
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("SO_RXQ_OVFL is Linux's")
+    queue = EventQueue(capacity=100000)
+    server = OscServer(queue, LATENTS, port=0)          # not started: nothing reads while the flood arrives
+    sent = 5000
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for k in range(sent):
+                client.sendto(_osc("/sdga/z/0", ("f", (k % 100) / 100.0)), server.address)
+            server.start()
+            assert wait_for(lambda: server.received > 0)
+            time.sleep(0.5)                       # the server drains what the buffer held
+            # the kernel tells the count with the next datagram it queues (each carries the drops so far)
+            client.sendto(_osc("/sdga/z/0", ("f", 1.0)), server.address)
+            sent += 1
+            assert wait_for(lambda: server.received + server.kernel_drops == sent, 10.0), \
+                (server.received, server.kernel_drops)
+    finally:
+        server.close()
+    assert server.kernel_drops > 0 and server.errors == 0
+
+
 def test_osc_drives_the_engine():
     queue = EventQueue()
     engine = Engine(random_bundle())

@@ -46,13 +46,14 @@ def harmonic_levels_db(audio: np.ndarray, sr: int, f0_hz: float, n: int = 8) -> 
 
 @pytest.fixture(scope="module")
 def both(trained_model):
-    """(engine render, offline render, bundle, hop): the engine with a flat envelope (no attack, decay or
-    sustain drop), so its frames carry the note's peak loudness throughout, as the offline frames do."""
+    """(engine render, offline render, bundle, hop): the engine with a flat ADSR envelope (no attack, decay or
+    sustain drop; learnt expression off), so its frames carry the note's peak loudness throughout, as the offline frames do."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         bundle = load_bundle(trained_model)
-        flat = [ParamSet(Param.ATTACK_MS, 0.0), ParamSet(Param.DECAY_MS, 0.0), ParamSet(Param.SUSTAIN_DB, 0.0),
+        flat = [ParamSet(Param.EXPRESSION, 0.0),            # the ADSR, not the articulation the model learnt
+                ParamSet(Param.ATTACK_MS, 0.0), ParamSet(Param.DECAY_MS, 0.0), ParamSet(Param.SUSTAIN_DB, 0.0),
                 ParamSet(Param.PITCH_SHIFT_SEMITONES, SHIFT_SEMITONES)]
         live, engine = render_midi(bundle, held_note_midi(HELD_S), block_size=128, initial_events=flat)
         assert engine.stats.errors == 0 and engine.stats.limited_intervals == 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import random
 import shutil
 import socket
 import struct
@@ -606,7 +605,7 @@ def test_save_names_stay_inside_the_patch_folder(n, tmp_path, bundle):
         if accepted and name in saved:
             return                                        # already written once: keep the run short
         try:
-            path = router.osc("/sdga/save", (name,))
+            router.osc("/sdga/save", (name,))
         except OscError:
             assert not accepted, name
             return

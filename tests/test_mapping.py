@@ -79,7 +79,8 @@ def test_default_mapping_layout(bundle):
     router = load_router(ROOT / "mappings" / "default.yaml", bundle)
     for rank in range(8):
         assert router.midi(cc(70 + rank, 127)) == [LatentSet(rank, 1.0, knob=True)]
-    assert router.midi(cc(1, 127)) == [ParamSet(Param.NOISE_GAIN_DB, 6.0)]
+    assert router.midi(cc(1, 127)) == [ParamSet(Param.VIBRATO_DEPTH, 4.0)]      # the mod wheel: vibrato depth
+    assert router.midi(cc(2, 127)) == [ParamSet(Param.NOISE_GAIN_DB, 6.0)]      # breath controller: noise
     assert router.midi(cc(11, 0)) == [ParamSet(Param.OUTPUT_GAIN_DB, -40.0)]
     assert router.midi(cc(64, 127)) == [ControlChange(64, 127, 0)]
     assert router.midi(mido.Message("note_on", note=60, velocity=90)) == [NoteOn(60, 90, 0)]

@@ -116,11 +116,12 @@ def test_upgrades_run_only_on_files_an_older_version_wrote(tmp_path, bundle):
         calls.append(metadata["corpus"])
         return dict(metadata, corpus="upgraded")
 
+    upgrades = {1: upgrade, **{v: (lambda m: m) for v in range(2, modelfile.FORMAT_VERSION)}}
     new = save_bundle(tmp_path / "new.sdga", bundle)
-    assert load_model_file(new, upgrades={1: upgrade})[1]["corpus"] != "upgraded" and not calls
+    assert load_model_file(new, upgrades=upgrades)[1]["corpus"] != "upgraded" and not calls
     old = tmp_path / "old.sdga"
     _write_as_version_1(old, bundle, {"files": 1})
-    assert load_model_file(old, upgrades={1: upgrade})[1]["corpus"] == "upgraded" and calls == [{"files": 1}]
+    assert load_model_file(old, upgrades=upgrades)[1]["corpus"] == "upgraded" and calls == [{"files": 1}]
 
 
 # ---------------------------------------------------------------------------------------------- --latent

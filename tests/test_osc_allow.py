@@ -20,7 +20,11 @@ from instrument.io.osc import OscServer
 from instrument.model.bundle import random_bundle
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_play import Player, jack, model_path, play_args, results  # noqa: E402,F401  (fixtures and helpers)
+import test_play  # noqa: E402
+from test_play import Player, play_args, results  # noqa: E402
+
+jack = test_play.jack                    # test_play's fixtures: its private JACK dummy server, a random model file
+model_path = test_play.model_path
 
 LATENTS = random_bundle().latents
 ROOT = Path(__file__).resolve().parents[1]

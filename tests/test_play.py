@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -323,7 +324,12 @@ def _fuzz_datagrams(rng: random.Random, count: int) -> list[bytes]:
     # Harmless valid messages to mutate (notes, bend, latents): a mutation must not turn the sound off for good.
     seeds = [message("/sdga/note_on", 60, 90), message("/sdga/bend", 0.3), message("/sdga/latent/z0", 0.5),
              message("/sdga/note_on", "x", 1.0), message("/sdga/latent/nope", 0.5), message("/sdga/z/99", 1.0),
-             message("/sdga/note_on", float("nan"), float("inf")), message("/nowhere", b"\x00\x01")]
+             message("/sdga/note_on", float("nan"), float("inf")), message("/nowhere", b"\x00\x01"),
+             message("/sdga/note_off", 1e38), message("/sdga/z/0", float("inf")), message("/sdga/bend", float("nan")),
+             message("/sdga/param/release_ms", -1e38), message("/sdga/latent/z1", float("-inf")),
+             # python-osc logs these with their raw bytes: a type tag it does not know, a bundle of junk
+             b"/sdga/z/0\x00\x00\x00,Xf\x00" + bytes(4) + bytes(range(200)),
+             b"#bundle\x00" + bytes(8) + (204).to_bytes(4, "big") + b"junk" + bytes(range(200))]
     datagrams = []
     for i in range(count):
         kind = i % 4
@@ -337,7 +343,7 @@ def _fuzz_datagrams(rng: random.Random, count: int) -> list[bytes]:
                 data[rng.randrange(len(data))] = rng.getrandbits(8)
             datagrams.append(bytes(data[:rng.randint(1, len(data))]))
         else:                                              # well-formed but wrong address or arguments
-            datagrams.append(seeds[3 + i % 5])
+            datagrams.append(seeds[3 + i % (len(seeds) - 3)])
     return datagrams
 
 
@@ -359,8 +365,9 @@ def _fuzz_midi(rng: random.Random, count: int) -> list[list[int]]:
 
 
 def test_fuzzing_osc_and_midi_does_not_stop_the_sound(jack, model_path, tmp_path):
-    """Random UDP datagrams and invalid MIDI bytes (through the virtual 'sdga' port, connected with jack_connect
-    when installed) are counted as malformed; the instrument keeps playing, finite; SIGTERM ends it cleanly."""
+    """Random UDP datagrams (with NaN, inf and 1e38 arguments) and invalid MIDI bytes (through the virtual 'sdga'
+    port, connected with jack_connect when installed) are counted as malformed; the instrument keeps playing,
+    finite, no voice reset, nothing logged per packet; SIGTERM ends it cleanly."""
     rng = random.Random(1234)
     keys = Keyboard("sdga_test_fuzz")
     connect = shutil.which("jack_connect") is not None
@@ -398,7 +405,11 @@ def test_fuzzing_osc_and_midi_does_not_stop_the_sound(jack, model_path, tmp_path
     assert sent_midi > 300
     audio, stats = results(tmp_path)
     assert np.isfinite(audio).all()
-    assert stats["engine_errors"] == 0 and stats["record"]["dropped_blocks"] == 0, stats
+    assert stats["engine_errors"] == 0 and stats["voice_resets"] == 0, stats
+    assert stats["record"]["dropped_blocks"] == 0, stats
+    for noise in ("Unhandled parameter type", "Could not identify", "RuntimeWarning", "overflow"):
+        assert noise not in player.output, player.output[-3000:]
+    assert len(player.output) < 20000 and stats["osc"]["parser_warnings"] > 10
     assert stats["osc"]["malformed_packets"] > 50 and stats["osc"]["errors"] > stats["osc"]["malformed_packets"]
     assert stats["midi"]["malformed"] > 100, stats["midi"]
     assert "malformed" in player.output and "not OSC" in player.output
@@ -427,6 +438,40 @@ def test_corrupt_model_is_refused_before_any_device(model_path, tmp_path):
     assert not (tmp_path / "take.wav").exists()
 
 
+def test_huge_block_size_is_warned_about(model_path, tmp_path):
+    """``--block-size 100000`` (2 s of latency at 48 kHz) plays, but says what it costs."""
+    player = Player([str(model_path), "--block-size", "100000", "--device", "no such device", "--no-osc",
+                     "--no-virtual-midi"], env={**os.environ, "JACK_NO_START_SERVER": "1"})
+    code = player.finish(timeout=120)
+    assert code == 2, player.output             # the device does not exist: refused after the warning
+    assert "WARNING: --block-size 100000 at 48000 Hz is 2083 ms per block" in player.output
+
+
+def test_copied_default_mapping_says_why_its_patches_are_missing(model_path, tmp_path):
+    """A copy of the shipped mappings/default.yaml elsewhere: its relative 'patches: ../patches' is missing; the
+    refusal says it is relative to the copy's folder and names the shipped folder to write instead."""
+    mine = tmp_path / "mine.yaml"
+    shutil.copy(ROOT / "mappings" / "default.yaml", mine)
+    player = Player([str(model_path), "--mapping", str(mine), "--device", "no such device", "--no-osc",
+                     "--no-virtual-midi"], env={**os.environ, "JACK_NO_START_SERVER": "1"})
+    code = player.finish(timeout=120)
+    assert code == 2, player.output
+    assert f"relative to the mapping file's folder {tmp_path.resolve()}" in player.output, player.output
+    assert f"patches: {ROOT / 'instrument' / 'patches'}" in player.output or "patches: /" in player.output
+
+
+def test_without_a_mapping_the_shipped_patches_are_loaded(model_path, tmp_path):
+    """No --mapping: the default routing with the repository's patches/ on program change (the folder is found
+    from instrument/apps/, two levels below the repository)."""
+    shipped = sorted((ROOT / "patches").glob("*.yaml"))
+    assert shipped
+    player = Player([str(model_path), "--device", "no such device", "--no-osc", "--no-virtual-midi"],
+                    env={**os.environ, "JACK_NO_START_SERVER": "1"})
+    code = player.finish(timeout=120)
+    assert code == 2, player.output
+    assert f"default routing): 17 bindings, {len(shipped)} patches" in player.output, player.output
+
+
 def test_mapping_file_routes_midi(jack, model_path, tmp_path):
     """``--mapping`` loads instrument.controls.mapping's router: a CC bound in the YAML file moves its latent (through the
     router's smoothing ramps, which the callback merges into each block)."""
@@ -448,3 +493,38 @@ def test_mapping_file_routes_midi(jack, model_path, tmp_path):
     midi = stats["midi"]          # a smoothed binding returns no event at once (its ramp comes per block)
     assert midi["received"] + midi["ignored"] == 1 and midi["malformed"] == 0 and stats["engine_errors"] == 0
     assert "mine.yaml" in player.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP], ids=["SIGKILL", "SIGTERM", "SIGSTOP"])
+def test_audio_server_dying_mid_set_stops_with_summary_and_recording(model_path, tmp_path, sig):
+    """jackd killed (or frozen: SIGSTOP, no callback for 3 s) while sdga-play plays (a private server, so the
+    other tests keep theirs): sdga-play notices (PortAudio's stop would wait forever), says so, exits 3 well
+    before --duration with its summary and --stats-json, and the --record WAV is valid and holds every block the
+    callbacks rendered."""
+    name = f"sdga_play_dies_{os.getpid()}_{int(sig)}"
+    try:
+        server = jack_dummy_server(name, SR, 128, tmp_path / "jackd.log")
+        env = server.__enter__()
+    except JackUnavailable as exc:
+        jack_unavailable(str(exc))
+    try:
+        player = Player(play_args(model_path, tmp_path, "--duration", "60", "--no-osc", "--midi-api", "jack"),
+                        env=env)
+        player.wait_for("sdga-play: playing", timeout=60)
+        time.sleep(1.5)
+        os.kill(int(env["JACKD_PID"]), sig)
+        killed = time.monotonic()
+        code = player.finish(timeout=30)
+        took_s = time.monotonic() - killed
+    finally:
+        if sig == signal.SIGSTOP:
+            os.kill(int(env["JACKD_PID"]), signal.SIGCONT)
+        server.__exit__(None, None, None)
+    assert code == 3, player.output
+    assert took_s < 15.0, took_s
+    assert "AUDIO LOST" in player.output and "sdga-play summary" in player.output
+    audio, stats = results(tmp_path)
+    assert stats["audio_lost"] and stats["callbacks"] * 128 / SR > 1.0
+    assert len(audio) == stats["callbacks"] * 128 == round(stats["record"]["seconds"] * SR)
+    data = (tmp_path / "take.wav").read_bytes()         # the header's sizes, which other readers trust
+    assert struct.unpack("<I", data[4:8])[0] == len(data) - 8

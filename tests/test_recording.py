@@ -2,6 +2,7 @@
 drops whole blocks and counts them, the audio-thread side allocates nothing."""
 from __future__ import annotations
 
+import struct
 import tracemalloc
 
 import numpy as np
@@ -50,3 +51,28 @@ def test_push_allocates_nothing(tmp_path):
         tracemalloc.stop()
     assert current - before < 1024, current - before
     assert peak - before < 1024, peak - before
+
+
+def test_file_is_complete_before_close(tmp_path):
+    """What a killed process leaves (no close, no final header): the file on disk already holds every frame the
+    writer took, as a valid WAV."""
+    import time
+
+    block = np.linspace(-1, 1, 128, dtype=np.float32)
+    recorder = RingRecorder(tmp_path / "take.wav", 48000, poll_s=0.005).start()
+    try:
+        for _ in range(40):
+            recorder.push(block)
+        deadline = time.monotonic() + 10.0
+        while recorder.frames_written < 40 * 128 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        data = (tmp_path / "take.wav").read_bytes()       # the writer still has it open
+        audio, rate = sf.read(str(tmp_path / "take.wav"), dtype="float32")
+    finally:
+        recorder.close()
+    assert rate == 48000 and len(audio) == 40 * 128
+    np.testing.assert_array_equal(audio, np.tile(block, 40))
+    # libsndfile forgives wrong sizes; other readers trust the header: RIFF and data chunk sizes must be right
+    assert data[:4] == b"RIFF" and struct.unpack("<I", data[4:8])[0] == len(data) - 8
+    at = data.index(b"data")
+    assert struct.unpack("<I", data[at + 4:at + 8])[0] == 40 * 128 * 4

@@ -128,6 +128,25 @@ def test_bad_arguments_exit_with_a_message(files, tmp_path, capsys):
     assert "sdga-render" in capsys.readouterr().err
 
 
+def test_unreadable_or_empty_midi_files_say_why(files, tmp_path, capsys):
+    """An empty or truncated file is refused with the reason (mido's EOFError has no message); a file with no
+    notes renders silence with a warning."""
+    _, model, midi = files
+    out = tmp_path / "x.wav"
+    data = midi.read_bytes()
+    for name, content, why in [("empty.mid", b"", "is empty (0 bytes)"), ("cut.mid", data[:len(data) - 6], "ends early"),
+                               ("header.mid", data[:10], "ends early")]:
+        (tmp_path / name).write_bytes(content)
+        assert main([str(model), "--midi", str(tmp_path / name), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read {tmp_path / name}: " in err and why in err, err
+    silent = tmp_path / "silent.mid"
+    write_midi(silent, notes=[])
+    assert main([str(model), "--midi", str(silent), "-o", str(out)]) == 0
+    assert "has no notes" in capsys.readouterr().err
+    assert out.exists()
+
+
 def test_midi_file_events_honour_tempo(tmp_path):
     path = tmp_path / "slow.mid"
     write_midi(path, [(60, 1.0, 2.0)], bpm=60.0)

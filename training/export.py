@@ -1,6 +1,7 @@
 """Export: held-out resynthesis and metrics, latent analysis (activity, ranges, measured names), the model file."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from instrument.model.bundle import CorpusInfo, LatentInfo, ModelBundle, save_bundle
 from instrument.model.offline import encode_means, render_controls, render_parts
 
+from training.expression import calibrate_levels, corpus_articulation
 from training.features import FeatureSettings
 from training.metrics import aggregate_metrics, resynthesis_metrics, spectral_min_n_samples
 
@@ -170,9 +172,21 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
     for info in latents:
         log(f"latent z{info.index}: {info.name:<12} {'active' if info.active else 'inactive':8} "
             f"KL {info.kl_nats:.3f} nats, knob {info.low:+.2f}..{info.high:+.2f}")
-    summary = dict(training_summary, heldout=heldout)
+    t0 = time.perf_counter()
+    originals = [e for e in list(data.train) + list(data.val) if "~aug" not in e.name]   # no pedalboard copies
+    expression = corpus_articulation(originals, 1000.0 * c.hop_size / c.sample_rate, log=log)
+    z_mean = np.array([l.mean for l in sorted(latents, key=lambda l: l.index)], np.float32)
+    expression = calibrate_levels(expression, module.decoder, data.stats.reference_f0_hz, z_mean)
+    expression_s = time.perf_counter() - t0
+    inputs = expression.level_input_db or expression.level_db
+    log(f"expression: {expression.notes} notes segmented, attack {expression.attack_ms:.0f} ms, release "
+        f"{expression.release_db_per_s:.0f} dB/s, vibrato {expression.vibrato_cents:.1f} cents at "
+        f"{expression.vibrato_hz:.1f} Hz, tremolo {expression.tremolo_db:.2f} dB, note levels "
+        f"{expression.level_db[0]:.1f}..{expression.level_db[-1]:.1f} dB (decoder inputs {inputs[0]:.1f}.."
+        f"{inputs[-1]:.1f} dB) ({expression_s:.1f} s)")
+    summary = dict(training_summary, heldout=heldout, expression_seconds=round(expression_s, 2))
     bundle = ModelBundle(config=c, decoder=module.decoder, encoder=module.encoder, latents=latents,
-                         metadata={"training": summary}, corpus=data.stats)
+                         metadata={"training": summary}, corpus=data.stats, expression=expression)
     save_bundle(model_file, bundle)
     log(f"model file written: {model_file}")
     return {"heldout": heldout, "latents": [l.to_dict() for l in latents]}

@@ -3,10 +3,14 @@
 Threads: rtmidi's thread and the OSC thread hand each message to a router (:mod:`instrument.controls.router`'s
 MappingRouter: the ``--mapping`` file, the ``--patch``'s mapping, or without either
 :func:`instrument.controls.routing.default_router`) and push its events into the EventQueue; the audio callback
-drains the queue, advances the router's ramps (the ``Ramps`` object it was handed), renders, runs the effects chain, copies the block into the recorder's ring and measures its
-own load; the main thread prints the status line (~4x/s) and waits for Ctrl-C, SIGTERM or ``--duration``.
+drains the queue, advances the router's ramps (the ``Ramps`` object it was handed), renders, runs the effects
+chain, copies the block into the recorder's ring and measures its own load; the main thread prints the status line (~4x/s) and waits for Ctrl-C, SIGTERM or ``--duration``.
 Startup order: patch and model (a bad file exits 2 before any device opens), router (the patch is recalled
-at once, then --latent / --param on top), engine, MIDI, OSC, recorder, audio stream.
+at once, then --latent / --param on top), engine, MIDI, OSC, recorder, audio stream; from MIDI on each piece is
+handed to a :class:`~instrument.apps.session.Session`, which owns the main loop and the one shutdown path.
+Exit codes: 0 played; 1 the audio device would not open or --save-patch failed; 2 refused before playing
+(arguments, model, patch, mapping, port); 3 the audio server died or hung while playing (the summary,
+--stats-json and the --record file up to that moment are still written).
 """
 from __future__ import annotations
 
@@ -18,18 +22,20 @@ import math
 import signal
 import sys
 import threading
-import time
-from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from instrument.apps.session import (EXIT_ERROR, EXIT_OK, EXIT_SERVER_LOST, EXIT_USAGE, Console, Session,
+                                     print_summary)
 from instrument.engine.events import LatentSet, NoteOn, param_event, param_spec
 
 __all__ = ["main", "build_parser"]
 
 PROG = "sdga-play"
+MAX_LIVE_BLOCK_MS = 50.0        # a longer block plays, with a warning: its latency is felt
 
 
 class UsageError(Exception):
@@ -38,7 +44,10 @@ class UsageError(Exception):
 
 # ---------------------------------------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Play an sdga model live from MIDI and OSC.")
+    p = argparse.ArgumentParser(prog=PROG, description="Play an sdga model live from MIDI and OSC.",
+                                epilog="exit codes: 0 played; 1 the audio device would not open or --save-patch "
+                                       "failed; 2 refused before playing; 3 the audio server died or hung while "
+                                       "playing (summary, --stats-json and --record kept)")
     p.add_argument("model", type=Path, nargs="?", help="model file (.sdga); optional with a --patch that names one")
     a = p.add_argument_group("audio")
     a.add_argument("--device", default=None, help="output device: index or part of its name (see --list-devices)")
@@ -62,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these senders (addresses or networks, e.g. 192.168.1.0/24,10.0.0.7) may play; others "
                         "are refused and counted (default: loopback when --osc-host is loopback, else everyone)")
     o.add_argument("--no-osc", action="store_true", help="no OSC server")
+    w = p.add_argument_group("web control page")
+    w.add_argument("--web", type=int, nargs="?", const=8080, default=None, metavar="PORT",
+                   help="serve the control page on http://127.0.0.1:PORT/ (default port 8080; 0 = any free port); "
+                        "give it after MODEL")
+    w.add_argument("--web-host", default="127.0.0.1",
+                   help="address the page listens on (default loopback; another one, e.g. 0.0.0.0 for a phone, "
+                        "requires the token printed at start)")
     c = p.add_argument_group("control")
     c.add_argument("--latent", action="append", default=[], metavar="NAME=KNOB",
                    help="start a latent (name or importance rank) at a 0..1 knob value; repeatable")
@@ -163,7 +179,7 @@ def _feedback(text: str | None) -> tuple[str, int] | None:
     return host, int(port)
 
 
-SHIPPED_PATCHES = Path(__file__).resolve().parents[1] / "patches"
+SHIPPED_PATCHES = Path(__file__).resolve().parents[2] / "patches"        # the repository's patches/
 
 
 def _load_router(bundle, log, *, mapping_path: Path | None, model_path: Path, effects,
@@ -179,13 +195,32 @@ def _load_router(bundle, log, *, mapping_path: Path | None, model_path: Path, ef
         try:
             return load_router(mapping_path, bundle, **kwargs)
         except Exception as exc:       # YAML, schema, file errors: all refused before playing
-            raise UsageError(f"mapping {mapping_path}: {exc}") from None
+            raise UsageError(f"mapping {mapping_path}: {exc}{_relative_patches_hint(mapping_path)}") from None
     patches = SHIPPED_PATCHES if SHIPPED_PATCHES.is_dir() and any(SHIPPED_PATCHES.glob("*.yaml")) else None
     try:
         return default_router(bundle=bundle, patches=patches, **kwargs)
     except MappingError as exc:      # shipped patches that do not fit this model: play without them
         log(f"patches in {patches} not loaded: {exc}")
         return default_router(bundle=bundle, **kwargs)
+
+
+def _relative_patches_hint(mapping_path: Path) -> str:
+    """Why a mapping's ``patches:`` folder is missing when it is a relative path (a shipped mapping copied
+    elsewhere: ``patches: ../patches``), and what to write instead; "" otherwise."""
+    import yaml
+
+    try:
+        top = yaml.safe_load(mapping_path.read_text())
+        entries = top.get("patches") if isinstance(top, dict) else None
+    except Exception:
+        return ""
+    entries = [entries] if isinstance(entries, str) else entries if isinstance(entries, list) else []
+    missing = [e for e in entries if isinstance(e, str) and not Path(e).expanduser().is_absolute()
+               and not (mapping_path.parent / e).exists()]
+    if not missing:
+        return ""
+    return (f"\n  ('patches: {missing[0]}' is relative to the mapping file's folder {mapping_path.parent.resolve()};"
+            f" a copy of a shipped mapping kept elsewhere needs the full path, e.g. 'patches: {SHIPPED_PATCHES}')")
 
 
 def _load_patch(args):
@@ -273,109 +308,6 @@ def _warm_up(bundle, sample_rate: int, block_size: int, voices: int) -> None:
         engine.process((), out)
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return math.nan
-
-
-class _Session:
-    """What is open while playing, and the numbers the status line and the summary read."""
-
-    def __init__(self, bundle, engine, queue, audio, midi: list, osc, recorder, started: float, effects):
-        self.bundle, self.engine, self.queue, self.audio = bundle, engine, queue, audio
-        self.midi, self.osc, self.recorder, self.started = midi, osc, recorder, started
-        self.effects = effects
-
-    def midi_counts(self) -> tuple[int, int, int]:
-        return (sum(m.received for m in self.midi), sum(m.ignored for m in self.midi),
-                sum(m.malformed for m in self.midi))
-
-    def status_line(self) -> str:
-        loads = self.audio.recent_loads(1.0)
-        load = f"{100.0 * float(np.median(loads)):4.0f}%" if loads.size else "   -"
-        voices = self.engine.voices
-        _, _, bad_midi = self.midi_counts()
-        bad_osc = self.osc.errors if self.osc is not None else 0
-        line = (f"load {load} | underflows {self.audio.stats.underflows} | voices {voices.active_voices}/"
-                f"{self.engine.max_voices} | dropped {self.queue.dropped} | bad midi {bad_midi} osc {bad_osc}")
-        if voices.out_of_range_notes:
-            line += f" | OUT OF RANGE x{voices.out_of_range_notes}"
-        if self.engine.stats.errors:
-            line += f" | ENGINE ERRORS {self.engine.stats.errors}"
-        return line
-
-    def summary(self) -> dict:
-        engine, audio = self.engine, self.audio
-        median, p99 = audio.load_percentiles(50, 99)
-        z = engine.state.z.detach().numpy()
-        received, ignored, malformed = self.midi_counts()
-        return {
-            "seconds": time.monotonic() - self.started,
-            "sample_rate": engine.sample_rate, "block_size": engine.block_size,
-            "callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
-            "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
-            "late_callback_log": audio.late_callbacks(), "underflow_times": audio.underflow_times(),
-            "callback_diagnostics": audio.callback_diagnostics(),
-            "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
-            "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
-            "engine_errors": engine.stats.errors, "engine_last_error": engine.stats.last_error,
-            "voice_resets": engine.stats.voice_resets, "events": engine.stats.events,
-            "dropped_events": self.queue.dropped, "ignored_events": engine.voices.ignored_events,
-            "out_of_range_notes": engine.voices.out_of_range_notes,
-            "midi": {"ports": [n for m in self.midi for n in m.port_names], "received": received, "ignored": ignored,
-                     "malformed": malformed, "last_error": next((m.last_error for m in self.midi if m.last_error), "")},
-            "osc": None if self.osc is None else {
-                "address": list(self.osc.address), "received": self.osc.received, "errors": self.osc.errors,
-                "malformed_packets": self.osc.malformed_packets, "refused_senders": self.osc.refused_senders,
-                "oversized_packets": self.osc.oversized_packets, "last_error": self.osc.last_error},
-            "hook_errors": audio.stats.hook_errors,
-            "effects": {"chain": [e.type for e in self.effects.effects], "swaps": self.effects.swaps},
-            "latents": {l.name: round(float(l.z_to_knob(z[l.index])), 4) for l in self.bundle.latents},
-            "record": None if self.recorder is None else {
-                "path": str(self.recorder.path), "seconds": self.recorder.seconds, "blocks": self.recorder.blocks,
-                "dropped_blocks": self.recorder.dropped_blocks, "error": self.recorder.error},
-            "rss_mb": _rss_mb(),
-        }
-
-
-def _print_summary(s: dict, out) -> None:
-    block_ms = 1000.0 * s["block_size"] / s["sample_rate"]
-    pct = lambda x: "-" if not math.isfinite(x) else f"{100.0 * x:.1f}%"   # noqa: E731
-    print(f"{PROG} summary: played {s['seconds']:.1f} s, {s['callbacks']} callbacks", file=out)
-    print(f"  callback load: median {pct(s['load_median'])}, p99 {pct(s['load_p99'])}, max "
-          f"{s['max_callback_ms']:.2f} ms of {block_ms:.2f} ms", file=out)
-    print(f"  underflows: {s['underflows']} ({s['startup_underflows']} in the first second); late callbacks: "
-          f"{s['late_callbacks']}", file=out)
-    print(f"  engine errors: {s['engine_errors']}; voice resets: {s['voice_resets']}"
-          + (f"; last error: {s['engine_last_error']}" if s["engine_last_error"] else ""), file=out)
-    midi, osc = s["midi"], s["osc"]
-    print(f"  events: {s['events']} applied, {s['dropped_events']} dropped (queue full), {s['ignored_events']} ignored "
-          f"by the engine", file=out)
-    print(f"  MIDI: {midi['received']} events, {midi['ignored']} ignored, {midi['malformed']} malformed"
-          + (f" (last: {midi['last_error']})" if midi["last_error"] else ""), file=out)
-    if osc is not None:
-        print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC, "
-              f"{osc['oversized_packets']} over the size limits, {osc['refused_senders']} from senders not allowed)"
-              + (f" (last: {osc['last_error']})" if osc["last_error"] else ""), file=out)
-    if s["hook_errors"]:
-        print(f"  hook errors: {s['hook_errors']} (ramps or effects failed; those blocks played dry)", file=out)
-    print("  effects: " + (" > ".join(s["effects"]["chain"]) or "none"), file=out)
-    if s["out_of_range_notes"]:
-        print(f"  out-of-range notes: {s['out_of_range_notes']} (outside the model's pitch range; played anyway)",
-              file=out)
-    print("  latents: " + " ".join(f"{k}={v:.3f}" for k, v in s["latents"].items()), file=out)
-    rec = s["record"]
-    if rec is not None:
-        print(f"  recording: {rec['path']}: {rec['seconds']:.2f} s, {rec['dropped_blocks']} dropped blocks"
-              + (f", ERROR: {rec['error']}" if rec["error"] else ""), file=out)
-
-
 # ---------------------------------------------------------------------------------------------- main
 def _list_devices() -> int:
     import sounddevice as sd
@@ -421,18 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _play(args, stop)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _play(args, stop: threading.Event) -> int:
-    status_width = [0]
-
-    def log(text: str) -> None:               # any thread; clears the status line first
-        print("\r" + " " * status_width[0] + "\r" + text if status_width[0] else text, flush=True)
-
+def _check_args(args) -> None:
     if args.block_size < 1 or args.voices < 1 or (args.sample_rate is not None and args.sample_rate < 1000):
         raise UsageError("--block-size and --voices must be >= 1, --sample-rate >= 1000")
     if args.duration is not None and not args.duration > 0:
@@ -440,15 +367,26 @@ def _play(args, stop: threading.Event) -> int:
     if args.learn is not None and args.mapping is None:
         raise UsageError("--learn writes the learned binding into a mapping file: give --mapping FILE (a new "
                          "file may hold just 'version: 1')")
+
+
+@dataclass
+class _Instrument:
+    """What the files and arguments give before anything opens: model, patch, router, the first events."""
+    model_path: Path
+    patch: object
+    bundle: object
+    effects: object
+    router: object
+    given: list             # --latent and --param events (after the patch's)
+
+
+def _load_instrument(args, log) -> _Instrument:
+    """Patch, model, --latent / --param, the router (UsageError for any bad file or value)."""
     feedback = _feedback(args.osc_feedback)
     patch = _load_patch(args)
     model_path = args.model if args.model is not None else patch.model
 
-    import torch                     # after the checks above: a refusal is quick
-
     from instrument.model.bundle import load_bundle
-    from instrument.engine.engine import Engine
-    from instrument.engine.events import EventQueue
     from instrument.model.modelfile import ModelFileError
 
     try:
@@ -467,132 +405,189 @@ def _play(args, stop: threading.Event) -> int:
         try:
             router.learn(args.learn)
         except ValueError as exc:
+            router.close()
             raise UsageError(f"--learn: {exc}") from None
+    given = [*latents, *(param_event(name, value) for name, value in params)]
+    return _Instrument(model_path, patch, bundle, effects, router, given)
+
+
+def _build_engine(args, inst: _Instrument, log):
+    """The prepared engine and its event queue, holding the patch's events then --latent / --param's."""
+    import torch
+
+    from instrument.engine.engine import Engine
+    from instrument.engine.events import EventQueue
 
     torch.set_num_threads(1)
     sys.setswitchinterval(0.001)      # the callback waits at most ~1 ms for the GIL held by another thread
+    bundle, router = inst.bundle, inst.router
     sample_rate = int(args.sample_rate or bundle.config.sample_rate)
+    block_ms = 1000.0 * args.block_size / sample_rate
+    if block_ms > MAX_LIVE_BLOCK_MS:
+        print(f"{PROG}: WARNING: --block-size {args.block_size} at {sample_rate} Hz is {block_ms:.0f} ms per block: "
+              f"each note sounds that much after its key (live play wants <= {MAX_LIVE_BLOCK_MS:g} ms; 64..512 "
+              f"frames)", file=sys.stderr, flush=True)
     _warm_up(bundle, sample_rate, args.block_size, args.voices)
     engine = Engine(bundle)
     engine.prepare(sample_rate, args.block_size, args.voices)
-    effects.prepare(sample_rate, args.block_size)
+    inst.effects.prepare(sample_rate, args.block_size)
     queue = EventQueue(capacity=4096)
     router.prepare(sample_rate, engine.hop_size)
-    log(f"{PROG}: {model_path} ({len(bundle.latents)} latents: {', '.join(bundle.latent_names)}); "
+    log(f"{PROG}: {inst.model_path} ({len(bundle.latents)} latents: {', '.join(bundle.latent_names)}); "
         f"{engine.describe()}")
     log(router.describe())
     # The patch first, then --latent / --param on top; the first callback applies them in this order.
-    given = [*latents, *(param_event(name, value) for name, value in params)]
-    for event in [*(_recall(router, patch, bundle) if patch is not None else []), *given]:
+    for event in [*(_recall(router, inst.patch, bundle) if inst.patch is not None else []), *inst.given]:
         queue.push(event)
-    router.sync(given)
+    router.sync(inst.given)
+    return engine, queue
 
-    with ExitStack() as stack:
-        stack.callback(router.close)
-        midi = _open_midi(args, router, queue, log)
-        for m in midi:
-            stack.callback(m.close)
-        osc = None
-        if not args.no_osc:
-            from instrument.io.osc import OscServer
 
-            try:
-                from instrument.io.netfilter import LOOPBACK
+def _open_inputs(args, session: Session, log) -> None:
+    """MIDI inputs, the OSC server and the recorder, each handed to the session as it opens."""
+    session.midi = _open_midi(args, session.router, session.queue, log)
+    if not args.no_osc:
+        from instrument.io.netfilter import LOOPBACK
+        from instrument.io.osc import OscServer
 
-                allow = args.osc_allow if args.osc_allow else (LOOPBACK if _is_loopback(args.osc_host) else None)
-                osc = OscServer(queue, bundle.latents, host=args.osc_host, port=args.osc_port, router=router,
-                                allow=allow)
-            except OSError as exc:
-                raise UsageError(f"OSC: cannot listen on {args.osc_host}:{args.osc_port}: {exc}") from None
-            stack.callback(osc.close)
-            osc.start()
-            host, port = osc.address
-            log(f"OSC: listening on udp {host}:{port} (/sdga/...)")
-            if args.osc_allow:
-                log("OSC: only senders in " + ", ".join(map(str, args.osc_allow)) + " (others refused, counted)")
-            elif not _is_loopback(args.osc_host):
-                print(f"{PROG}: WARNING: OSC listens on {args.osc_host}, not loopback: ANYONE on the network can "
-                      f"play this instrument and change its settings. Use --osc-host 127.0.0.1 unless you mean it.",
-                      file=sys.stderr, flush=True)
-        recorder = None
-        if args.record is not None:
-            from instrument.io.recording import RingRecorder
-
-            try:
-                recorder = RingRecorder(args.record, sample_rate, channels=1).start()
-            except Exception as exc:       # unwritable path, unknown format
-                raise UsageError(f"cannot record to {args.record}: {exc}") from None
-            stack.callback(recorder.close)   # runs after the stream closed (ExitStack unwinds in reverse)
-
-        import sounddevice as sd
-
-        from instrument.io.audio import AudioOutput
-
-        device = _device(args.device)
+        allow = args.osc_allow if args.osc_allow else (LOOPBACK if _is_loopback(args.osc_host) else None)
         try:
-            info = sd.query_devices(device, "output")
-        except (ValueError, sd.PortAudioError) as exc:
-            raise UsageError(f"audio device {args.device!r}: {exc}") from None
-        channels = max(1, min(2, int(info["max_output_channels"])))
-        effects.prepare(sample_rate, args.block_size, channels)      # keeps a patch's effects waiting to start
-        audio = AudioOutput(engine, queue, device=device, channels=channels, effects=effects,
-                            tap=recorder.push if recorder is not None else None, block_events=router.ramps.block_events,
-                            diagnose=args.diagnose_callbacks)
-        gc.collect()
-        gc.freeze()        # everything allocated so far (torch, the model) leaves the collector's view, so a
-        #                    collection triggered in the callback scans only what is new: no 50-100 ms pauses
+            session.osc = OscServer(session.queue, session.bundle.latents, host=args.osc_host, port=args.osc_port,
+                                    router=session.router, allow=allow)
+        except OSError as exc:
+            raise UsageError(f"OSC: cannot listen on {args.osc_host}:{args.osc_port}: {exc}") from None
+        session.osc.start()
+        host, port = session.osc.address
+        log(f"OSC: listening on udp {host}:{port} (/sdga/...)")
+        if args.osc_allow:
+            log("OSC: only senders in " + ", ".join(map(str, args.osc_allow)) + " (others refused, counted)")
+        elif not _is_loopback(args.osc_host):
+            print(f"{PROG}: WARNING: OSC listens on {args.osc_host}, not loopback: ANYONE on the network can "
+                  f"play this instrument and change its settings. Use --osc-host 127.0.0.1 unless you mean it.",
+                  file=sys.stderr, flush=True)
+    if args.record is not None:
+        from instrument.io.recording import RingRecorder
+
         try:
-            audio.start()
-        except sd.PortAudioError as exc:
-            print(f"{PROG}: cannot open audio device {info['name']!r} at {sample_rate} Hz, block "
-                  f"{args.block_size}: {exc}", file=sys.stderr)
-            return 1
-        stack.callback(audio.close)
-        router.watch()                         # hot reload of the mapping file
-        started = time.monotonic()
-        session = _Session(bundle, engine, queue, audio, midi, osc, recorder, started, effects)
-        block_ms = 1000.0 * args.block_size / sample_rate
-        frame_ms = 1000.0 * engine.control_delay_samples / sample_rate
-        log(f"audio: {info['name']} ({channels} ch, {sample_rate} Hz)")
-        log(f"latency added: block {block_ms:.2f} ms + control frame {frame_ms:.2f} ms = {block_ms + frame_ms:.2f} ms; "
-            f"PortAudio reports {1000.0 * audio.device_latency_s:.2f} ms output latency")
-        if recorder is not None:
-            log(f"recording to {args.record}")
-        log(f"{PROG}: playing" + (f" for {args.duration:g} s" if args.duration else "") + " (Ctrl-C to stop)")
-        tty = sys.stdout.isatty() and not args.quiet
-        deadline = started + args.duration if args.duration else math.inf
-        while not stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            stop.wait(min(0.25, remaining))
-            if tty:
-                line = session.status_line()
-                print("\r" + line.ljust(status_width[0]), end="", flush=True)
-                status_width[0] = len(line)
-        signal.signal(signal.SIGINT, signal.default_int_handler)    # a second Ctrl-C interrupts the shutdown
-        if tty:
-            print()
-            status_width[0] = 0
-        audio.close()          # stop the stream first, then ports and the recording (the stack)
+            session.recorder = RingRecorder(args.record, session.engine.sample_rate, channels=1).start()
+        except Exception as exc:       # unwritable path, unknown format
+            raise UsageError(f"cannot record to {args.record}: {exc}") from None
+
+
+def _start_audio(args, session: Session, log) -> bool:
+    """Open and start the output stream; False (message printed) when the device refuses."""
+    import sounddevice as sd
+
+    from instrument.io.audio import AudioOutput
+
+    engine, effects, recorder = session.engine, session.effects, session.recorder
+    device = _device(args.device)
+    try:
+        info = sd.query_devices(device, "output")
+    except (ValueError, sd.PortAudioError) as exc:
+        raise UsageError(f"audio device {args.device!r}: {exc}") from None
+    channels = max(1, min(2, int(info["max_output_channels"])))
+    effects.prepare(engine.sample_rate, args.block_size, channels)      # keeps a patch's effects waiting to start
+    audio = AudioOutput(engine, session.queue, device=device, channels=channels, effects=effects,
+                        tap=recorder.push if recorder is not None else None, block_events=session.router.ramps.block_events,
+                        diagnose=args.diagnose_callbacks)
+    gc.collect()
+    gc.freeze()        # everything allocated so far (torch, the model) leaves the collector's view, so a
+    #                    collection triggered in the callback scans only what is new: no 50-100 ms pauses
+    try:
+        session.start(audio)
+    except sd.PortAudioError as exc:
+        print(f"{PROG}: cannot open audio device {info['name']!r} at {engine.sample_rate} Hz, block "
+              f"{args.block_size}: {exc}", file=sys.stderr)
+        return False
+    session.router.watch()                         # hot reload of the mapping file
+    block_ms = 1000.0 * args.block_size / engine.sample_rate
+    frame_ms = 1000.0 * engine.control_delay_samples / engine.sample_rate
+    log(f"audio: {info['name']} ({channels} ch, {engine.sample_rate} Hz)")
+    log(f"latency added: block {block_ms:.2f} ms + control frame {frame_ms:.2f} ms = {block_ms + frame_ms:.2f} ms; "
+        f"PortAudio reports {1000.0 * audio.device_latency_s:.2f} ms output latency")
+    if recorder is not None:
+        log(f"recording to {args.record}")
+    return True
+
+
+def _open_web(args, session: Session, model_path, log):
+    """The control page (instrument.io.web) when --web is given: loopback by default, a token off loopback."""
+    if args.web is None:
+        return None
+    from instrument.io.web import WebServer, is_loopback, new_token
+
+    audio, engine, queue = session.audio, session.engine, session.queue
+
+    def state() -> dict:                      # the web thread reads counters only
+        loads = audio.recent_loads(1.0)
+        return {"load": float(np.median(loads)) if loads.size else None, "underflows": audio.stats.underflows,
+                "voices": engine.voices.active_voices, "max_voices": engine.max_voices, "dropped": queue.dropped,
+                "level_db": engine.output_peak_db()}
+
+    token = None if is_loopback(args.web_host) else new_token()
+    web = WebServer(session.router, queue, session.bundle, host=args.web_host, port=args.web, token=token,
+                    state=state, model_name=Path(model_path).name)
+    try:
+        web.start()
+    except OSError as exc:
+        raise UsageError(f"web: cannot listen on {args.web_host}:{args.web}: {exc}") from None
+    log(f"web: control page at {web.url()}")
+    if token is not None:
+        print(f"{PROG}: the control page listens on {args.web_host}: open it with its token, "
+              f"{web.url()} (a phone: this machine's address on the same network)", file=sys.stderr, flush=True)
+    return web
+
+
+def _finish(args, session: Session, inst: _Instrument) -> int:
+    """After the session closed: the summary, --stats-json, --save-patch; the exit code."""
     summary = session.summary()
-    _print_summary(summary, sys.stdout)
+    if session.lost:
+        rec = session.recorder
+        print(f"{PROG}: AUDIO LOST after {summary['seconds']:.1f} s: {session.lost}; stopped"
+              + (f" (the recording {rec.path} is complete up to then: {rec.seconds:.2f} s)" if rec is not None
+                 else ""), file=sys.stderr, flush=True)
+    print_summary(summary, sys.stdout)
     if args.stats_json is not None:
         args.stats_json.parent.mkdir(parents=True, exist_ok=True)
         args.stats_json.write_text(json.dumps(summary, indent=1))
-    code = 0
+    code = EXIT_SERVER_LOST if session.lost else EXIT_OK
     if args.save_patch is not None:
         from instrument.controls.patches import engine_sound, save_sound
 
         try:
-            saved = save_sound(args.save_patch, bundle, *engine_sound(engine), model=model_path,
-                               effects=effects.effects, mapping=args.mapping, description=f"saved by {PROG}")
+            saved = save_sound(args.save_patch, inst.bundle, *engine_sound(session.engine), model=inst.model_path,
+                               effects=session.effects.effects, mapping=args.mapping, description=f"saved by {PROG}")
             print(f"{PROG}: saved the sound as {saved}")
         except Exception as exc:
             print(f"{PROG}: cannot save the patch {args.save_patch}: {exc}", file=sys.stderr)
-            code = 1
+            code = code or EXIT_ERROR
     sys.stdout.flush()
     return code
+
+
+def _play(args, stop: threading.Event) -> int:
+    console = Console()
+    log = console.log                 # any thread; clears the status line first
+    _check_args(args)
+    inst = _load_instrument(args, log)
+    try:
+        engine, queue = _build_engine(args, inst, log)
+    except BaseException:
+        inst.router.close()
+        raise
+    session = Session(inst.bundle, engine, queue, inst.effects, inst.router, console)
+    try:
+        _open_inputs(args, session, log)
+        if not _start_audio(args, session, log):
+            return EXIT_ERROR
+        session.web = _open_web(args, session, inst.model_path, log)
+        log(f"{PROG}: playing" + (f" for {args.duration:g} s" if args.duration else "") + " (Ctrl-C to stop)")
+        session.run(stop, args.duration, tty=sys.stdout.isatty() and not args.quiet)
+        signal.signal(signal.SIGINT, signal.default_int_handler)    # a second Ctrl-C interrupts the shutdown
+    finally:
+        session.close()
+    return _finish(args, session, inst)
 
 
 if __name__ == "__main__":

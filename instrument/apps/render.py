@@ -19,7 +19,7 @@ import torch
 
 from instrument.model.bundle import ModelBundle, load_bundle, parse_latent_knobs
 from instrument.engine.engine import Engine
-from instrument.engine.events import Event, LatentSet, Param, ParamSet, from_mido, param_event, with_offset
+from instrument.engine.events import Event, LatentSet, ParamSet, from_mido, param_event, with_offset
 from instrument.model.modelfile import ModelFileError
 
 __all__ = ["midi_file_events", "render_events", "render_midi", "parse_assignments", "main"]
@@ -67,7 +67,7 @@ def render_midi(bundle: ModelBundle, midi, sample_rate: int | None = None, block
                 max_voices: int = 8, initial_events: Iterable[Event] = (), tail_seconds: float | None = None,
                 noise_seed: int = 0) -> tuple[np.ndarray, Engine]:
     """Render a MIDI file; returns (mono float32 audio, the engine, for its stats). ``initial_events``
-    (latents, parameters) apply before the first note. The tail defaults to the release time + 0.25 s."""
+    (latents, parameters) apply before the first note. The tail defaults to the release time (the learnt one where the model has it) + 0.25 s."""
     engine = Engine(bundle, noise_seed=noise_seed)
     engine.prepare(sample_rate, block_size, max_voices)
     sr = engine.sample_rate
@@ -77,7 +77,7 @@ def render_midi(bundle: ModelBundle, midi, sample_rate: int | None = None, block
         if isinstance(event, ParamSet):
             engine.set_param(event.param, event.value)
     if tail_seconds is None:
-        tail_seconds = engine.params[Param.RELEASE_MS] / 1000.0 + 0.25
+        tail_seconds = engine.voices.release_seconds + 0.25    # the envelope's or the learnt release
     audio = render_events(engine, initial + events, length + int(round(tail_seconds * sr)), block_size)
     return audio, engine
 
@@ -94,6 +94,19 @@ def parse_assignments(items: Sequence[str], what: str) -> list[tuple[str, float]
         except ValueError:
             raise ValueError(f"--{what} {item!r}: {value!r} is not a number") from None
     return parsed
+
+
+def _midi_error(path: Path, exc: Exception) -> str:
+    """Why a MIDI file could not be read, in words (mido's EOFError has no message)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if isinstance(exc, EOFError):
+        return f"the file ends early ({size} bytes: truncated, or not a Standard MIDI File)"
+    return str(exc) or type(exc).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,12 +149,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     import soundfile as sf
 
     started = time.perf_counter()
+    import mido
+    from instrument.engine.events import NoteOn
+
     try:
-        audio, engine = render_midi(bundle, args.midi, args.sample_rate, args.block_size, args.voices, initial,
-                                    noise_seed=args.seed)
-    except (OSError, ValueError, EOFError) as exc:   # unreadable MIDI
-        print(f"sdga-render: cannot read {args.midi}: {exc}", file=sys.stderr)
+        midi = mido.MidiFile(str(args.midi))
+        notes = sum(isinstance(e, NoteOn) and e.velocity > 0 for _, e in midi_file_events(midi, 1000)[0])
+    except (OSError, ValueError, EOFError, KeyError, IndexError) as exc:   # unreadable MIDI
+        print(f"sdga-render: cannot read {args.midi}: {_midi_error(args.midi, exc)}", file=sys.stderr)
         return 2
+    if notes == 0:
+        print(f"sdga-render: warning: {args.midi} has no notes (no note-on with velocity > 0): the output is "
+              f"silence", file=sys.stderr)
+    audio, engine = render_midi(bundle, midi, args.sample_rate, args.block_size, args.voices, initial,
+                                noise_seed=args.seed)
     elapsed = time.perf_counter() - started
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(args.output), audio, engine.sample_rate, subtype="PCM_24" if args.output.suffix.lower() in

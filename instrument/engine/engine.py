@@ -36,7 +36,7 @@ from instrument.model import dsp
 from instrument.model.bundle import ModelBundle
 from instrument.engine.decoder_kernel import DecoderStep
 from instrument.engine.synth_kernel import StreamingSynth, device_hop_size
-from instrument.engine.events import (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
+from instrument.engine.events import (CC_MOD_WHEEL, CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
                      LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet, PitchBend)
 from instrument.engine.voices import VoiceBank, VoiceSettings
 
@@ -48,6 +48,8 @@ _VOICE_SETTINGS = {
     Param.GLIDE_MS: "glide_ms", Param.ATTACK_MS: "attack_ms", Param.DECAY_MS: "decay_ms",
     Param.SUSTAIN_DB: "sustain_db", Param.RELEASE_MS: "release_ms",
     Param.VELOCITY_SENSITIVITY: "velocity_sensitivity", Param.VOICE_MODE: "mode", Param.MIDI_CHANNEL: "midi_channel",
+    Param.EXPRESSION: "expression", Param.VIBRATO_DEPTH: "vibrato_depth", Param.ATTACK_TIME_SCALE: "attack_time_scale",
+    Param.RELEASE_TIME_SCALE: "release_time_scale", Param.LEVEL_OFFSET_DB: "level_offset_db",
 }
 
 
@@ -94,16 +96,24 @@ class FrameRecord:
     audio: np.ndarray                     # (hop,) the final interval output
 
 
+LIMITER_CEILING_DBFS = -0.1        # the soft limiter's output never reaches this (0.98855 of full scale)
+METER_INTERVALS = 128              # the output meter's window: 128 control frames (341 ms at 48 kHz, hop 128)
+METER_FLOOR_DB = -120.0
+
 class Engine:
     """Plays a :class:`ModelBundle` live: ``prepare`` -> ``process`` (many) -> ``reset``."""
 
     def __init__(self, bundle: ModelBundle, *, noise_seed: int = 0, noise_frames: int = 4096,
-                 limiter_threshold: float = 0.9, silence_db: float = -100.0):
+                 limiter_threshold: float = 0.9, limiter_ceiling_dbfs: float = LIMITER_CEILING_DBFS,
+                 silence_db: float = -100.0):
         self.bundle = bundle
         self.config = bundle.config
         self.noise_seed = int(noise_seed)
         self.noise_frames = int(noise_frames)
         self.limiter_threshold = float(limiter_threshold)
+        self.limiter_ceiling = float(10.0 ** (limiter_ceiling_dbfs / 20.0))
+        if not 0.0 < self.limiter_threshold < self.limiter_ceiling <= 1.0:
+            raise ValueError("the limiter needs 0 < threshold < ceiling <= 1 (0 dBFS)")
         self.silence_db = float(silence_db)
         self.stats = EngineStats()
         self.params = np.array([p.default for p in PARAMS], dtype=np.float64)
@@ -112,6 +122,7 @@ class Engine:
         self.f0_range_hz = bundle.f0_range_hz()
         self._recorder: Callable[[FrameRecord], None] | None = None
         self.state: EngineState | None = None
+        self._meter = np.zeros(METER_INTERVALS)    # output peak of the last intervals: the audio thread writes
         self.sample_rate = 0
         self.block_size = 0
         self.max_voices = 0
@@ -131,7 +142,8 @@ class Engine:
         z = self._step.z_np.copy() if self.state is not None else self.bundle.default_z().numpy()
         with torch.no_grad():
             settings = VoiceSettings()
-            voices = VoiceBank(V, sr, hop, self.loudness_range_db, self.f0_range_hz, settings, self.silence_db)
+            voices = VoiceBank(V, sr, hop, self.loudness_range_db, self.f0_range_hz, settings, self.silence_db,
+                               articulation=self.bundle.expression)
             self._step = DecoderStep(self.bundle.decoder, V)
             self._synth = StreamingSynth(V, c.n_harmonics, c.n_noise_bands, c.sample_rate, sr, hop,
                                          noise_bias=c.noise_bias, noise_frames=self.noise_frames,
@@ -166,6 +178,7 @@ class Engine:
             self._synth.reset()
             self.state.gru.zero_()
             self.state.interval_audio.fill(0.0)
+        self._meter.fill(0.0)
 
     @property
     def control_delay_samples(self) -> int:
@@ -260,6 +273,8 @@ class Engine:
                 voices.ignored_events += 1
             elif event.control == CC_SUSTAIN:
                 voices.sustain(event.value >= 64, pos)
+            elif event.control == CC_MOD_WHEEL:
+                voices.modulation(event.value / 127.0)
             elif event.control == CC_ALL_SOUND_OFF:
                 self._panic()
             elif event.control == CC_ALL_NOTES_OFF:
@@ -357,17 +372,27 @@ class Engine:
         state.output_gain = gain_end
         if peak > self.limiter_threshold:
             self._limit(audio)
+            peak = min(peak, self.limiter_ceiling)
+        self._meter[self.stats.intervals % METER_INTERVALS] = peak
         self.stats.intervals += 1
         if record is not None:
             record.output_gain = (gain_start, gain_end)
             record.audio = audio.copy()
             self._recorder(record)
 
+    def output_peak_db(self) -> float:
+        """The output's peak over the last ``METER_INTERVALS`` control frames, in dBFS (a level meter for
+        other threads: it reads what the audio thread wrote and changes nothing)."""
+        peak = float(self._meter.max())
+        return 20.0 * math.log10(peak) if peak > 10.0 ** (METER_FLOOR_DB / 20.0) else METER_FLOOR_DB
+
     def _limit(self, audio: np.ndarray) -> None:
-        """Soft limiter: identity below the threshold T, then T + (1 - T) tanh((|x| - T) / (1 - T))."""
-        threshold = self.limiter_threshold
+        """Soft limiter: identity below the threshold T, then T + (C - T) tanh((|x| - T) / (C - T)), which never
+        reaches the ceiling C (-0.1 dBFS: a chord of any size stays below full scale, so an integer export or a
+        converter's inter-sample peak does not clip)."""
+        threshold, ceiling = self.limiter_threshold, self.limiter_ceiling
         self.stats.limited_intervals += 1
-        knee = 1.0 - threshold
+        knee = ceiling - threshold
         over, soft = self._tmp_a, self._tmp_b
         np.abs(audio, out=over)
         over -= threshold
@@ -378,7 +403,7 @@ class Engine:
         over -= soft
         np.copysign(over, audio, out=over)
         audio -= over
-        np.clip(audio, -1.0, 1.0, out=audio)          # T + (1 - T) tanh(.) <= 1, but float32 rounding is not
+        np.clip(audio, -ceiling, ceiling, out=audio)   # T + (C - T) tanh(.) <= C, but float32 rounding is not
 
     def _recover(self, rows: int) -> None:
         """Reset every voice whose output or recurrent state went non-finite, and re-mix without them."""

@@ -17,10 +17,11 @@ from typing import Iterator, Union
 
 __all__ = [
     "NoteOn", "NoteOff", "PitchBend", "ControlChange", "LatentSet", "ParamSet", "Panic", "Event",
-    "CC_SUSTAIN", "CC_ALL_SOUND_OFF", "CC_RESET_ALL_CONTROLLERS", "CC_ALL_NOTES_OFF",
+    "CC_MOD_WHEEL", "CC_SUSTAIN", "CC_ALL_SOUND_OFF", "CC_RESET_ALL_CONTROLLERS", "CC_ALL_NOTES_OFF",
     "ParamSpec", "PARAMS", "Param", "param_spec", "param_event", "EventQueue", "from_mido", "with_offset",
 ]
 
+CC_MOD_WHEEL = 1
 CC_SUSTAIN = 64
 CC_ALL_SOUND_OFF = 120
 CC_RESET_ALL_CONTROLLERS = 121
@@ -52,7 +53,8 @@ class PitchBend:
 
 @dataclass(frozen=True, slots=True)
 class ControlChange:
-    control: int         # 64 sustain, 120 all sound off, 121 reset controllers, 123 all notes off; others ignored
+    control: int         # 1 mod wheel, 64 sustain, 120 all sound off, 121 reset controllers, 123 all notes off;
+                         # others ignored
     value: int           # 0..127
     channel: int = 0
     offset: int = 0
@@ -147,6 +149,13 @@ PARAMS: tuple[ParamSpec, ...] = (
               doc="1: velocity spans the corpus loudness range; 0: every note at the top of it"),
     ParamSpec("voice_mode", "", 0.0, 0.0, 2.0, choices=("poly", "mono", "legato")),
     ParamSpec("midi_channel", "channel", -1.0, -1.0, 15.0, doc="-1: omni; else only this channel (0..15)"),
+    ParamSpec("expression", "", 1.0, 0.0, 1.0, choices=("envelope", "learned"),
+              doc="learned: the note articulation fitted from the corpus (model format 3); envelope: the ADSR"),
+    ParamSpec("vibrato_depth", "", 1.0, 0.0, 4.0, 2.0,
+              doc="times the learnt vibrato and tremolo depth (the mod wheel pushes it up to 4x more)"),
+    ParamSpec("attack_time_scale", "", 1.0, 0.25, 4.0, 2.0, doc="times the learnt attack and decay times"),
+    ParamSpec("release_time_scale", "", 1.0, 0.25, 4.0, 2.0, doc="times the learnt release time"),
+    ParamSpec("level_offset_db", "dB", 0.0, -24.0, 12.0, doc="added to the learnt note level"),
 )
 
 
@@ -166,6 +175,11 @@ class Param(IntEnum):
     VELOCITY_SENSITIVITY = 10
     VOICE_MODE = 11
     MIDI_CHANNEL = 12
+    EXPRESSION = 13
+    VIBRATO_DEPTH = 14
+    ATTACK_TIME_SCALE = 15
+    RELEASE_TIME_SCALE = 16
+    LEVEL_OFFSET_DB = 17
 
 
 assert [p.name.upper() for p in PARAMS] == [p.name for p in Param], "Param and PARAMS disagree"

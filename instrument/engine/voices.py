@@ -9,6 +9,12 @@ Envelope: ADSR in the dB domain, relative to the note's peak loudness (velocity 
 loudness range). Attack rises linearly in dB from ``floor_db`` to 0, decay falls to ``sustain_db``, release
 falls at a constant rate (``release_ms`` from 0 dB to the floor) and frees the voice at the floor.
 
+Learnt expression (``settings.expression == LEARNED`` and the bank was given an articulation, which a model
+file of format 3 carries): the held level follows the corpus's attack / decay / sustain drift and tremolo, the
+release its fall rate, velocity its note-level quantiles, and the pitch its approach into a fresh note, vibrato
+(times ``vibrato_depth``, pushed up to 4x by the mod wheel) and legato glide (:mod:`instrument.engine.expression`),
+all from the samples counted since note-on and note-off: causal, the same whatever the block size.
+
 Onsets: a note that starts on an idle voice is a *fresh onset*: ``onset[v]`` holds its sample inside the
 interval so the engine can open the voice exactly there with its phase reset. A note that reuses a sounding
 voice (same note re-struck, voice stolen, mono retrigger) continues from the voice's current level and phase
@@ -22,6 +28,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from instrument.engine.expression import (ENVELOPE, LEARNED, held_level_db, pitch_offset_cents, release_level_db,
+                                          release_ms_to_floor, tremolo_db, velocity_level_db)
+from instrument.model.bundle import Articulation
 
 __all__ = ["IDLE", "ATTACK", "DECAY", "SUSTAIN", "RELEASE", "POLY", "MONO", "LEGATO", "Voice", "VoiceSettings",
            "VoiceBank"]
@@ -47,6 +57,11 @@ class VoiceSettings:
     pitch_shift_semitones: float = 0.0
     mode: int = POLY
     midi_channel: int = -1             # -1 omni
+    expression: int = LEARNED          # ENVELOPE: the ADSR above; LEARNED: the articulation, where there is one
+    vibrato_depth: float = 1.0         # times the learnt vibrato and tremolo depth
+    attack_time_scale: float = 1.0     # times the learnt attack and decay times
+    release_time_scale: float = 1.0    # times the learnt release time
+    level_offset_db: float = 0.0       # added to the learnt note level
 
 
 @dataclass(slots=True)
@@ -66,6 +81,11 @@ class Voice:
     released_at: int = 0               # order of the last key release
     t: int = 0                         # sample inside the current interval the envelope is computed up to
     linger: int = 0                    # frames the engine still renders this voice after it went idle
+    on_samples: int = 0                # samples since the note-on (the articulation's clock)
+    off_samples: int = 0               # samples since the note-off (in release)
+    attack_from_db: float = -30.0      # where the learnt attack starts, relative to the note level
+    off_level_db: float = 0.0          # relative level at the note-off (the learnt release starts there)
+    approach: bool = True              # a fresh or re-struck note: the learnt pitch approach applies
 
 
 class VoiceBank:
@@ -74,7 +94,8 @@ class VoiceBank:
     def __init__(self, n_voices: int, sample_rate: float, hop_size: int,
                  loudness_range_db: tuple[float, float] = (-60.0, -10.0),
                  f0_range_hz: tuple[float, float] = (32.7, 2093.0),
-                 settings: VoiceSettings | None = None, silence_db: float = -100.0):
+                 settings: VoiceSettings | None = None, silence_db: float = -100.0,
+                 articulation: Articulation | None = None):
         if n_voices < 1:
             raise ValueError("n_voices must be >= 1")
         self.n_voices = int(n_voices)
@@ -84,6 +105,9 @@ class VoiceBank:
         self.f0_range_hz = (float(f0_range_hz[0]), float(f0_range_hz[1]))
         self.silence_db = float(silence_db)
         self.settings = settings or VoiceSettings()
+        self.articulation = articulation
+        self.mod_wheel = 0.0                   # 0..1, pushes the vibrato depth (learnt expression)
+        self._ms_per_sample = 1000.0 / self.sample_rate
         self.voices = [Voice(env_db=self.settings.floor_db) for _ in range(self.n_voices)]
         self.bend = [0.0] * 16                 # per MIDI channel, -1..1
         self.sustain_pedal = False
@@ -118,10 +142,13 @@ class VoiceBank:
         self._decay_rate = rate(-s.sustain_db, s.decay_ms)
         self._release_rate = rate(depth, s.release_ms)
         self._glide_samples = max(0.0, s.glide_ms * per_ms)
+        self._learn = s.expression == LEARNED and self.articulation is not None
+        if self.articulation is not None:
+            self._legato_samples = self.articulation.legato_ms * per_ms
 
     def set(self, name: str, value: float, pos: int = 0) -> None:
         """Change one setting by name (a VoiceSettings field); a mode change releases every note at ``pos``."""
-        if name in ("mode", "midi_channel"):
+        if name in ("mode", "midi_channel", "expression"):
             value = int(round(value))
             if name == "mode" and value != self.settings.mode:
                 self.all_notes_off(pos)
@@ -135,6 +162,8 @@ class VoiceBank:
         return c < 0 or c == channel
 
     def _peak_db(self, velocity: float) -> float:
+        if self._learn:
+            return velocity_level_db(self.articulation, velocity, self.settings.velocity_sensitivity)
         low, high = self.loudness_range_db
         v = min(max(float(velocity) / 127.0, 0.0), 1.0)
         return high - self.settings.velocity_sensitivity * (1.0 - v) * (high - low)
@@ -155,6 +184,7 @@ class VoiceBank:
         v.t = pos
         if n <= 0 or v.stage == IDLE:
             return
+        v.on_samples += n
         if v.pitch != v.target:
             step = v.glide_rate * n
             if abs(v.target - v.pitch) <= step:
@@ -162,6 +192,9 @@ class VoiceBank:
             else:
                 v.pitch += step if v.target > v.pitch else -step
         s = self.settings
+        if self._learn:
+            self._advance_learned(v, n)
+            return
         left = float(n)
         while left > 0.0:
             stage = v.stage
@@ -196,6 +229,31 @@ class VoiceBank:
             else:
                 left = 0.0
 
+    def _advance_learned(self, v: Voice, n: int) -> None:
+        """The learnt articulation's level at the voice's clock (already advanced by n samples)."""
+        art, s = self.articulation, self.settings
+        if v.stage == RELEASE:
+            v.off_samples += n
+            t_off_ms = v.off_samples * self._ms_per_sample
+            to_floor_ms = release_ms_to_floor(art, v.off_level_db, s.floor_db, s.release_time_scale)
+            if t_off_ms >= to_floor_ms:
+                v.env_db, v.stage = s.floor_db, IDLE
+                v.key_down = v.sustained = False
+            else:
+                v.env_db = release_level_db(art, t_off_ms, v.off_level_db, s.release_time_scale)
+        else:
+            t_on_ms = v.on_samples * self._ms_per_sample
+            v.env_db = (held_level_db(art, t_on_ms, v.attack_from_db, s.attack_time_scale)
+                        + tremolo_db(art, t_on_ms, s.vibrato_depth))
+
+    def _legato_to(self, v: Voice, note: float) -> None:
+        """A legato transition: the glide time set, else the learnt one."""
+        if self._learn and self._glide_samples <= 0.0:
+            v.target = float(note)
+            v.glide_rate = abs(v.target - v.pitch) / max(self._legato_samples, 1.0)
+        else:
+            self._glide_to(v, note)
+
     def _glide_to(self, v: Voice, note: float) -> None:
         v.target = float(note)
         if self._glide_samples <= 0.0:
@@ -208,6 +266,8 @@ class VoiceBank:
         """Start a note on voice ``index``: fresh onset if idle, else retrigger from the current level."""
         v = self.voices[index]
         self._advance(v, pos)
+        was_abs_db = v.peak_db + v.env_db
+        was_idle = v.stage == IDLE
         if v.stage == IDLE:
             v.env_db = self.settings.floor_db
             v.pitch = v.target = float(note)
@@ -224,6 +284,14 @@ class VoiceBank:
         v.key_down, v.sustained = True, False
         v.peak_db = self._peak_db(velocity)
         v.age = self._next()
+        v.on_samples = v.off_samples = 0
+        v.approach = True
+        if self._learn:
+            art = self.articulation
+            start = art.attack_start_db
+            if not was_idle:                    # re-struck: the attack starts from where the voice is
+                start = min(max(was_abs_db - v.peak_db, start), max(art.attack_peak_db, start))
+            v.attack_from_db = v.env_db = start
 
     def _release(self, v: Voice, pos: int) -> None:
         self._advance(v, pos)
@@ -234,6 +302,8 @@ class VoiceBank:
             v.sustained = False
             if v.stage != IDLE:
                 v.stage = RELEASE
+                v.off_samples = 0
+                v.off_level_db = v.env_db
         v.released_at = self._next()
 
     # ------------------------------------------------------------------------------------------ events
@@ -284,7 +354,7 @@ class VoiceBank:
         v = self.voices[0]
         self._advance(v, pos)
         if v.stage != IDLE and self.settings.mode == LEGATO and v.key_down:
-            self._glide_to(v, note)             # legato: new pitch, same envelope
+            self._legato_to(v, note)            # legato: new pitch, same envelope
             v.note, v.channel = float(note), int(channel)
             v.sustained = False
             return
@@ -308,7 +378,7 @@ class VoiceBank:
             if stack:                           # fall back to the previous held key
                 self._advance(v, pos)
                 back_note, back_channel, _ = stack[-1]
-                self._glide_to(v, back_note)
+                self._legato_to(v, back_note)
                 v.note, v.channel = back_note, back_channel
             else:
                 self._release(v, pos)
@@ -327,8 +397,14 @@ class VoiceBank:
         if math.isfinite(value):
             self.bend[channel & 15] = min(max(float(value), -1.0), 1.0)
 
+    def modulation(self, value: float) -> None:
+        """Mod wheel 0..1 (CC 1): with learnt expression, the vibrato depth up to 4x the learnt one."""
+        if math.isfinite(value):
+            self.mod_wheel = min(max(float(value), 0.0), 1.0)
+
     def reset_controllers(self, channel: int, pos: int) -> None:
         self.bend[channel & 15] = 0.0
+        self.mod_wheel = 0.0
         self.sustain(False, pos)
 
     def all_notes_off(self, pos: int) -> None:
@@ -363,14 +439,20 @@ class VoiceBank:
         bend_range = s.bend_range_semitones
         bend = self.bend
         pitch, loudness, gain = self.pitch_midi, self.loudness_db, self.gain
+        learn = self._learn
+        art = self.articulation
+        offset_db = s.level_offset_db if learn else 0.0
+        vibrato = s.vibrato_depth * (1.0 + 3.0 * self.mod_wheel)
         rows = 0
         for i, v in enumerate(self.voices):
             if v.stage != IDLE:
                 self._advance(v, hop)
             v.t = 0
             pitch[i] = v.pitch + bend[v.channel] * bend_range + shift
+            if learn and v.stage != IDLE:
+                pitch[i] += 0.01 * pitch_offset_cents(art, v.on_samples * self._ms_per_sample, v.approach, vibrato)
             if v.stage != IDLE:
-                loudness[i] = v.peak_db + v.env_db
+                loudness[i] = v.peak_db + v.env_db + offset_db
                 gain[i] = 1.0
                 v.linger = 2            # the frame it goes idle fades out; one more zeroes the other buffer
                 rows = i + 1
@@ -404,6 +486,15 @@ class VoiceBank:
         return (f"VoiceBank({self.n_voices} voices, mode {('poly', 'mono', 'legato')[self.settings.mode]}, "
                 f"sustain {'down' if self.sustain_pedal else 'up'}, sounding [{sounding}], steals {self.steals}, "
                 f"out-of-range notes {self.out_of_range_notes})")
+
+    @property
+    def release_seconds(self) -> float:
+        """How long a note sounds after its note-off at most (the ADSR's or the learnt release to the floor)."""
+        s = self.settings
+        if self._learn:
+            return release_ms_to_floor(self.articulation, self.articulation.attack_peak_db, s.floor_db,
+                                       s.release_time_scale) / 1000.0
+        return s.release_ms / 1000.0
 
     @property
     def active_voices(self) -> int:

@@ -10,11 +10,18 @@ router's smoothing ramps) may add events to each block. An optional ``effects`` 
 (:class:`~instrument.engine.effects.EffectsChain`, prepared at the stream's rate, block size and channels) processes
 each block in place after the engine and before the tap, so recordings include the effects; if it raises, the
 error is counted in ``hook_errors`` and the dry block plays.
+
+A dead audio server (jackd killed, a device unplugged) stops the callbacks without an exception, and PortAudio's
+``Pa_StopStream`` / ``Pa_AbortStream`` then never return. :meth:`AudioOutput.server_lost` tells it (PortAudio
+marks the stream inactive, or no callback arrived for ``stall_s``); :meth:`AudioOutput.close` stops the stream
+in a daemon thread and gives up after a timeout, so the caller can still write what it has and exit.
 """
 from __future__ import annotations
 
+import atexit
 import math
 import resource
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -60,7 +67,7 @@ class AudioOutput:
     def __init__(self, engine: Engine, queue: EventQueue, *, device=None, channels: int = 2,
                  latency: str | float = "low", tap: Callable[[np.ndarray], None] | None = None,
                  block_events: Callable[[Iterable, int], Iterable] | None = None, effects=None,
-                 load_history: int = 8192, diagnose: bool = False):
+                 load_history: int = 8192, diagnose: bool = False, stall_s: float = 3.0):
         if engine.state is None:
             raise ValueError("prepare the engine first")
         self.engine = engine
@@ -90,6 +97,10 @@ class AudioOutput:
         self._loads = np.zeros(int(load_history))          # ring of the latest loads (fraction of the budget)
         self._load_count = 0
         self._load_hist = np.zeros(int(LOAD_MAX * LOAD_BINS_PER_UNIT) + 1, dtype=np.int64)
+        # watchdog (main thread): the callback count and when it last moved
+        self.stall_s = max(float(stall_s), 20.0 * self._budget_s)
+        self._watch = (-1, math.inf)
+        self.lost = ""                  # why the stream stopped on its own ("" while it plays)
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         started = time.perf_counter()
@@ -226,13 +237,47 @@ class AudioOutput:
         device = self._stream.latency if self._stream is not None else 0.0
         return float(device) + self.engine.control_delay_samples / self.engine.sample_rate
 
-    def close(self) -> None:
-        if self._stream is not None:
-            try:
-                self._stream.stop()
-            finally:
-                self._stream.close()
-                self._stream = None
+    def server_lost(self, now: float | None = None) -> str:
+        """Main thread, every few hundred ms while playing: "" while the stream plays, else why it stopped on its
+        own (PortAudio marked it inactive: the server shut down; or no callback for ``stall_s``). Sticky."""
+        if self.lost or self._stream is None:
+            return self.lost
+        now = time.monotonic() if now is None else now
+        count = self.stats.callbacks
+        if count != self._watch[0]:
+            self._watch = (count, now)
+        if not self._stream.active:
+            self.lost = "the audio server stopped the stream (was it shut down or killed?)"
+        elif now - self._watch[1] > self.stall_s:
+            self.lost = f"no audio callback for {now - self._watch[1]:.1f} s (the audio server hangs or died)"
+        return self.lost
+
+    def close(self, timeout_s: float = 3.0) -> bool:
+        """Stop and close the stream; False when PortAudio did not return within ``timeout_s`` (a dead server):
+        the stream is then abandoned to a daemon thread, and sounddevice's exit handler (which would stop it
+        again and hang, or abort in Pa_Terminate) is unregistered so the process can exit."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return True
+        lost = bool(self.lost) or not stream.active
+
+        def stop() -> None:
+            for call in (stream.abort if lost else stream.stop, stream.close):
+                try:
+                    call()
+                except Exception:       # PortAudioError from a server that is gone: nothing left to stop
+                    pass
+
+        thread = threading.Thread(target=stop, name="sdga-audio-close", daemon=True)
+        thread.start()
+        thread.join(min(timeout_s, 0.5) if lost else timeout_s)      # a dead server's abort hangs: wait little
+        if thread.is_alive():
+            import sounddevice as sd
+
+            atexit.unregister(sd._exit_handler)
+            self.lost = self.lost or "the audio stream did not stop (the audio server hangs or died)"
+            return False
+        return True
 
     def __enter__(self) -> "AudioOutput":
         return self.start()

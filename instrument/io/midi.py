@@ -124,7 +124,7 @@ class MidiInput:
 
     def _start_child(self, spec: dict) -> None:
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])     # the folder holding the instrument package
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._child = subprocess.Popen(
             [sys.executable, "-c", "from instrument.io.midi import _bridge_main; _bridge_main()", json.dumps(spec)],

@@ -6,6 +6,10 @@ counted, never raised. The address space is one table, :data:`instrument.control
 """
 from __future__ import annotations
 
+import logging
+import math
+import socket
+import sys
 import threading
 from typing import Sequence
 
@@ -20,6 +24,41 @@ DEFAULT_OSC_PORT = 9000
 OscSpec = OscAddress          # the table's row type (instrument.controls.addresses), under its old name
 
 
+SO_RXQ_OVFL = 40                 # Linux: recvmsg reports how many datagrams the kernel dropped (socket full)
+OSC_MAX_ABS = 1e6                # larger numbers (and NaN, inf) are refused before any router sees them
+
+
+class _PythonOscLog(logging.Filter):
+    """python-osc warns through the root logger with the raw bytes of what it could not parse (megabytes in a
+    flood of junk): count those records instead of printing them."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "pythonosc" in record.pathname:
+            self.count += 1
+            return False
+        return True
+
+
+_PYTHONOSC_LOG = _PythonOscLog()
+
+
+def _bad_number(args: Sequence) -> str:
+    """Why a message's arguments may not reach a router ("" when they may): NaN, inf or a huge magnitude."""
+    for value in args:
+        if isinstance(value, (list, tuple)):
+            why = _bad_number(value)
+            if why:
+                return why
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not (math.isfinite(value) and abs(value) <= OSC_MAX_ABS):
+                return f"number out of range (not finite or beyond +-{OSC_MAX_ABS:g}): {value!r}"
+    return ""
+
+
 class OscServer:
     """UDP OSC server on ``host:port`` (port 0: any free port, see :attr:`address`), pushing events to a queue
     from its own thread. Use as a context manager or call :meth:`start` / :meth:`close`.
@@ -27,8 +66,12 @@ class OscServer:
     Every message goes to ``router.osc(address, args)`` (default: :func:`instrument.controls.routing.default_router`
     over ``latents``).
     Counters (read by the UI): ``received`` (messages), ``errors`` (messages the router refused, plus datagrams
-    that are not OSC at all: ``malformed_packets``), ``last_error``. Bundles are applied at once (time tags are
-    ignored). Nothing a client sends can stop the thread.
+    that are not OSC at all: ``malformed_packets``), ``last_error``, ``kernel_drops`` (datagrams the kernel
+    dropped because the socket's buffer was full: a flood faster than this thread; Linux's SO_RXQ_OVFL),
+    ``parser_warnings`` (python-osc's warnings about parts it skipped: counted, not printed). Messages with a
+    non-finite or huge number (beyond ``OSC_MAX_ABS``) are refused here, so no router, event or engine kernel
+    ever sees one. Bundles are applied at once (time tags are ignored). Nothing a client sends can stop the
+    thread.
 
     ``allow``: the networks whose datagrams are handled (None: every sender); others are dropped unparsed and
     counted in ``refused_senders``. Datagrams over ``max_packet_bytes`` or with bundles nested or filled beyond
@@ -39,8 +82,6 @@ class OscServer:
     def __init__(self, queue: EventQueue, latents: Sequence[LatentInfo] = (), host: str = "127.0.0.1",
                  port: int = DEFAULT_OSC_PORT, router=None, allow: Sequence[Network] | None = None,
                  max_packet_bytes: int = MAX_PACKET_BYTES):
-        import socket
-
         if router is None:
             from instrument.controls.routing import default_router
 
@@ -50,6 +91,8 @@ class OscServer:
         self.received = 0
         self.errors = 0
         self.malformed_packets = 0
+        self.kernel_drops = 0
+        self.parser_warnings = 0
         self.refused_senders = 0
         self.oversized_packets = 0
         self.allow = None if allow is None else tuple(allow)
@@ -64,6 +107,11 @@ class OscServer:
             self._socket.close()
             raise
         self._socket.settimeout(0.05)
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            self._ancillary = socket.CMSG_SPACE(4)
+        except (OSError, AttributeError):             # not Linux: drops are not counted
+            self._ancillary = 0
         self.address: tuple[str, int] = self._socket.getsockname()[:2]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -98,6 +146,10 @@ class OscServer:
             return
         for message in messages:
             self.received += 1
+            why = _bad_number(message.params)
+            if why:
+                self._refuse(f"{message.address}: {why}")
+                continue
             try:
                 for event in self.router.osc(message.address, tuple(message.params)):
                     self.queue.push(event)
@@ -106,19 +158,26 @@ class OscServer:
 
     def _serve(self) -> None:
         sock = self._socket
+        logging.getLogger().addFilter(_PYTHONOSC_LOG)
         while not self._stop.is_set():
             try:
-                data, sender = sock.recvfrom(65536)
+                data, ancillary, _, sender = sock.recvmsg(65536, self._ancillary)
+                for level, kind, value in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                        self.kernel_drops = int.from_bytes(value[:4], sys.byteorder)   # since the socket opened
             except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():
                     return
                 continue
+            warned = _PYTHONOSC_LOG.count
             try:
                 self.handle_packet(data, sender[0])
             except Exception as exc:                   # a broken router must not end the server
                 self._refuse(f"router failed: {exc!r}")
+            if _PYTHONOSC_LOG.count != warned:
+                self.parser_warnings += 1
 
     def start(self) -> "OscServer":
         if self._thread is None:

@@ -5,6 +5,10 @@ One producer (the callback, :meth:`RingRecorder.push`) and one consumer (the wri
 monotonically increasing frame counters; each only ever assigns its own (an atomic store under the GIL), so a
 stale read is only ever conservative. When the writer falls behind by more than the ring holds, whole blocks
 are dropped and counted (``dropped_blocks``): the callback never waits for the disk.
+
+After each write the writer has libsndfile rewrite the file's header (``SFC_UPDATE_HEADER_NOW``), so the file on
+disk is a valid sound file holding everything written so far even if the process is killed (``kill -9``, a
+crash) before :meth:`RingRecorder.close`: a recording never loses more than the last ``poll_s`` of audio.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["RingRecorder"]
+
+SFC_UPDATE_HEADER_NOW = 0x1060           # libsndfile's sf_command: write the header for the frames so far
 
 
 class RingRecorder:
@@ -84,6 +90,7 @@ class RingRecorder:
             self._file.write(self._ring[start:start + first])
             if first < available:
                 self._file.write(self._ring[:available - first])
+            _update_header(self._file)
         except Exception as exc:              # disk full, file removed: stop recording, keep playing
             self.error = str(exc) or type(exc).__name__
         self._read += available
@@ -115,3 +122,10 @@ class RingRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _update_header(file) -> None:
+    """Make the file on disk complete for what was written so far (soundfile has no public call for it)."""
+    import soundfile as sf
+
+    sf._snd.sf_command(file._file, SFC_UPDATE_HEADER_NOW, sf._ffi.NULL, 0)

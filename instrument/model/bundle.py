@@ -3,7 +3,8 @@
 The file layout (see :mod:`instrument.model.modelfile` for the container): tensors ``decoder.*`` and ``encoder.*``;
 metadata keys ``model_config`` (ModelConfig fields), ``latents`` (one entry per latent dimension, ordered by
 importance), ``corpus`` (a :class:`CorpusInfo`: pitch and loudness ranges), ``training`` (summary and held-out
-metrics).
+metrics), ``expression`` (format version 3: an :class:`Articulation` fitted from the corpus, or null; older
+files load with ``expression`` None and play with the ADSR envelope).
 """
 from __future__ import annotations
 
@@ -133,6 +134,92 @@ class CorpusInfo:
         return cls.from_dict(full)
 
 
+@dataclass(frozen=True)
+class Articulation:
+    """How the corpus's instrument plays a note, fitted by :func:`training.expression.fit_articulation` from
+    the corpus's f0 / voicing / loudness (no MIDI) and played by :mod:`instrument.engine.expression`.
+
+    Level over a note, in dB relative to the note's level (its median over the sustained part), ``t`` in ms
+    since note-on: an attack from ``attack_start_db`` to ``attack_peak_db`` over ``attack_ms`` (fraction of the
+    rise in dB ``1 - (1 - t / attack_ms) ** attack_shape``), then an exponential decay (time constant
+    ``decay_ms``) of the peak's excess to 0 dB, a sustain drift ``sustain_slope_db_per_s`` (bounded by
+    ``sustain_drift_db``), a tremolo; after note-off the level falls ``release_db_per_s`` from where it was.
+    Pitch: a fresh note starts ``approach_cents`` off and settles with time constant ``approach_ms``; legato
+    transitions glide over ``legato_ms``; vibrato of ``vibrato_cents`` (amplitude) at ``vibrato_hz`` fades in
+    around ``vibrato_delay_ms``. Velocity 1..127 maps onto the corpus's note levels at ``level_quantiles``
+    (``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels); ``level_input_db[k]`` is the
+    decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export; empty: the
+    same as ``level_db``). ``notes`` is how many
+    notes the fit used; ``fallback`` says there were too few (then only what could be fitted differs from
+    the defaults, and the engine plays the envelope unless asked for ``learned``)."""
+
+    notes: int = 0
+    fallback: bool = True
+    attack_start_db: float = -30.0
+    attack_peak_db: float = 0.0
+    attack_ms: float = 60.0
+    attack_shape: float = 2.0
+    decay_ms: float = 150.0
+    sustain_slope_db_per_s: float = 0.0
+    sustain_drift_db: float = 12.0
+    release_db_per_s: float = 120.0
+    approach_cents: float = 0.0
+    approach_ms: float = 30.0
+    legato_ms: float = 40.0
+    vibrato_hz: float = 5.0
+    vibrato_cents: float = 0.0
+    vibrato_delay_ms: float = 200.0
+    tremolo_hz: float = 5.0
+    tremolo_db: float = 0.0
+    level_quantiles: tuple[float, ...] = (0.0, 1.0)
+    level_db: tuple[float, ...] = (-40.0, -15.0)
+    level_input_db: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if len(self.level_quantiles) != len(self.level_db) or len(self.level_db) < 2:
+            raise ValueError("level_quantiles and level_db need the same length, at least 2")
+        if any(b < a for a, b in zip(self.level_db, self.level_db[1:])) or \
+                any(b <= a for a, b in zip(self.level_quantiles, self.level_quantiles[1:])):
+            raise ValueError("level_quantiles must rise and level_db must not fall")
+        if self.level_input_db and (len(self.level_input_db) != len(self.level_db) or any(
+                b < a for a, b in zip(self.level_input_db, self.level_input_db[1:]))):
+            raise ValueError("level_input_db must be empty or as long as level_db, and not fall")
+        for name in ("attack_ms", "attack_shape", "decay_ms", "release_db_per_s", "approach_ms", "legato_ms",
+                     "vibrato_hz", "tremolo_hz"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"articulation {name} must be > 0, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["level_quantiles"], d["level_db"] = list(self.level_quantiles), list(self.level_db)
+        d["level_input_db"] = list(self.level_input_db)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Articulation":
+        """The stored record; TypeError / KeyError / ValueError on anything else (every field present but
+        ``level_input_db``)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"expression record is a {type(d).__name__}, not an object")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise KeyError(f"expression record has unknown field(s) {unknown}")
+        values = {}
+        for name in cls.__dataclass_fields__:
+            if name == "level_input_db" and name not in d:        # an uncalibrated articulation
+                continue
+            value = d[name]
+            if name == "notes":
+                values[name] = int(value)
+            elif name == "fallback":
+                values[name] = bool(value)
+            elif name in ("level_quantiles", "level_db", "level_input_db"):
+                values[name] = tuple(_number(x) for x in value)
+            else:
+                values[name] = _number(value)
+        return cls(**values)
+
+
 def _number(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, got {value!r}")
@@ -143,8 +230,13 @@ def _upgrade_v1(metadata: dict) -> dict:
     return dict(metadata, corpus=CorpusInfo.from_v1_dict(metadata.get("corpus")).to_dict())
 
 
+def _upgrade_v2(metadata: dict) -> dict:
+    """Version 2 had no learnt expression: ``expression`` is null (the engine plays the ADSR envelope)."""
+    return dict(metadata, expression=None)
+
+
 # Format version -> metadata as that version wrote it, turned into what the next version writes.
-METADATA_UPGRADES = {1: _upgrade_v1}
+METADATA_UPGRADES = {1: _upgrade_v1, 2: _upgrade_v2}
 assert sorted(METADATA_UPGRADES) == list(range(1, FORMAT_VERSION))
 
 
@@ -156,6 +248,7 @@ class ModelBundle:
     latents: list[LatentInfo]          # ordered by importance (most active first)
     metadata: dict = field(default_factory=dict)             # the rest of the file (training summary, ...)
     corpus: CorpusInfo = field(default_factory=CorpusInfo)
+    expression: Articulation | None = None   # learnt note expression (format 3); None: the ADSR envelope
 
     @property
     def latent_names(self) -> list[str]:
@@ -217,6 +310,7 @@ def save_bundle(path: Path | str, bundle: ModelBundle) -> Path:
     metadata["model_config"] = bundle.config.to_dict()
     metadata["latents"] = [l.to_dict() for l in bundle.latents]
     metadata["corpus"] = bundle.corpus.to_dict()
+    metadata["expression"] = None if bundle.expression is None else bundle.expression.to_dict()
     metadata.setdefault("training", {})
     return save_model_file(path, tensors, metadata)
 
@@ -228,6 +322,7 @@ def load_bundle(path: Path | str, with_encoder: bool = True) -> ModelBundle:
         config = ModelConfig.from_dict(metadata["model_config"])
         latents = [LatentInfo.from_dict(d) for d in metadata["latents"]]
         corpus = CorpusInfo.from_dict(metadata["corpus"])
+        expression = None if metadata["expression"] is None else Articulation.from_dict(metadata["expression"])
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(f"{path}: bad metadata: {exc}") from exc
     if sorted(l.index for l in latents) != list(range(config.latent_dim)):
@@ -248,8 +343,9 @@ def load_bundle(path: Path | str, with_encoder: bool = True) -> ModelBundle:
     decoder.eval()
     if encoder is not None:
         encoder.eval()
-    rest = {k: v for k, v in metadata.items() if k not in ("model_config", "latents", "corpus")}
-    return ModelBundle(config=config, decoder=decoder, encoder=encoder, latents=latents, metadata=rest, corpus=corpus)
+    rest = {k: v for k, v in metadata.items() if k not in ("model_config", "latents", "corpus", "expression")}
+    return ModelBundle(config=config, decoder=decoder, encoder=encoder, latents=latents, metadata=rest, corpus=corpus,
+                       expression=expression)
 
 
 def random_bundle(config: ModelConfig | None = None, seed: int = 0) -> ModelBundle:

@@ -21,7 +21,8 @@ every version; what changes is the layout of the ``"sdga"`` metadata, and a read
 (version v -> a function turning metadata as version v wrote it into metadata as version v + 1 writes it)
 hands back metadata in the current layout, whatever version wrote the file.
 Version 1: the first layout. Version 2: the ``corpus`` record is complete (see
-:class:`instrument.model.bundle.CorpusInfo`).
+:class:`instrument.model.bundle.CorpusInfo`). Version 3: an ``expression`` record (the note articulation learnt
+from the corpus, :class:`instrument.model.bundle.Articulation`, or null).
 
 Metadata is JSON: tuples come back as lists, and dict keys must be strings to come back unchanged.
 """
@@ -41,8 +42,8 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 FORMAT_NAME = "sdga-model"
-FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1, 2, 3)
 MODEL_FILE_SUFFIX = ".sdga"
 
 METADATA_KEY_FORMAT = "format"

@@ -1,0 +1,111 @@
+"""Learnt note expression, played causally per voice: (time since note-on / off, velocity, amounts) -> the
+level and pitch offsets of one control frame.
+
+The articulation (:class:`instrument.model.bundle.Articulation`) was fitted from the corpus by
+``training/expression.py``; this module only evaluates it. Every function is pure, takes Python floats and
+returns a float (the voice bank calls them once per voice per control frame on the audio thread: no arrays,
+no allocation beyond Python scalars, no torch). Times are in ms since the note-on (``t_on_ms``) or the
+note-off (``t_off_ms``); levels in dB relative to the note's level unless named ``*_abs_db``.
+
+:func:`note_curve` is what tests, plots and the benchmark use to draw a whole note the same way.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from instrument.model.bundle import Articulation
+
+__all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "held_level_db", "release_level_db",
+           "release_ms_to_floor", "tremolo_db", "pitch_offset_cents", "fade_in", "note_curve"]
+
+EXPRESSION_MODES = ("envelope", "learned")
+ENVELOPE, LEARNED = range(2)
+TWO_PI = 2.0 * math.pi
+
+
+def velocity_level_db(art: Articulation, velocity: float, sensitivity: float = 1.0) -> float:
+    """A velocity 0..127 -> the note level the decoder is given (dB): the decoder input that sounds at the
+    corpus's note-level quantile ``velocity / 127`` (``sensitivity`` < 1 narrows the range towards the loudest
+    notes). Monotonic."""
+    v = min(max(float(velocity) / 127.0, 0.0), 1.0)
+    q = 1.0 - sensitivity * (1.0 - v)
+    qs, levels = art.level_quantiles, art.level_input_db or art.level_db
+    q = min(max(q, qs[0]), qs[-1])
+    for k in range(1, len(qs)):
+        if q <= qs[k]:
+            a, b = qs[k - 1], qs[k]
+            return levels[k - 1] + (levels[k] - levels[k - 1]) * (q - a) / (b - a)
+    return levels[-1]
+
+
+def held_level_db(art: Articulation, t_on_ms: float, attack_from_db: float, attack_scale: float = 1.0) -> float:
+    """Level of a held note ``t_on_ms`` after its note-on, relative to the note level, tremolo excluded:
+    attack from ``attack_from_db`` to the peak, decay of the peak's excess, sustain drift."""
+    attack_ms = art.attack_ms * attack_scale
+    peak = art.attack_peak_db
+    if t_on_ms < attack_ms:
+        u = max(t_on_ms, 0.0) / attack_ms
+        return attack_from_db + (peak - attack_from_db) * (1.0 - (1.0 - u) ** art.attack_shape)
+    after_ms = t_on_ms - attack_ms
+    drift = art.sustain_slope_db_per_s * after_ms * 0.001
+    drift = min(max(drift, -art.sustain_drift_db), art.sustain_drift_db)
+    return peak * math.exp(-after_ms / (art.decay_ms * attack_scale)) + drift
+
+
+def release_level_db(art: Articulation, t_off_ms: float, off_level_db: float, release_scale: float = 1.0) -> float:
+    """Level ``t_off_ms`` after the note-off, from ``off_level_db`` (the held level at the note-off)."""
+    return off_level_db - art.release_db_per_s / release_scale * max(t_off_ms, 0.0) * 0.001
+
+
+def release_ms_to_floor(art: Articulation, off_level_db: float, floor_db: float, release_scale: float = 1.0) -> float:
+    """How long the release takes from ``off_level_db`` down to ``floor_db`` (where the voice is freed)."""
+    return max(off_level_db - floor_db, 0.0) * 1000.0 * release_scale / art.release_db_per_s
+
+
+def fade_in(t_on_ms: float, delay_ms: float) -> float:
+    """0 before ``delay_ms / 2``, rising linearly to 1 at ``1.5 * delay_ms`` (half at the delay)."""
+    if delay_ms <= 0.0:
+        return 1.0
+    return min(max((t_on_ms - 0.5 * delay_ms) / delay_ms, 0.0), 1.0)
+
+
+def tremolo_db(art: Articulation, t_on_ms: float, amount: float = 1.0) -> float:
+    """Loudness wobble (dB) ``t_on_ms`` into the note; ``amount`` scales the learnt depth."""
+    depth = art.tremolo_db * amount
+    if depth == 0.0:
+        return 0.0
+    return depth * fade_in(t_on_ms, art.vibrato_delay_ms) * math.sin(TWO_PI * art.tremolo_hz * t_on_ms * 0.001)
+
+
+def pitch_offset_cents(art: Articulation, t_on_ms: float, approach: bool, vibrato_amount: float = 1.0) -> float:
+    """Pitch offset from the note (cents): the approach into a fresh note (``approach``; not after a legato
+    transition) plus vibrato centred on the note, its learnt depth times ``vibrato_amount``."""
+    cents = 0.0
+    if approach and art.approach_cents != 0.0:
+        cents = art.approach_cents * math.exp(-max(t_on_ms, 0.0) / art.approach_ms)
+    depth = art.vibrato_cents * vibrato_amount
+    if depth != 0.0:
+        cents += depth * fade_in(t_on_ms, art.vibrato_delay_ms) * math.sin(TWO_PI * art.vibrato_hz * t_on_ms * 0.001)
+    return cents
+
+
+def note_curve(art: Articulation, velocity: float, held_ms: float, frame_ms: float, tail_ms: float = 1000.0,
+               floor_db: float = -60.0) -> tuple[np.ndarray, np.ndarray]:
+    """(loudness_db, pitch_offset_cents) per frame of one fresh note held ``held_ms`` then released, as the
+    voice bank plays it with default amounts (for plots, tests and the benchmark; allocates)."""
+    level = velocity_level_db(art, velocity)
+    n = int(round((held_ms + tail_ms) / frame_ms))
+    loudness = np.empty(n)
+    cents = np.empty(n)
+    off_level = held_level_db(art, held_ms, art.attack_start_db) + tremolo_db(art, held_ms)
+    for i in range(n):
+        t = (i + 1) * frame_ms
+        if t <= held_ms:
+            rel = held_level_db(art, t, art.attack_start_db) + tremolo_db(art, t)
+        else:
+            rel = release_level_db(art, t - held_ms, off_level)
+        loudness[i] = level + max(rel, floor_db)
+        cents[i] = pitch_offset_cents(art, t, True)
+    return loudness, cents

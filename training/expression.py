@@ -1,0 +1,342 @@
+"""Note expression from the corpus alone: segment notes from the extracted f0, voicing and loudness (no MIDI)
+and fit the parametric articulation the live engine plays (:class:`instrument.model.bundle.Articulation`,
+played by :mod:`instrument.engine.expression`).
+
+Segmentation (:func:`segment_notes`), per file: frames are *active* where pYIN says voiced and the loudness is
+within ``ACTIVE_RANGE_DB`` of the file's loudest frame. A note starts where an active run starts (a *fresh*
+onset), where the pitch moves to another semitone and stays there ``STABLE_MS`` (a *legato* onset: the level
+carries over) or where the loudness rises ``ATTACK_RISE_DB`` within ``ATTACK_MS`` after a dip on the same
+pitch (a re-articulation, fresh). A note ends where the next starts or its run ends; a note that ends in
+silence has a *release*: from its last frame within ``RELEASE_FROM_DB`` of its level down ``RELEASE_DEPTH_DB``
+(measured past the run's end, on the raw loudness).
+
+Fitting (:func:`fit_articulation`): each note's level is the median loudness of its body (after the attack,
+before the release); levels relative to it are medianed over notes on a common time grid (attack, peak,
+decay, sustain drift), releases give a fall rate, the pitch in cents from the note gives the approach and,
+on long notes, vibrato rate and depth (band 3-9 Hz) and their onset delay; the loudness gives the tremolo.
+Velocity maps onto the quantiles of the notes' levels. Everything is a pure function of arrays; times in ms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from instrument.model.bundle import Articulation
+
+__all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels", "MIN_NOTES",
+           "LEVEL_QUANTILES"]
+
+MIN_NOTES = 10                 # fewer usable notes: say so, and fit only what there is
+ACTIVE_RANGE_DB = 50.0
+MIN_NOTE_MS = 80.0
+STABLE_MS = 40.0
+ATTACK_RISE_DB = 6.0
+ATTACK_MS = 40.0
+RELEASE_FROM_DB = 3.0
+RELEASE_DEPTH_DB = 20.0
+CURVE_MS = 2000.0              # level curves are medianed over the first 2 s of notes
+VIBRATO_BAND_HZ = (3.0, 9.0)
+LEVEL_QUANTILES = tuple(np.round(np.linspace(0.0, 1.0, 11), 3))
+
+
+@dataclass(frozen=True)
+class Note:
+    """One segmented note: frames [start, stop) of its file (stop excludes the release tail past the run)."""
+
+    start: int
+    stop: int
+    midi: float                # median pitch over the body (MIDI note, fractional)
+    level_db: float            # median loudness over the body
+    fresh: bool                # from silence or re-articulated (else a legato transition)
+    previous_midi: float | None
+    release_start: int | None  # frame where the release starts (ends in silence), else None
+    release_stop: int | None   # frame where the release is RELEASE_DEPTH_DB down (may be past ``stop``)
+
+
+def _median_filter(x: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1 or len(x) < width:
+        return x.copy()
+    pad = width // 2
+    padded = np.pad(x, pad, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, width), axis=-1)
+
+
+def segment_notes(f0_hz: np.ndarray, voiced: np.ndarray, loudness_db: np.ndarray, frame_ms: float) -> list[Note]:
+    """Notes of one file from its per-frame f0 (Hz), voicing (bool) and loudness (dB); see the module doc."""
+    f0_hz = np.asarray(f0_hz, np.float64)
+    loudness_db = np.asarray(loudness_db, np.float64)
+    n = len(f0_hz)
+    if n == 0:
+        return []
+    top_db = float(loudness_db.max())
+    active = np.asarray(voiced, bool) & (loudness_db > top_db - ACTIVE_RANGE_DB) & np.isfinite(f0_hz) & (f0_hz > 0)
+    midi = 69.0 + 12.0 * np.log2(np.maximum(f0_hz, 1e-3) / 440.0)
+    smooth = _median_filter(midi, max(1, int(round(15.0 / frame_ms)) | 1))
+    semitone = np.round(smooth)
+    stable = max(1, int(round(STABLE_MS / frame_ms)))
+    attack = max(1, int(round(ATTACK_MS / frame_ms)))
+    min_frames = max(2, int(round(MIN_NOTE_MS / frame_ms)))
+    notes: list[Note] = []
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
+    lookback = int(round(150.0 / frame_ms))
+    for run, (run_start, run_stop) in enumerate(zip(edges[::2], edges[1::2])):
+        if run_stop - run_start < min_frames:
+            continue
+        next_run = int(edges[2 * run + 2]) if 2 * run + 2 < len(edges) else n
+        # a fresh note's attack begins before pYIN calls it voiced: back while the level still falls, above
+        # the silence (never into the previous run)
+        previous_stop = int(edges[2 * run - 1]) if run > 0 else 0
+        early = max(previous_stop, run_start - lookback)
+        while run_start > early and top_db - ACTIVE_RANGE_DB < loudness_db[run_start - 1] < loudness_db[run_start]:
+            run_start -= 1
+        onsets = [(int(run_start), True)]
+        current = semitone[run_start + min(stable, run_stop - run_start - 1)]
+        i = run_start + 1
+        while i < run_stop - stable:
+            if semitone[i] != current and np.all(semitone[i:i + stable] == semitone[i]):
+                if i - onsets[-1][0] >= min_frames:
+                    onsets.append((int(i), False))
+                current = semitone[i]
+                i += stable
+                continue
+            if i >= attack and i - onsets[-1][0] >= min_frames:
+                dip = loudness_db[i - attack:i].min()
+                if loudness_db[i] - dip >= ATTACK_RISE_DB and loudness_db[i] >= loudness_db[i - attack:i + attack].max() - 1.0 \
+                        and dip < np.median(loudness_db[onsets[-1][0]:i]) - ATTACK_RISE_DB:
+                    start = i - attack + int(np.argmin(loudness_db[i - attack:i]))
+                    onsets.append((int(start), True))
+                    i += attack
+                    continue
+            i += 1
+        bounds = [o for o, _ in onsets] + [int(run_stop)]
+        for k, (start, fresh) in enumerate(onsets):
+            stop = bounds[k + 1]
+            if stop - start < min_frames:
+                continue
+            last = k == len(onsets) - 1
+            body_from = start + min(int(round(150.0 / frame_ms)), (stop - start) // 3)
+            note_midi = float(np.median(smooth[body_from:stop]))
+            level = float(np.median(loudness_db[body_from:stop]))
+            release_start = release_stop = None
+            if last:
+                near = np.flatnonzero(loudness_db[start:stop] >= level - RELEASE_FROM_DB)
+                if near.size:
+                    release_start = start + int(near[-1])
+                    # the fall must happen before the next note starts, else it was not a release
+                    below = np.flatnonzero(loudness_db[release_start:next_run]
+                                           <= loudness_db[release_start] - RELEASE_DEPTH_DB)
+                    if below.size:
+                        release_stop = release_start + int(below[0])
+                    else:
+                        release_start = None
+                if release_start is not None:
+                    body_stop = max(body_from + 1, release_start)
+                    level = float(np.median(loudness_db[body_from:body_stop]))
+            prev = None if fresh or k == 0 else float(np.median(smooth[onsets[k - 1][0]:start]))
+            notes.append(Note(int(start), int(stop), note_midi, level, bool(fresh), prev, release_start, release_stop))
+    return notes
+
+
+def _time_constant_ms(curve: np.ndarray, frame_ms: float) -> float | None:
+    """Frames until |curve| first falls below |curve[0]| / e, in ms (None when it never does)."""
+    if len(curve) < 2 or curve[0] == 0:
+        return None
+    below = np.flatnonzero(np.abs(curve) <= abs(curve[0]) / np.e)
+    return None if below.size == 0 else max(float(below[0]) * frame_ms, frame_ms)
+
+
+def _band_oscillation(x: np.ndarray, frame_ms: float) -> tuple[float, float] | None:
+    """(rate_hz, amplitude) of the strongest sinusoid in VIBRATO_BAND_HZ of a detrended signal."""
+    n = len(x)
+    if n < 8:
+        return None
+    t = np.arange(n)
+    x = x - np.polyval(np.polyfit(t, x, 2), t)
+    n_fft = max(4096, 1 << int(np.ceil(np.log2(n))))
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(n), n_fft))
+    freqs = np.fft.rfftfreq(n_fft, frame_ms * 0.001)
+    band = (freqs >= VIBRATO_BAND_HZ[0]) & (freqs <= VIBRATO_BAND_HZ[1])
+    if not band.any():
+        return None
+    k = int(np.flatnonzero(band)[np.argmax(spectrum[band])])
+    # amplitude of a sinusoid from the Hann-windowed peak (window sum n / 2)
+    return float(freqs[k]), float(2.0 * spectrum[k] / (0.5 * n))
+
+
+def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], frame_ms: float,
+                     log=print) -> Articulation:
+    """The articulation of a corpus from each file's (f0_hz, voiced, loudness_db) frames."""
+    defaults = Articulation()
+    notes_per_file = [segment_notes(f0, voiced, ld, frame_ms) for f0, voiced, ld in files]
+    notes = [(i, n) for i, ns in enumerate(notes_per_file) for n in ns]
+    n_notes = len(notes)
+    fit: dict = {}
+    if n_notes == 0:
+        log("expression: no notes found in the corpus; the engine plays the ADSR envelope")
+        return replace(defaults, notes=0, fallback=True)
+    grid = int(CURVE_MS / frame_ms)
+    levels = np.array([n.level_db for _, n in notes])
+
+    # Level curves relative to the note level, on a common grid, NaN past each note's body.
+    def curves(selected):
+        out = np.full((len(selected), grid), np.nan)
+        for row, (i, note) in enumerate(selected):
+            ld = np.asarray(files[i][2], np.float64)
+            stop = note.release_start if note.release_start is not None else note.stop
+            m = min(grid, stop - note.start)
+            out[row, :m] = ld[note.start:note.start + m] - note.level_db
+        return out
+
+    fresh = [(i, n) for i, n in notes if n.fresh]
+    attack_notes = fresh if len(fresh) >= 5 else notes
+    c = curves(attack_notes)
+    counts = np.sum(np.isfinite(c), axis=0)
+    valid = counts >= max(3, len(attack_notes) // 4)
+    if valid.sum() >= int(100.0 / frame_ms):
+        length = int(np.flatnonzero(valid)[-1]) + 1
+        median = np.nanmedian(c[:, :length], axis=0)
+        first = max(1, int(round(10.0 / frame_ms)))
+        fit["attack_start_db"] = float(np.clip(median[0], -40.0, -1.0))
+        look = median[: min(length, int(500.0 / frame_ms))]
+        peak_index = int(np.argmax(look))
+        peak = float(max(look[peak_index], 0.0))
+        reach = np.flatnonzero(look >= min(peak, look[peak_index]) - 1.0)
+        attack_index = max(int(reach[0]) if reach.size else peak_index, first)
+        fit["attack_ms"] = float(attack_index * frame_ms)
+        fit["attack_peak_db"] = float(np.clip(peak, 0.0, 12.0))
+        half = median[max(attack_index // 2, 0)]
+        start, top = fit["attack_start_db"], median[attack_index]
+        fraction = float(np.clip((half - start) / (top - start), 0.05, 0.97)) if top > start else 0.5
+        fit["attack_shape"] = float(np.clip(-np.log2(1.0 - fraction), 0.3, 6.0))
+        excess = median[attack_index:] - 0.0
+        tau = _time_constant_ms(excess[: int(1000.0 / frame_ms)], frame_ms) if fit["attack_peak_db"] > 0.5 else None
+        fit["decay_ms"] = float(np.clip(tau if tau else 100.0, 10.0, 2000.0))
+    # Sustain drift: per long note, the slope of its level after 300 ms, median over notes.
+    slopes = []
+    for i, note in notes:
+        stop = note.release_start if note.release_start is not None else note.stop
+        from_frame = note.start + int(300.0 / frame_ms)
+        if stop - from_frame >= int(300.0 / frame_ms):
+            ld = np.asarray(files[i][2], np.float64)[from_frame:stop]
+            slopes.append(np.polyfit(np.arange(len(ld)) * frame_ms * 0.001, ld, 1)[0])
+    if len(slopes) >= 3:
+        fit["sustain_slope_db_per_s"] = float(np.clip(np.median(slopes), -40.0, 10.0))
+    # Release: dB per second from the release start to RELEASE_DEPTH_DB down.
+    rates = [RELEASE_DEPTH_DB / max((n.release_stop - n.release_start) * frame_ms * 0.001, 1e-3)
+             for _, n in notes if n.release_start is not None and n.release_stop is not None]
+    if rates:
+        fit["release_db_per_s"] = float(np.clip(np.median(rates), 10.0, 3000.0))
+    # Pitch approach into fresh notes: median cents from the note over the first 150 ms.
+    n_approach = int(150.0 / frame_ms)
+    dev = []
+    for i, note in fresh:
+        if note.stop - note.start > 2 * n_approach:
+            f0 = np.asarray(files[i][0], np.float64)[note.start:note.start + n_approach]
+            dev.append(100.0 * (69.0 + 12.0 * np.log2(f0 / 440.0) - note.midi))
+    if len(dev) >= 3:
+        approach = np.median(np.array(dev), axis=0)
+        fit["approach_cents"] = float(np.clip(approach[0], -200.0, 200.0))
+        tau = _time_constant_ms(approach, frame_ms)
+        fit["approach_ms"] = float(np.clip(tau if tau else 30.0, 3.0, 500.0))
+    # Legato transitions: ms until the pitch is within 50 cents of the new note.
+    glides = []
+    for i, note in notes:
+        if not note.fresh and note.previous_midi is not None:
+            lookback = int(100.0 / frame_ms)
+            f0 = np.asarray(files[i][0], np.float64)[max(note.start - lookback, 0):note.start + lookback]
+            cents = np.abs(100.0 * (69.0 + 12.0 * np.log2(f0 / 440.0) - note.midi))
+            far = np.flatnonzero(cents > 50.0)
+            if far.size:
+                glides.append((far[-1] - far[0] + 1) * frame_ms)
+    if len(glides) >= 3:
+        fit["legato_ms"] = float(np.clip(np.median(glides), 3.0, 500.0))
+    # Vibrato and tremolo over the bodies of long notes; the onset delay from the depth over time.
+    vib, trem = [], []
+    skip = int(200.0 / frame_ms)
+    for i, note in notes:
+        stop = note.release_start if note.release_start is not None else note.stop
+        if stop - note.start - skip < int(400.0 / frame_ms):
+            continue
+        f0 = np.asarray(files[i][0], np.float64)[note.start + skip:stop]
+        ld = np.asarray(files[i][2], np.float64)[note.start + skip:stop]
+        v = _band_oscillation(100.0 * 12.0 * np.log2(f0 / 440.0), frame_ms)
+        t = _band_oscillation(ld, frame_ms)
+        if v:
+            vib.append(v)
+        if t:
+            trem.append(t)
+    if len(vib) >= 3:
+        rate, depth = np.median(np.array(vib), axis=0)
+        fit["vibrato_hz"], fit["vibrato_cents"] = float(rate), float(np.clip(depth, 0.0, 100.0))
+    if len(trem) >= 3:
+        rate, depth = np.median(np.array(trem), axis=0)
+        fit["tremolo_hz"], fit["tremolo_db"] = float(rate), float(np.clip(depth, 0.0, 6.0))
+    if fit.get("vibrato_cents", 0.0) > 0.0:
+        fit["vibrato_delay_ms"] = _vibrato_delay_ms(files, notes, frame_ms, fit["vibrato_hz"])
+    # Velocity -> level: the notes' levels at fixed quantiles (non-decreasing by construction).
+    # (2nd..98th percentile: one mis-segmented note does not set the softest velocity)
+    quantile_levels = np.maximum.accumulate(np.quantile(levels, 0.02 + 0.96 * np.asarray(LEVEL_QUANTILES)))
+    if quantile_levels[-1] - quantile_levels[0] < 1.0:          # one dynamic: still a usable velocity range
+        quantile_levels = quantile_levels + np.linspace(-6.0, 0.0, len(quantile_levels))
+    fit["level_quantiles"] = tuple(float(q) for q in LEVEL_QUANTILES)
+    fit["level_db"] = tuple(float(x) for x in quantile_levels)
+    fallback = n_notes < MIN_NOTES
+    if fallback:
+        log(f"expression: only {n_notes} usable notes in the corpus (fewer than {MIN_NOTES}); the articulation "
+            f"keeps what could be fitted ({', '.join(sorted(fit)) or 'nothing'}) and defaults for the rest")
+    return replace(defaults, notes=n_notes, fallback=fallback, **fit)
+
+
+def _vibrato_delay_ms(files, notes, frame_ms: float, rate_hz: float) -> float:
+    """When the pitch wobble (std of detrended cents over one vibrato period) reaches half its late value."""
+    period = max(3, int(round(1000.0 / rate_hz / frame_ms)))
+    horizon = int(1200.0 / frame_ms)
+    rows = []
+    for i, note in notes:
+        stop = note.release_start if note.release_start is not None else note.stop
+        if stop - note.start < horizon:
+            continue
+        cents = 1200.0 * np.log2(np.asarray(files[i][0], np.float64)[note.start:note.start + horizon] / 440.0)
+        windows = np.lib.stride_tricks.sliding_window_view(cents, period)[::max(1, period // 2)]
+        rows.append(windows.std(axis=1))
+    if len(rows) < 3:
+        return 200.0
+    wobble = np.median(np.array(rows), axis=0)
+    late = np.median(wobble[len(wobble) // 2:])
+    reach = np.flatnonzero(wobble[1:] >= 0.5 * late)      # the first window holds the approach
+    hop_ms = max(1, period // 2) * frame_ms
+    return float(np.clip((reach[0] + 1) * hop_ms if reach.size else 200.0, 0.0, 1500.0))
+
+
+def corpus_articulation(examples: Sequence, frame_ms: float, log=print) -> Articulation:
+    """:func:`fit_articulation` over training examples (objects with ``features``: f0_hz, voiced, loudness_db)."""
+    return fit_articulation([(e.features.f0_hz, e.features.voiced, e.features.loudness_db) for e in examples],
+                            frame_ms, log=log)
+
+
+def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float = 3.0,
+                     seconds: float = 0.6) -> Articulation:
+    """The articulation with ``level_input_db``: the decoder inputs that make ``decoder`` sound at the corpus's
+    note levels, measured on held notes at ``f0_hz`` and latent ``z`` (the same A-weighted loudness the corpus
+    was measured with), inverted by interpolation. A model that renders quieter or louder than its input (a
+    short training) then still plays notes at the recordings' levels."""
+    from instrument.model.offline import render_controls
+    from training.features import a_weighted_loudness_db
+
+    c = decoder.config
+    n = int(seconds * c.sample_rate / c.hop_size) + 1
+    inputs = np.arange(art.level_db[0] - 24.0, art.level_db[-1] + 24.0 + step_db, step_db)
+    outputs = []
+    for level in inputs:
+        audio = render_controls(decoder, np.full(n, f0_hz, np.float32), np.full(n, level, np.float32),
+                                np.asarray(z, np.float32), seed=0)
+        ld = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
+        outputs.append(float(np.median(ld[len(ld) // 2:])))
+    outputs = np.maximum.accumulate(np.asarray(outputs))
+    keep = np.concatenate([[True], np.diff(outputs) > 1e-3])        # strictly rising for the inversion
+    if keep.sum() < 2:
+        return art
+    wanted = np.interp(art.level_db, outputs[keep], inputs[keep])
+    return replace(art, level_input_db=tuple(float(x) for x in np.maximum.accumulate(wanted)))
