@@ -1,6 +1,6 @@
 """Hostile input, generated (hypothesis): OSC datagrams, raw MIDI bytes, mapping and patch YAML, path names a
 message or a file can name, and model files. Each contract runs twice: 200 examples always, 10,000 under the
-``slow`` marker (CI runs both).
+``slow`` marker (CI runs both); the two supplements (every mido message type, /sdga/save names) 2,000.
 
 What each asserts: no exception escapes the code path the live instrument uses; what is refused is counted (or
 raised as the module's own error type, with file and line); every event that reaches the queue holds finite
@@ -50,6 +50,7 @@ from instrument.model.networks import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [pytest.param(200, id="200"), pytest.param(10_000, id="10k", marks=pytest.mark.slow)]
+EXTRA_SIZES = [pytest.param(200, id="200"), pytest.param(2_000, id="2k", marks=pytest.mark.slow)]   # supplements
 
 
 def fuzz_settings(n: int, **kw) -> settings:
@@ -390,7 +391,7 @@ def test_midi_bytes_never_escape_and_queue_only_valid_events(n, rig, bundle):
     play(played, bundle)
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("n", EXTRA_SIZES)
 def test_mido_messages_through_the_router(n, rig, bundle):
     """Every well-formed MIDI message mido can make (all types, edge values) through ``router.midi``."""
     router = make_router(rig, bundle)
@@ -587,7 +588,7 @@ def test_named_files_refused_cleanly(name, yaml_rig, bundle):
 SAVE_RULE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("n", EXTRA_SIZES)
 def test_save_names_stay_inside_the_patch_folder(n, tmp_path, bundle):
     folder = tmp_path / "box" / "patches"
     folder.mkdir(parents=True)
