@@ -185,7 +185,7 @@ OSC_ADDRESSES: tuple[OscAddress, ...] = (
     OscAddress("/sdga/panic", (), "silence everything now", lambda n, a, l: Panic()),
     OscAddress("/sdga/latent/<name>", ("knob",), "latent by measured name (or importance rank), as a 0..1 knob",
                _latent),
-    OscAddress("/sdga/z/<index>", ("value",), "latent dimension <index> set to a raw z value", _z),
+    OscAddress("/sdga/z/<index>", ("value",), "latent dimension <index> set to a raw z value (clamped to ±10)", _z),
     OscAddress("/sdga/param/<name>", ("value",), "engine parameter (`instrument.engine.events.PARAMS`) in its unit",
                _param(False)),
     OscAddress("/sdga/knob/<name>", ("knob",), "engine parameter as a 0..1 knob", _param(True)),
