@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--osc-port", type=int, default=9000, help="UDP port (default 9000; 0 = any free port)")
     o.add_argument("--osc-host", default="127.0.0.1",
                    help="address to listen on (default loopback; 0.0.0.0 lets anyone on the network play it)")
+    o.add_argument("--osc-allow", type=_osc_allow, default=None, metavar="NET[,NET...]",
+                   help="only these senders (addresses or networks, e.g. 192.168.1.0/24,10.0.0.7) may play; others "
+                        "are refused and counted (default: loopback when --osc-host is loopback, else everyone)")
     o.add_argument("--no-osc", action="store_true", help="no OSC server")
     w = p.add_argument_group("web control page")
     w.add_argument("--web", type=int, nargs="?", const=8080, default=None, metavar="PORT",
@@ -153,6 +156,15 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _osc_allow(text: str):
+    from instrument.io.netfilter import parse_allow
+
+    try:
+        return parse_allow(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _device(text: str | None):
@@ -440,17 +452,21 @@ def _open_inputs(args, session: Session, log) -> None:
     """MIDI inputs, the OSC server and the recorder, each handed to the session as it opens."""
     session.midi = _open_midi(args, session.router, session.queue, log)
     if not args.no_osc:
+        from instrument.io.netfilter import LOOPBACK
         from instrument.io.osc import OscServer
 
+        allow = args.osc_allow if args.osc_allow else (LOOPBACK if _is_loopback(args.osc_host) else None)
         try:
             session.osc = OscServer(session.queue, session.bundle.latents, host=args.osc_host, port=args.osc_port,
-                                    router=session.router)
+                                    router=session.router, allow=allow)
         except OSError as exc:
             raise UsageError(f"OSC: cannot listen on {args.osc_host}:{args.osc_port}: {exc}") from None
         session.osc.start()
         host, port = session.osc.address
         log(f"OSC: listening on udp {host}:{port} (/sdga/...)")
-        if not _is_loopback(args.osc_host):
+        if args.osc_allow:
+            log("OSC: only senders in " + ", ".join(map(str, args.osc_allow)) + " (others refused, counted)")
+        elif not _is_loopback(args.osc_host):
             print(f"{PROG}: WARNING: OSC listens on {args.osc_host}, not loopback: ANYONE on the network can "
                   f"play this instrument and change its settings. Use --osc-host 127.0.0.1 unless you mean it.",
                   file=sys.stderr, flush=True)

@@ -179,7 +179,8 @@ class Session:
         osc = self.osc
         return {"address": list(osc.address), "received": osc.received, "errors": osc.errors,
                 "malformed_packets": osc.malformed_packets, "last_error": osc.last_error,
-                "kernel_drops": osc.kernel_drops, "parser_warnings": osc.parser_warnings}
+                "kernel_drops": osc.kernel_drops, "parser_warnings": osc.parser_warnings,
+                "refused_senders": osc.refused_senders, "oversized_packets": osc.oversized_packets}
 
 
 def print_summary(s: dict, out) -> None:
@@ -200,7 +201,8 @@ def print_summary(s: dict, out) -> None:
     print(f"  MIDI: {midi['received']} events, {midi['ignored']} ignored, {midi['malformed']} malformed"
           + (f" (last: {midi['last_error']})" if midi["last_error"] else ""), file=out)
     if osc is not None:
-        print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC)"
+        print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC, "
+              f"{osc['oversized_packets']} over the size limits, {osc['refused_senders']} from senders not allowed)"
               + (f", {osc['kernel_drops']} dropped by the kernel (socket buffer full)" if osc["kernel_drops"] else "")
               + (f" (last: {osc['last_error']})" if osc["last_error"] else ""), file=out)
     web = s.get("web")

@@ -22,6 +22,7 @@ __all__ = ["OscError", "OscAddress", "OSC_ADDRESSES", "OSC_SPECS", "SetTarget", 
            "osc_table_markdown", "README_BEGIN", "README_END"]
 
 PREFIX = "/sdga/"
+RAW_Z_MAX = 10.0        # /sdga/z values are clamped to +-10 (prior standard deviations: the decoder never saw more)
 README_BEGIN = "<!-- osc-table:begin -->"
 README_END = "<!-- osc-table:end -->"
 
@@ -97,6 +98,13 @@ def _note_on(name, args, latents) -> Event:
     return NoteOn(note, velocity, channel) if velocity > 0 else NoteOff(note, 0, channel)
 
 
+def _note_off(name, args, latents) -> Event:
+    note = _number(args[0], "note")
+    if not 0 <= note <= 127:
+        raise OscError("note must be 0..127")
+    return NoteOff(note, 0, _channel(args, 1))
+
+
 def _cc(name, args, latents) -> Event:
     control, value = int(_number(args[0], "control")), int(_number(args[1], "value"))
     if not 0 <= control <= 127 or not 0 <= value <= 127:
@@ -115,7 +123,7 @@ def _latent(name, args, latents) -> Event:
 def _z(name, args, latents) -> Event:
     if not name.isdigit() or (latents and int(name) >= len(latents)):
         raise OscError(f"bad latent index {name!r}")
-    return LatentSet(int(name), _number(args[0], "value"))
+    return LatentSet(int(name), max(-RAW_Z_MAX, min(RAW_Z_MAX, _number(args[0], "value"))))
 
 
 def _param(knob: bool):
@@ -168,8 +176,7 @@ OSC_ADDRESSES: tuple[OscAddress, ...] = (
     # engine messages
     OscAddress("/sdga/note_on", ("note", "velocity", "[channel]"), "start a note; velocity 1..127 (0 releases)",
                _note_on),
-    OscAddress("/sdga/note_off", ("note", "[channel]"), "release a note",
-               lambda n, a, l: NoteOff(_number(a[0], "note"), 0, _channel(a, 1))),
+    OscAddress("/sdga/note_off", ("note", "[channel]"), "release a note", _note_off),
     OscAddress("/sdga/bend", ("value", "[channel]"), "pitch bend, -1..1 of the bend range",
                lambda n, a, l: PitchBend(max(-1.0, min(1.0, _number(a[0], "value"))), _channel(a, 1))),
     OscAddress("/sdga/cc", ("control", "value", "[channel]"), "MIDI control change (64 sustain, 120, 123)", _cc),
@@ -178,7 +185,7 @@ OSC_ADDRESSES: tuple[OscAddress, ...] = (
     OscAddress("/sdga/panic", (), "silence everything now", lambda n, a, l: Panic()),
     OscAddress("/sdga/latent/<name>", ("knob",), "latent by measured name (or importance rank), as a 0..1 knob",
                _latent),
-    OscAddress("/sdga/z/<index>", ("value",), "latent dimension <index> set to a raw z value", _z),
+    OscAddress("/sdga/z/<index>", ("value",), "latent dimension <index> set to a raw z value (clamped to ±10)", _z),
     OscAddress("/sdga/param/<name>", ("value",), "engine parameter (`instrument.engine.events.PARAMS`) in its unit",
                _param(False)),
     OscAddress("/sdga/knob/<name>", ("knob",), "engine parameter as a 0..1 knob", _param(True)),

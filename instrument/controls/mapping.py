@@ -243,7 +243,11 @@ def parse_mapping(path: str | Path | None, bundle, *, text: str | None = None,
             key = "patches" if item is node else f"patches[{i}]"
             p = Path(os.path.expanduser(doc.string(item, key)))
             p = p if p.is_absolute() else base / p
-            if not p.exists():
+            try:
+                found = p.exists()
+            except OSError as exc:                 # e.g. a name too long for the file system
+                raise doc.error(item, key, f"{p}: {exc.strerror or exc}") from None
+            if not found:
                 raise doc.error(item, key, f"{p} does not exist (a folder of patch files or a patch file)")
             source.append(p)
     files: list[Path] = []

@@ -138,8 +138,13 @@ def load_patch(path: str | Path, bundle=None, *, model: str | Path | None = None
     if "model" in top:
         node = top["model"][1]
         kwargs["model"] = _relative(path, doc.string(node, "model"))
-        if require_model and model is None and not kwargs["model"].is_file():
-            raise doc.error(node, "model", f"model file {kwargs['model']} does not exist")
+        if require_model and model is None:
+            try:
+                found = kwargs["model"].is_file()
+            except OSError as exc:                 # e.g. a name too long for the file system
+                raise doc.error(node, "model", f"model file {kwargs['model']}: {exc.strerror or exc}") from None
+            if not found:
+                raise doc.error(node, "model", f"model file {kwargs['model']} does not exist")
     if model is not None:
         kwargs["model"] = Path(model)
     if "mapping" in top:

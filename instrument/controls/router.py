@@ -41,7 +41,7 @@ from instrument.controls.targets import MappingError, Target, _did_you_mean
 __all__ = ["MappingRouter", "load_router", "FeedbackSend"]
 
 FeedbackSend = Callable[[tuple, str, "float | list[float]"], None]    # (host, port), address, args
-_PATCH_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PATCH_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class MappingRouter:
@@ -418,7 +418,7 @@ class MappingRouter:
 
     def save_patch_named(self, name: str) -> Path:
         """``/sdga/save NAME``: write NAME.yaml into the mapping's patch folder (the watcher then reloads)."""
-        if not _PATCH_NAME.match(name):
+        if not _PATCH_NAME.fullmatch(name):         # fullmatch: "$" would accept a final newline
             raise OscError(f"patch name {name!r}: use 1..64 letters, digits, '-' or '_'")
         folders = [p for p in self._mapping.patch_source if p.is_dir()]
         if not folders:

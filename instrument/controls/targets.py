@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -154,6 +155,8 @@ def keys_markdown(keys: Iterable[KeySpec]) -> str:
     return "\n".join(rows)
 
 
+MAX_FILE_BYTES = 1 << 20      # a mapping or patch file is a few kB; larger is refused unread
+
 _TYPE_NAMES = {"tag:yaml.org,2002:int": "an integer", "tag:yaml.org,2002:float": "a number",
                "tag:yaml.org,2002:bool": "true/false", "tag:yaml.org,2002:null": "nothing (null)",
                "tag:yaml.org,2002:str": "text", "tag:yaml.org,2002:seq": "a list", "tag:yaml.org,2002:map": "a mapping"}
@@ -167,12 +170,7 @@ class YamlFile:
         self.path = Path(path)
         self.error_type = error
         if text is None:
-            try:
-                text = self.path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise error(f"cannot read: {exc.strerror or exc}", self.path) from None
-            except UnicodeDecodeError as exc:
-                raise error(f"not UTF-8 text: {exc}", self.path) from None
+            text = self._read(error)
         self.text = text
         try:
             self.root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -183,6 +181,25 @@ class YamlFile:
         except yaml.YAMLError as exc:
             raise error(f"not valid YAML: {exc}", self.path) from None
         self._constructor = yaml.constructor.SafeConstructor()
+
+    def _read(self, error: type[MappingError]) -> str:
+        """The file's text; a device, pipe or huge file is refused before it is opened (reading /dev/zero
+        or a FIFO named by a mapping would never end)."""
+        try:
+            info = self.path.stat()
+        except (OSError, ValueError) as exc:           # ValueError: a NUL in the name
+            raise error(f"cannot read: {getattr(exc, 'strerror', None) or exc}", self.path) from None
+        if not stat.S_ISREG(info.st_mode):
+            raise error("cannot read: not a regular file (a folder, device or pipe)", self.path)
+        if info.st_size > MAX_FILE_BYTES:
+            raise error(f"cannot read: {info.st_size} bytes is too big for a mapping or patch file "
+                        f"(the limit is {MAX_FILE_BYTES})", self.path)
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise error(f"cannot read: {exc.strerror or exc}", self.path) from None
+        except UnicodeDecodeError as exc:
+            raise error(f"not UTF-8 text: {exc}", self.path) from None
 
     # -------------------------------------------------------------------------------------- errors
     def error(self, node: yaml.Node | None, key: str, message: str, choices: Sequence[str] = ()) -> MappingError:

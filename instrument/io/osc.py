@@ -16,6 +16,7 @@ from typing import Sequence
 from instrument.model.bundle import LatentInfo
 from instrument.engine.events import EventQueue
 from instrument.controls.addresses import OSC_SPECS, OscAddress, OscError, osc_event
+from instrument.io.netfilter import MAX_PACKET_BYTES, Network, packet_problem, sender_allowed
 
 __all__ = ["OscSpec", "OSC_SPECS", "OscError", "osc_event", "OscServer", "DEFAULT_OSC_PORT"]
 
@@ -71,10 +72,16 @@ class OscServer:
     non-finite or huge number (beyond ``OSC_MAX_ABS``) are refused here, so no router, event or engine kernel
     ever sees one. Bundles are applied at once (time tags are ignored). Nothing a client sends can stop the
     thread.
+
+    ``allow``: the networks whose datagrams are handled (None: every sender); others are dropped unparsed and
+    counted in ``refused_senders``. Datagrams over ``max_packet_bytes`` or with bundles nested or filled beyond
+    :mod:`instrument.io.netfilter`'s limits are dropped unparsed and counted in ``oversized_packets``. Both
+    count in ``errors`` too.
     """
 
     def __init__(self, queue: EventQueue, latents: Sequence[LatentInfo] = (), host: str = "127.0.0.1",
-                 port: int = DEFAULT_OSC_PORT, router=None):
+                 port: int = DEFAULT_OSC_PORT, router=None, allow: Sequence[Network] | None = None,
+                 max_packet_bytes: int = MAX_PACKET_BYTES):
         if router is None:
             from instrument.controls.routing import default_router
 
@@ -86,6 +93,10 @@ class OscServer:
         self.malformed_packets = 0
         self.kernel_drops = 0
         self.parser_warnings = 0
+        self.refused_senders = 0
+        self.oversized_packets = 0
+        self.allow = None if allow is None else tuple(allow)
+        self.max_packet_bytes = int(max_packet_bytes)
         self.last_error = ""
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, _, _, _, sockaddr = infos[0]
@@ -108,6 +119,20 @@ class OscServer:
     def _refuse(self, why: str) -> None:
         self.errors += 1
         self.last_error = why
+
+    def handle_packet(self, data: bytes, sender: str) -> None:
+        """One datagram as the server thread receives it from ``sender`` (address text): the sender and size
+        checks, then :meth:`handle_datagram`."""
+        if not sender_allowed(sender, self.allow):
+            self.refused_senders += 1
+            self._refuse(f"sender {sender} is not in the OSC allow-list")
+            return
+        why = packet_problem(data, self.max_packet_bytes)
+        if why:
+            self.oversized_packets += 1
+            self._refuse(why)
+            return
+        self.handle_datagram(data)
 
     def handle_datagram(self, data: bytes) -> None:
         """Parse one UDP datagram and route every message in it (the server thread calls this)."""
@@ -136,7 +161,7 @@ class OscServer:
         logging.getLogger().addFilter(_PYTHONOSC_LOG)
         while not self._stop.is_set():
             try:
-                data, ancillary, _, _ = sock.recvmsg(65536, self._ancillary)
+                data, ancillary, _, sender = sock.recvmsg(65536, self._ancillary)
                 for level, kind, value in ancillary:
                     if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
                         self.kernel_drops = int.from_bytes(value[:4], sys.byteorder)   # since the socket opened
@@ -148,7 +173,7 @@ class OscServer:
                 continue
             warned = _PYTHONOSC_LOG.count
             try:
-                self.handle_datagram(data)
+                self.handle_packet(data, sender[0])
             except Exception as exc:                   # a broken router must not end the server
                 self._refuse(f"router failed: {exc!r}")
             if _PYTHONOSC_LOG.count != warned:

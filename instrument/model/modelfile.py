@@ -192,9 +192,13 @@ def load_model_file(
 
 
 def _open_for_reading(path: Path):
-    if not path.exists():
+    try:
+        found, regular = path.exists(), path.is_file()
+    except OSError as error:                          # e.g. a name too long for the file system
+        raise ModelFileError(f"{path}: cannot open model file: {error.strerror or error}") from error
+    if not found:
         raise ModelFileError(f"{path}: model file not found")
-    if not path.is_file():
+    if not regular:
         raise ModelFileError(f"{path}: not a regular file")
     try:
         return open(path, "rb")
