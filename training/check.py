@@ -102,7 +102,7 @@ def _warn_polyphonic(c: CorpusCheck) -> str | None:
     if c.polyphonic_fraction <= POLYPHONIC_LIMIT or c.percussive_fraction > PERCUSSIVE_LIMIT:
         return None
     return (f"polyphonic: {c.polyphonic_fraction:.0%} of the sounding time is tonal without one clear pitch "
-            f"(chords, several voices, heavy reverb){_worst(c.files, 'polyphonic_fraction', POLYPHONIC_LIMIT)}; "
+            f"as chords, several voices or heavy reverb give{_worst(c.files, 'polyphonic_fraction', POLYPHONIC_LIMIT)}; "
             f"sdga learns one voice from its pitch: record one line at a time, or leave chord passages out")
 
 
