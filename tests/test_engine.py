@@ -68,8 +68,9 @@ def make_engine(bundle, block: int = 128, voices: int = 4, sample_rate: int = SR
     return engine
 
 
-def render(engine: Engine, script, n_samples: int, block: int | None = None) -> np.ndarray:
-    """Run ``engine`` over ``script`` [(sample, event), ...] (sorted) in blocks; returns the output."""
+def render(engine: Engine, script, n_samples: int, block: int | None = None, frames: list | None = None) -> np.ndarray:
+    """Run ``engine`` over ``script`` [(sample, event), ...] (sorted) in blocks; returns the output. ``frames``:
+    a list that gets the voices' (pitch_midi, loudness_db) after every block."""
     block = block or engine.block_size
     out = np.zeros(n_samples, dtype=np.float32)
     k = 0
@@ -80,6 +81,8 @@ def render(engine: Engine, script, n_samples: int, block: int | None = None) -> 
             events.append(with_offset(script[k][1], script[k][0] - start))
             k += 1
         engine.process(events, out[start:stop])
+        if frames is not None:
+            frames.append((engine.voices.pitch_midi.copy(), engine.voices.loudness_db.copy()))
     return out
 
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from instrument.engine.engine import Engine
-from instrument.engine.events import ControlChange, NoteOff, NoteOn, param_spec, with_offset
+from instrument.engine.events import ControlChange, NoteOff, NoteOn, param_spec
 from instrument.engine.expression import note_curve, velocity_level_db
 from instrument.model import modelfile
 from instrument.model.bundle import Articulation, ModelBundle, load_bundle, random_bundle, save_bundle
 from instrument.model.modelfile import save_model_file
 from training.expression import MIN_NOTES, fit_articulation, segment_notes
+
+from test_engine import render  # noqa: E402  (the engine tests' block-by-block player)
 
 SR = 48000
 HOP = 128
@@ -133,22 +135,6 @@ def make_engine(bundle, block: int = 128, voices: int = 3, **params) -> Engine:
     for name, value in params.items():
         engine.set_param(name, param_spec(name).choices.index(value) if isinstance(value, str) else value)
     return engine
-
-
-def render(engine: Engine, script, n_samples: int, block: int | None = None, frames: list | None = None):
-    block = block or engine.block_size
-    out = np.zeros(n_samples, dtype=np.float32)
-    k = 0
-    for start in range(0, n_samples, block):
-        stop = min(n_samples, start + block)
-        events = []
-        while k < len(script) and script[k][0] < stop:
-            events.append(with_offset(script[k][1], script[k][0] - start))
-            k += 1
-        engine.process(events, out[start:stop])
-        if frames is not None:
-            frames.append((engine.voices.pitch_midi.copy(), engine.voices.loudness_db.copy()))
-    return out
 
 
 @pytest.fixture(scope="module")

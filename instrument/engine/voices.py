@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instrument.engine.expression import (ENVELOPE, LEARNED, held_level_db, pitch_offset_cents, release_level_db,
+from instrument.engine.expression import (LEARNED, held_level_db, pitch_offset_cents, release_level_db,
                                           release_ms_to_floor, tremolo_db, velocity_level_db)
 from instrument.engine.tuning import a4_offset_semitones
 from instrument.model.bundle import Articulation
