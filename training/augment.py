@@ -241,25 +241,9 @@ def _load_variant(path: Path, n_samples: int, n_frames: int) -> tuple[tuple[np.n
     return (audio, features), None
 
 
-def make_augmented_variants(
-    audios: Sequence[np.ndarray],
-    features: Sequence[Features],
-    n_variants: int,
-    seed: int,
-    settings: FeatureSettings,
-    cache_dir: Path | None,
-    progress: bool = True,
-    pitch_shift_range_semitones: float = 2.0,
-    n_jobs: int | None = None,
-) -> list[tuple[np.ndarray, Features, AugmentParams, int]]:
-    """(audio, features, params, source_index) for every source x variant, source-major.
-
-    Params come from variant_rng(seed, source, variant). Renders are cached in cache_dir (key: audio, source
-    features, params, settings, AUGMENT_VERSION, pedalboard version). n_jobs threads (pedalboard releases
-    the GIL; default os.cpu_count()).
-    """
-    return make_augmented_variants_reported(audios, features, n_variants, seed, settings, cache_dir, progress,
-                                            pitch_shift_range_semitones, n_jobs)[0]
+def make_augmented_variants(*args, **kwargs) -> list[tuple[np.ndarray, Features, AugmentParams, int]]:
+    """The variants alone of :func:`make_augmented_variants_reported` (same arguments)."""
+    return make_augmented_variants_reported(*args, **kwargs)[0]
 
 
 def make_augmented_variants_reported(
@@ -273,8 +257,13 @@ def make_augmented_variants_reported(
     pitch_shift_range_semitones: float = 2.0,
     n_jobs: int | None = None,
 ) -> tuple[list[tuple[np.ndarray, Features, AugmentParams, int]], FeatureCacheReport]:
-    """make_augmented_variants, and what came from the cache, was rendered, or was re-rendered because its
-    cache entry was corrupt (unreadable, truncated, NaN/inf)."""
+    """(audio, features, params, source_index) for every source x variant, source-major, and what came from the
+    cache, was rendered, or was re-rendered because its cache entry was corrupt (unreadable, truncated, NaN/inf).
+
+    Params come from variant_rng(seed, source, variant). Renders are cached in cache_dir (key: audio, source
+    features, params, settings, AUGMENT_VERSION, pedalboard version). n_jobs threads (pedalboard releases
+    the GIL; default os.cpu_count()).
+    """
     from tqdm import tqdm
 
     if len(audios) != len(features):

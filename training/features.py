@@ -599,19 +599,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def extract_corpus_features(
-    audios: Sequence[np.ndarray],
-    settings: FeatureSettings,
-    cache_dir: Path | None,
-    n_jobs: int | None = None,
-    progress: bool = True,
-    names: Sequence[str] | None = None,
-) -> list[Features]:
-    """Features for every audio, loaded from cache_dir when present, else computed (in parallel) and cached.
-
-    n_jobs: worker processes (default os.cpu_count()); 1 runs in this process. names label errors.
-    """
-    return extract_corpus_features_reported(audios, settings, cache_dir, n_jobs, progress, names)[0]
+def extract_corpus_features(*args, **kwargs) -> list[Features]:
+    """The features alone of :func:`extract_corpus_features_reported` (same arguments)."""
+    return extract_corpus_features_reported(*args, **kwargs)[0]
 
 
 def extract_corpus_features_reported(
@@ -622,7 +612,9 @@ def extract_corpus_features_reported(
     progress: bool = True,
     names: Sequence[str] | None = None,
 ) -> tuple[list[Features], FeatureCacheReport]:
-    """extract_corpus_features, and a report of what came from the cache and what was (re)computed.
+    """Features for every audio, loaded from cache_dir when present, else computed (in parallel) and cached;
+    and a report of what came from the cache and what was (re)computed. n_jobs: worker processes (default
+    os.cpu_count()); 1 runs in this process. names label errors.
 
     A corrupt cache entry (unreadable, truncated, wrong shape, NaN/inf) is never used: it is recomputed and
     rewritten (atomically), and listed in the report. Freshly computed features are checked the same way.
