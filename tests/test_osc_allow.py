@@ -15,7 +15,7 @@ import pytest
 
 from instrument.engine.events import EventQueue, NoteOn
 from instrument.io.netfilter import (LOOPBACK, MAX_BUNDLE_DEPTH, MAX_BUNDLE_ELEMENTS, MAX_PACKET_BYTES,
-                                     packet_problem, parse_allow, sender_allowed)
+                                     packet_problem, parse_allow, sender_allowed, MalformedBundle)
 from instrument.io.osc import OscServer
 from instrument.model.bundle import random_bundle
 
@@ -80,6 +80,9 @@ def test_packet_limits():
     assert "elements" in packet_problem(bundle(*[bundle(*[note()] * 40)] * 4))       # counted over all levels
     assert packet_problem(bundle(note())[:-3]) == ""          # broken framing: left to the parser, which counts it
     assert packet_problem(b"#bundle\x00" + bytes(8) + (2**31 - 1).to_bytes(4, "big")) == ""
+    for size in (0, -4, -2**31):        # python-osc's parser loops forever on these: refused before it runs
+        with pytest.raises(MalformedBundle):
+            packet_problem(bundle(note()) + size.to_bytes(4, "big", signed=True) + note())
 
 
 # ---------------------------------------------------------------------------------------------- real UDP
@@ -142,3 +145,14 @@ def test_play_osc_allow_refuses_and_counts(jack, model_path, tmp_path):
     osc = stats["osc"]
     assert (osc["refused_senders"], osc["received"], osc["oversized_packets"]) == (5, 0, 0), osc
     assert "5 from senders not allowed" in player.output and "WARNING" not in player.output
+
+
+def test_bundle_with_a_non_positive_element_size_is_counted_not_parsed():
+    """python-osc steps back on a negative element size (or stays on 0) and loops forever, filling memory: the
+    server refuses such a bundle before parsing and counts it as malformed."""
+    bundle_ = random_bundle(seed=0)
+    queue = EventQueue()
+    with OscServer(queue, bundle_.latents, port=0) as server:
+        for size in (0, -4):
+            server.handle_packet(bundle(note()) + size.to_bytes(4, "big", signed=True) + note(), "127.0.0.1")
+        assert server.malformed_packets == 2 and "size" in server.last_error

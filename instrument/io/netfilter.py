@@ -11,7 +11,7 @@ import struct
 from typing import Sequence, Union
 
 __all__ = ["Network", "LOOPBACK", "MAX_PACKET_BYTES", "MAX_BUNDLE_DEPTH", "MAX_BUNDLE_ELEMENTS", "parse_allow",
-           "sender_allowed", "packet_problem"]
+           "sender_allowed", "packet_problem", "MalformedBundle"]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -57,11 +57,17 @@ def sender_allowed(host: str, networks: Sequence[Network] | None) -> bool:
     return any(a in n for a in candidates for n in networks)       # False across IP versions
 
 
+class MalformedBundle(ValueError):
+    """A bundle element of size <= 0: python-osc's bundle parser steps back (or stays) on it and loops forever,
+    so it is refused here, before any parsing."""
+
+
 def packet_problem(data: bytes, max_bytes: int = MAX_PACKET_BYTES, max_depth: int = MAX_BUNDLE_DEPTH,
                    max_elements: int = MAX_BUNDLE_ELEMENTS) -> str:
     """Why a datagram is dropped before parsing ("" when it may be parsed): over ``max_bytes``, or a bundle
     nested deeper than ``max_depth`` or holding more than ``max_elements`` elements (all levels). Walks the
-    bundle framing without recursion; framing errors are left to the OSC parser to report."""
+    bundle framing without recursion; a truncated element is left to the OSC parser to report. Raises
+    :class:`MalformedBundle` for an element of size <= 0 (the parser would loop on it forever)."""
     if len(data) > max_bytes:
         return f"oversized datagram ({len(data)} bytes; the limit is {max_bytes})"
     if not data.startswith(_BUNDLE):
@@ -76,8 +82,10 @@ def packet_problem(data: bytes, max_bytes: int = MAX_PACKET_BYTES, max_depth: in
         while at + 4 <= end:
             (size,) = struct.unpack_from(">i", data, at)
             at += 4
-            if size <= 0 or at + size > end:
-                return ""                          # malformed framing: the parser refuses it and counts it
+            if size <= 0:
+                raise MalformedBundle(f"bundle element of size {size} at byte {at - 4}")
+            if at + size > end:
+                return ""                          # truncated framing: the parser refuses it and counts it
             elements += 1
             if elements > max_elements:
                 return f"bundle with more than {max_elements} elements"

@@ -16,7 +16,7 @@ from typing import Sequence
 from instrument.model.bundle import LatentInfo
 from instrument.engine.events import EventQueue
 from instrument.controls.addresses import OSC_SPECS, OscAddress, OscError, osc_event
-from instrument.io.netfilter import MAX_PACKET_BYTES, Network, packet_problem, sender_allowed
+from instrument.io.netfilter import MAX_PACKET_BYTES, MalformedBundle, Network, packet_problem, sender_allowed
 
 __all__ = ["OscSpec", "OSC_SPECS", "OscError", "osc_event", "OscServer", "DEFAULT_OSC_PORT"]
 
@@ -127,7 +127,12 @@ class OscServer:
             self.refused_senders += 1
             self._refuse(f"sender {sender} is not in the OSC allow-list")
             return
-        why = packet_problem(data, self.max_packet_bytes)
+        try:
+            why = packet_problem(data, self.max_packet_bytes)
+        except MalformedBundle as exc:
+            self.malformed_packets += 1
+            self._refuse(f"not an OSC packet ({len(data)} bytes): {exc}")
+            return
         if why:
             self.oversized_packets += 1
             self._refuse(why)
