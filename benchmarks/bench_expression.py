@@ -22,8 +22,6 @@ import argparse
 import importlib.util
 import json
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation.demo_corpus import INSTRUMENTS, render_midi as fluidsynth_render, write_phrase_midi  # noqa: E402
+from evaluation.demo_corpus import (INSTRUMENTS, render_midi as fluidsynth_render, timidity_has,  # noqa: E402
+                                    timidity_render, write_phrase_midi)
 from instrument.apps.render import render_midi as model_render  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
@@ -48,7 +47,6 @@ from training.expression import calibrate_levels, fit_articulation  # noqa: E402
 from training.features import FeatureSettings, extract_corpus_features, extract_features  # noqa: E402
 
 MEASURE = Path("/work/shared/measure/measure.py")
-FREEPATS_CFG = Path("/etc/timidity/freepats.cfg")
 # envelope: the ADSR (what the instrument played before); learned: the articulation; uncalibrated: the
 # articulation with velocity -> decoder input taken as the corpus's levels (no measurement of the model)
 MODES = ("envelope", "learned", "uncalibrated")
@@ -71,30 +69,6 @@ def figures(measure, ref_path: Path, out_path: Path) -> dict:
     m2 = min(len(la), len(lb))
     act = la[:m2] > la.max() - 50
     return {"loudness_db_l1": float(np.mean(np.abs(la[:m2][act] - lb[:m2][act]))), "mss": float(measure.mss(a, b))}
-
-
-def timidity_has(program: int) -> bool:
-    if shutil.which("timidity") is None or not FREEPATS_CFG.is_file():
-        return False
-    text = FREEPATS_CFG.read_text()
-    tone = text.split("bank 0", 1)[-1] if "bank 0" in text else text
-    return any(line.split()[:1] == [str(program)] for line in tone.splitlines())
-
-
-def timidity_render(midi_path: Path, wav_path: Path, sample_rate: int = 48000) -> None:
-    """timidity + freepats, mono, no reverb/chorus, peak-normalised to -1 dBFS like the fluidsynth renders."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.wav"
-        subprocess.run(["timidity", "-c", str(FREEPATS_CFG), "-Ow", "-s", str(sample_rate), "-EFreverb=0",
-                        "-EFchorus=0", "-o", str(raw), str(midi_path)], check=True, capture_output=True)
-        audio, sr = sf.read(str(raw), dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    peak = float(np.abs(mono).max())
-    if peak < 1e-4:
-        raise RuntimeError(f"timidity rendered silence for {midi_path}")
-    last = int(np.flatnonzero(np.abs(mono) > peak * 1e-4)[-1]) + 1
-    mono = mono[: last + sr // 100] * (10 ** (-1.0 / 20) / peak)
-    sf.write(str(wav_path), mono, sr, subtype="PCM_16")
 
 
 def resynthesis(bundle, audio: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -5,6 +5,10 @@ mixed to mono and peak-normalised to -1 dBFS. The result is deterministic for a 
 already holds the same settings (a hidden manifest, ignored by the corpus loader).
 
     sdga-demo-corpus data/violin --instrument violin --files 8 --seconds 12
+    sdga-demo-corpus data/clarinet-fp --instrument clarinet --sample-set freepats   # timidity + freepats
+
+``--sample-set freepats`` renders the same phrases with timidity and the freepats patches instead: another,
+independent set of recorded samples (Debian packages ``timidity`` and ``freepats``).
 """
 from __future__ import annotations
 
@@ -20,10 +24,12 @@ import mido
 import numpy as np
 import soundfile as sf
 
-__all__ = ["FLUIDR3", "INSTRUMENTS", "MANIFEST_NAME", "write_phrase_midi", "render_midi", "make_demo_corpus",
-           "main"]
+__all__ = ["FLUIDR3", "FREEPATS_CFG", "INSTRUMENTS", "MANIFEST_NAME", "SAMPLE_SETS", "write_phrase_midi",
+           "render_midi", "timidity_has", "timidity_render", "make_demo_corpus", "main"]
 
 FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+FREEPATS_CFG = Path("/etc/timidity/freepats.cfg")
+SAMPLE_SETS = ("fluidr3", "freepats")
 MANIFEST_NAME = ".sdga-demo-corpus.json"
 MANIFEST_VERSION = 1
 INSTALL_HINT = "install it with `sudo apt-get install fluidsynth fluid-soundfont-gm` or run scripts/setup.sh"
@@ -130,6 +136,41 @@ def render_midi(midi_path: Path, wav_path: Path, sample_rate: int = 48000, sound
     sf.write(str(wav_path), mono, sr, subtype="PCM_16")
 
 
+def timidity_has(program: int) -> bool:
+    """Whether timidity and the freepats configuration are installed and freepats has this GM program."""
+    if shutil.which("timidity") is None or not FREEPATS_CFG.is_file():
+        return False
+    text = FREEPATS_CFG.read_text()
+    tone = text.split("bank 0", 1)[-1] if "bank 0" in text else text
+    return any(line.split()[:1] == [str(program)] for line in tone.splitlines())
+
+
+def timidity_render(midi_path: Path, wav_path: Path, sample_rate: int = 48000) -> None:
+    """timidity + freepats, mono, no reverb/chorus, cut and peak-normalised to -1 dBFS like the fluidsynth
+    renders. RuntimeError if timidity is missing, fails or renders silence."""
+    if shutil.which("timidity") is None or not FREEPATS_CFG.is_file():
+        raise RuntimeError("timidity or freepats is not installed: install them with "
+                           "`sudo apt-get install timidity freepats` or run scripts/setup.sh")
+    wav_path = Path(wav_path)
+    wav_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sdga-timidity-") as tmp:
+        raw = Path(tmp) / "raw.wav"
+        proc = subprocess.run(["timidity", "-c", str(FREEPATS_CFG), "-Ow", "-s", str(sample_rate), "-EFreverb=0",
+                               "-EFchorus=0", "-o", str(raw), str(midi_path)], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode != 0 or not raw.is_file():
+            raise RuntimeError(f"timidity failed (exit {proc.returncode}) rendering {midi_path}:\n"
+                               f"{(proc.stderr + proc.stdout).strip()}")
+        audio, sr = sf.read(str(raw), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    peak = float(np.abs(mono).max()) if len(mono) else 0.0
+    if peak < 1e-4:
+        raise RuntimeError(f"timidity rendered silence for {midi_path}")
+    last = int(np.flatnonzero(np.abs(mono) > peak * 1e-4)[-1]) + 1
+    mono = mono[: last + sr // 100] * (10 ** (_PEAK_DBFS / 20) / peak)
+    sf.write(str(wav_path), mono, sr, subtype="PCM_16")
+
+
 def _settings(instrument: str, n_files: int, seconds_per_file: float, seed: int, sample_rate: int,
               soundfont: Path) -> dict:
     program, low, high = INSTRUMENTS[instrument]
@@ -139,8 +180,9 @@ def _settings(instrument: str, n_files: int, seconds_per_file: float, seed: int,
 
 
 def make_demo_corpus(out_dir: Path, instrument: str = "violin", n_files: int = 8, seconds_per_file: float = 12.0,
-                     seed: int = 0, sample_rate: int = 48000) -> list[Path]:
-    """Render ``n_files`` phrases of ``instrument`` into ``out_dir``; returns the wav paths (sorted).
+                     seed: int = 0, sample_rate: int = 48000, sample_set: str = "fluidr3") -> list[Path]:
+    """Render ``n_files`` phrases of ``instrument`` into ``out_dir`` with ``sample_set`` (FluidR3 via fluidsynth,
+    or freepats via timidity); returns the wav paths (sorted).
 
     Deterministic for a seed (file i draws from ``default_rng([seed, i])``). If ``out_dir`` already holds the
     files for the same settings they are reused; files from a previous run with other settings are replaced.
@@ -149,9 +191,12 @@ def make_demo_corpus(out_dir: Path, instrument: str = "violin", n_files: int = 8
         raise ValueError(f"unknown instrument {instrument!r}; choose from {', '.join(sorted(INSTRUMENTS))}")
     if n_files < 1 or seconds_per_file <= 0:
         raise ValueError(f"need n_files >= 1 and seconds_per_file > 0, got {n_files}, {seconds_per_file}")
+    if sample_set not in SAMPLE_SETS:
+        raise ValueError(f"unknown sample set {sample_set!r}; choose from {', '.join(SAMPLE_SETS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = _settings(instrument, n_files, seconds_per_file, seed, sample_rate, FLUIDR3)
+    settings = _settings(instrument, n_files, seconds_per_file, seed, sample_rate,
+                         FLUIDR3 if sample_set == "fluidr3" else FREEPATS_CFG)
     names = [f"{instrument}_{i:03d}.wav" for i in range(n_files)]
     paths = [out_dir / name for name in names]
     manifest_path = out_dir / MANIFEST_NAME
@@ -172,7 +217,10 @@ def make_demo_corpus(out_dir: Path, instrument: str = "violin", n_files: int = 8
         for i, path in enumerate(paths):
             midi_path = Path(tmp) / f"{path.stem}.mid"
             write_phrase_midi(midi_path, program, low, high, seconds_per_file, np.random.default_rng([seed, i]))
-            render_midi(midi_path, path, sample_rate=sample_rate, soundfont=FLUIDR3)
+            if sample_set == "fluidr3":
+                render_midi(midi_path, path, sample_rate=sample_rate, soundfont=FLUIDR3)
+            else:
+                timidity_render(midi_path, path, sample_rate=sample_rate)
     tmp_manifest = manifest_path.with_suffix(".tmp")
     tmp_manifest.write_text(json.dumps({"settings": settings, "files": names}, indent=2))
     tmp_manifest.replace(manifest_path)
@@ -190,17 +238,21 @@ def _read_manifest(path: Path) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdga-demo-corpus",
                                      description="Render a small demo corpus of recorded instrument samples "
-                                                 "(FluidR3_GM via fluidsynth) to try sdga without recordings.")
+                                                 "(FluidR3_GM via fluidsynth, or freepats via timidity) to try sdga without "
+                                                 "recordings.")
     parser.add_argument("out_dir", type=Path, help="folder to write the wav files to")
     parser.add_argument("--instrument", default="violin", choices=sorted(INSTRUMENTS))
     parser.add_argument("--files", type=int, default=8, help="number of phrases (default 8)")
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each phrase (default 12)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample-rate", type=int, default=48000)
+    parser.add_argument("--sample-set", default="fluidr3", choices=SAMPLE_SETS,
+                        help="fluidr3 (fluidsynth + FluidR3_GM, default) or freepats (timidity + freepats)")
     args = parser.parse_args(argv)
     try:
         paths = make_demo_corpus(args.out_dir, instrument=args.instrument, n_files=args.files,
-                                 seconds_per_file=args.seconds, seed=args.seed, sample_rate=args.sample_rate)
+                                 seconds_per_file=args.seconds, seed=args.seed, sample_rate=args.sample_rate,
+                                 sample_set=args.sample_set)
     except (RuntimeError, ValueError) as e:
         print(f"sdga-demo-corpus: error: {e}", file=sys.stderr)
         return 1
