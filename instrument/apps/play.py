@@ -31,10 +31,13 @@ import numpy as np
 from instrument.apps.session import (EXIT_ERROR, EXIT_OK, EXIT_SERVER_LOST, EXIT_USAGE, Console, Session,
                                      print_summary)
 from instrument.engine.events import LatentSet, NoteOn, param_event, param_spec
+from instrument.io.midi import MIDI_APIS
 
 __all__ = ["main", "build_parser"]
 
 PROG = "sdga-play"
+MIDI_API_CHOICES = tuple(MIDI_APIS)     # jack, alsa, coremidi, winmm
+NO_MIDI = "no JACK server, no ALSA sequencer, no CoreMIDI or Windows MM in this python-rtmidi"
 MAX_LIVE_BLOCK_MS = 50.0        # a longer block plays, with a warning: its latency is felt
 RECORD_CHANNELS = 2            # --record holds what the effects put out: the stream opens 1 or 2 channels
 
@@ -62,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also receive from the MIDI inputs whose name contains NAME (repeatable)")
     m.add_argument("--midi-all", action="store_true", help="receive from every MIDI input")
     m.add_argument("--no-virtual-midi", action="store_true", help="do not create the virtual input port 'sdga'")
-    m.add_argument("--midi-api", choices=("auto", "jack", "alsa"), default="auto",
-                   help="MIDI system (auto: JACK when its server runs, else ALSA)")
+    m.add_argument("--midi-api", choices=("auto", *MIDI_API_CHOICES), default="auto",
+                   help="MIDI system (auto: the platform's: JACK when its server runs, else ALSA on Linux; CoreMIDI "
+                        "on macOS; Windows MM on Windows)")
     o = p.add_argument_group("OSC")
     o.add_argument("--osc-port", type=int, default=9000, help="UDP port (default 9000; 0 = any free port)")
     o.add_argument("--osc-host", default="127.0.0.1",
@@ -257,11 +261,12 @@ def _recall(router, patch, bundle) -> list:
 
 
 def _midi_api(choice: str) -> str | None:
-    from instrument.io.midi import ALSA_API, JACK_API, MidiPortError, midi_input_names
+    """The rtmidi API for a --midi-api choice; for ``auto`` the first of this platform's that answers, or None."""
+    from instrument.io.midi import MIDI_APIS, MidiPortError, auto_midi_apis, midi_input_names
 
     if choice != "auto":
-        return {"jack": JACK_API, "alsa": ALSA_API}[choice]
-    for api in (JACK_API, ALSA_API):
+        return MIDI_APIS[choice][0]
+    for api in auto_midi_apis():
         try:
             midi_input_names(api)
             return api
@@ -272,7 +277,7 @@ def _midi_api(choice: str) -> str | None:
 
 def _open_midi(args, router, queue, log) -> list:
     """MidiInput objects (possibly none); explicit --midi requests that fail are UsageErrors."""
-    from instrument.io.midi import MidiInput, MidiPortError, match_midi_inputs, midi_input_names
+    from instrument.io.midi import MidiInput, MidiPortError, has_virtual_ports, match_midi_inputs, midi_input_names
 
     wanted = bool(args.midi or args.midi_all)
     if args.no_virtual_midi and not wanted:
@@ -280,16 +285,23 @@ def _open_midi(args, router, queue, log) -> list:
     api = _midi_api(args.midi_api)
     if api is None:
         if wanted:
-            raise UsageError("no MIDI system available (no JACK server, no ALSA sequencer)")
-        log("MIDI: not available (no JACK server, no ALSA sequencer); OSC only")
+            raise UsageError(f"no MIDI system available ({NO_MIDI})")
+        log(f"MIDI: not available ({NO_MIDI}); OSC only")
         return []
+    virtual = not args.no_virtual_midi
+    connect_all = args.midi_all
+    if virtual and not has_virtual_ports(api):
+        virtual = False
+        connect_all = connect_all or not args.midi      # nothing else would reach the player
+        log(f"MIDI ({api}): this system has no virtual ports; "
+            + ("receiving from the inputs asked for" if args.midi else "receiving from every input"))
     try:
         sources: list[str] = []
-        if wanted:
+        if wanted or connect_all:
             names = midi_input_names(api)
-            sources = [n for n in names if not n.startswith("sdga:")] if args.midi_all else \
+            sources = [n for n in names if not n.startswith("sdga:")] if connect_all else \
                 match_midi_inputs(args.midi, names, exclude_client="sdga")
-        midi = MidiInput(queue, virtual_name=None if args.no_virtual_midi else "sdga", api=api, connect=sources,
+        midi = MidiInput(queue, virtual_name="sdga" if virtual else None, api=api, connect=sources,
                          client_name="sdga", router=router, separate_process=True)
     except MidiPortError as exc:
         if wanted:
@@ -325,7 +337,7 @@ def _list_midi(choice: str) -> int:
 
     api = _midi_api(choice)
     if api is None:
-        print("no MIDI system available (no JACK server, no ALSA sequencer)")
+        print(f"no MIDI system available ({NO_MIDI})")
         return 1
     try:
         names = midi_input_names(api)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import math
-import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +29,12 @@ import numpy as np
 
 from instrument.engine.engine import Engine
 from instrument.engine.events import EventQueue
+
+try:                                     # per-thread context switches for ``diagnose``: Linux only
+    import resource
+    RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)      # macOS has no per-thread usage
+except ImportError:                      # Windows has no resource module
+    resource, RUSAGE_THREAD = None, None
 
 __all__ = ["AudioOutput", "AudioStats", "rescan_audio_devices"]
 
@@ -89,7 +94,7 @@ class AudioOutput:
         # callbacks that overran, began > half a block late or reported an underflow, the callback thread's
         # context switches before (since the previous callback ended) and during it: voluntary ones mean it
         # waited (for the GIL or a lock), involuntary ones that the kernel took the CPU away.
-        self.diagnose = bool(diagnose)
+        self.diagnose = bool(diagnose) and RUSAGE_THREAD is not None     # benchmarks on Linux only
         self._diag = np.zeros((64, 8))
         self._diag_count = 0
         self._switches = (0, 0)                              # (voluntary, involuntary) at the previous callback's end
@@ -104,7 +109,7 @@ class AudioOutput:
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         started = time.perf_counter()
-        usage = resource.getrusage(resource.RUSAGE_THREAD) if self.diagnose else None
+        usage = resource.getrusage(RUSAGE_THREAD) if self.diagnose else None
         stats = self.stats
         notable = False                  # began late, overran, or reported an underflow after start-up
         delay = started - self._previous_start - self._budget_s          # nan at the first callback
@@ -155,7 +160,7 @@ class AudioOutput:
 
     def _record_switches(self, started: float, elapsed: float, delay: float, underflow: bool, notable: bool,
                          usage) -> None:
-        end = resource.getrusage(resource.RUSAGE_THREAD)
+        end = resource.getrusage(RUSAGE_THREAD)
         before = (usage.ru_nvcsw - self._switches[0], usage.ru_nivcsw - self._switches[1])
         self._switches = (end.ru_nvcsw, end.ru_nivcsw)
         if notable and self._diag_count < self._diag.shape[0] and self.stats.callbacks > 1:

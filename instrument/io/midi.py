@@ -1,4 +1,5 @@
-"""MIDI input: a virtual port named 'sdga' and connections to existing ports, via python-rtmidi on JACK or ALSA.
+"""MIDI input: a virtual port named 'sdga' and connections to existing ports, via python-rtmidi on JACK or ALSA
+(Linux), CoreMIDI (macOS) or Windows MM (Windows has no virtual ports: there sdga-play connects to the inputs).
 
 The rtmidi thread only decodes, routes and enqueues: raw bytes -> ``mido.Message`` (bytes that are not one
 valid MIDI message are counted as ``malformed``, never raised) -> ``router.midi(message)`` -> EventQueue.
@@ -26,10 +27,46 @@ from typing import Sequence
 from instrument.engine.events import EventQueue
 
 __all__ = ["MidiInput", "MidiPortError", "midi_backend", "midi_input_names", "match_midi_inputs", "JACK_API",
-           "ALSA_API"]
+           "ALSA_API", "CORE_API", "WINMM_API", "MIDI_APIS", "PLATFORM_MIDI_APIS", "auto_midi_apis",
+           "has_virtual_ports"]
 
 JACK_API = "UNIX_JACK"
 ALSA_API = "LINUX_ALSA"
+CORE_API = "MACOSX_CORE"
+WINMM_API = "WINDOWS_MM"
+
+# The one table of MIDI systems: --midi-api choice -> (rtmidi API name, offers virtual ports).
+MIDI_APIS: dict[str, tuple[str, bool]] = {
+    "jack": (JACK_API, True),
+    "alsa": (ALSA_API, True),
+    "coremidi": (CORE_API, True),
+    "winmm": (WINMM_API, False),       # Windows MM cannot create a port other programs see
+}
+# What ``--midi-api auto`` tries, in order, per sys.platform prefix (the first one that answers is used).
+PLATFORM_MIDI_APIS: dict[str, tuple[str, ...]] = {
+    "linux": (JACK_API, ALSA_API),
+    "darwin": (CORE_API, JACK_API),
+    "win32": (WINMM_API,),
+}
+
+
+def auto_midi_apis(platform: str | None = None, compiled: Sequence[str] | None = None) -> list[str]:
+    """The rtmidi APIs ``--midi-api auto`` tries on ``platform`` (default: this one), in order, keeping those this
+    python-rtmidi build has (``compiled``: API names, default: asked of rtmidi)."""
+    platform = sys.platform if platform is None else platform
+    wanted = next((apis for prefix, apis in PLATFORM_MIDI_APIS.items() if platform.startswith(prefix)),
+                  (JACK_API, ALSA_API))
+    if compiled is None:
+        import rtmidi
+
+        built = set(rtmidi.get_compiled_api())
+        compiled = [name for name, _ in MIDI_APIS.values() if getattr(rtmidi, f"API_{name}", None) in built]
+    return [api for api in wanted if api in set(compiled)]
+
+
+def has_virtual_ports(api: str | None) -> bool:
+    """Whether ``api`` can create a virtual input port (all but Windows MM; unknown / default: assume yes)."""
+    return next((virtual for name, virtual in MIDI_APIS.values() if name == api), True)
 
 
 class MidiPortError(RuntimeError):
@@ -44,7 +81,8 @@ def _rtapi(api: str | None) -> int:
     try:
         return getattr(rtmidi, f"API_{api}")
     except AttributeError:
-        raise MidiPortError(f"unknown MIDI API {api!r}; use {JACK_API} or {ALSA_API}") from None
+        raise MidiPortError(f"unknown MIDI API {api!r}; use one of "
+                            f"{', '.join(name for name, _ in MIDI_APIS.values())}") from None
 
 
 def midi_backend(api: str | None = None):

@@ -108,6 +108,8 @@ class OscServer:
             raise
         self._socket.settimeout(0.05)
         try:
+            if not hasattr(self._socket, "recvmsg"):
+                raise AttributeError("recvmsg")       # Windows
             self._socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             self._ancillary = socket.CMSG_SPACE(4)
         except (OSError, AttributeError):             # not Linux: drops are not counted
@@ -166,10 +168,13 @@ class OscServer:
         logging.getLogger().addFilter(_PYTHONOSC_LOG)
         while not self._stop.is_set():
             try:
-                data, ancillary, _, sender = sock.recvmsg(65536, self._ancillary)
-                for level, kind, value in ancillary:
-                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
-                        self.kernel_drops = int.from_bytes(value[:4], sys.byteorder)   # since the socket opened
+                if self._ancillary:
+                    data, ancillary, _, sender = sock.recvmsg(65536, self._ancillary)
+                    for level, kind, value in ancillary:
+                        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                            self.kernel_drops = int.from_bytes(value[:4], sys.byteorder)   # since the socket opened
+                else:                                       # no SO_RXQ_OVFL (macOS) or no recvmsg (Windows)
+                    data, sender = sock.recvfrom(65536)
             except TimeoutError:
                 continue
             except OSError:
