@@ -73,6 +73,12 @@ def _check_output_file(path: Path, flag: str) -> str | None:
         return f"{flag} {path}: no folder {parent}"
     if not os.access(parent, os.W_OK):
         return f"{flag} {path}: folder {parent} is not writable"
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in kinds:
+        return f"{flag} {path}: not an image file name (use one of .{', .'.join(sorted(kinds))})"
     return None
 
 

@@ -68,31 +68,39 @@ def plot_knob_curves(curves, path: Path, title: str = "") -> Path:
     """One panel per knob of a :class:`evaluation.knob_curves.KnobCurves`: every descriptor's change from the
     knob's centre against knob position (median over the notes, the band their lowest..highest), the one the
     knob is named after bold; the corpus's part of the knob shaded where the model says where it ends. Frequency
-    descriptors (%) on the left axis, dB and cents on the right one."""
+    descriptors (%) on the left axis, dB and cents on the right one; one legend for all panels."""
     from evaluation.knob_curves import corpus_band
 
     plt = _pyplot()
     med = curves.median()
     lo, hi = curves.spread()
     n = max(1, len(curves.latents))
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n + 0.8), squeeze=False)
+    height = 2.3 * n + 1.2
+    fig, axes = plt.subplots(n, 1, figsize=(9, height), squeeze=False, sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"%": "-", "dB": "--", "cents": ":"}
     if not curves.latents:
         axes[0, 0].text(0.5, 0.5, "this model offers no knob (no active latent)", ha="center", va="center")
         axes[0, 0].set_axis_off()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    legend = {f"{desc.label} ({desc.unit})": Line2D([], [], color=colours[d % len(colours)], lw=1.2,
+                                                      ls=styles.get(desc.unit, "-."))
+              for d, desc in enumerate(curves.descriptors)}
     for k, info in enumerate(curves.latents):
         ax = axes[k, 0]
         right = ax.twinx()
         low, high = corpus_band(info)
         if (low, high) != (0.0, 1.0):
-            ax.axvspan(low, high, color="0.9", zorder=0, label="corpus")
+            ax.axvspan(low, high, color="0.9", zorder=0)
+            legend["the corpus's part of the knob"] = Patch(color="0.9")
         for d, desc in enumerate(curves.descriptors):
             target = ax if desc.unit == "%" else right
             bold = curves.named[k] == desc.key
             colour = colours[d % len(colours)]
-            style = "-" if desc.unit == "%" else ("--" if desc.unit == "dB" else ":")
-            target.plot(curves.knobs, med[k, :, d], style, color=colour, lw=3.0 if bold else 1.2,
-                        label=f"{desc.label} ({desc.unit})" + (" [named]" if bold else ""))
+            target.plot(curves.knobs, med[k, :, d], styles.get(desc.unit, "-."), color=colour,
+                                lw=3.0 if bold else 1.2)
             if len(curves.notes_hz) > 1:
                 target.fill_between(curves.knobs, lo[k, :, d], hi[k, :, d], color=colour, alpha=0.12, lw=0)
         ax.axhline(0.0, color="0.5", lw=0.6)
@@ -104,16 +112,17 @@ def plot_knob_curves(curves, path: Path, title: str = "") -> Path:
             axis.set_ylim(-top, top)
         ax.set_xlim(0.0, 1.0)
         ax.set_ylabel("change, %")
-        right.set_ylabel("change, dB / cents")
-        ax.set_title(f"knob {info.name} (z{info.index}): change from knob 0.5, median of "
-                     f"{len(curves.notes_hz)} notes (band: lowest..highest)", fontsize=9)
-        handles = ax.get_legend_handles_labels()
-        handles_r = right.get_legend_handles_labels()
-        ax.legend(handles[0] + handles_r[0], handles[1] + handles_r[1], fontsize=7, ncol=4, loc="upper left")
-    axes[-1, 0].set_xlabel("knob position")
+        right.set_ylabel("dB / cents")
+        named = next((d.label for d in curves.descriptors if d.key == curves.named[k]), None)
+        ax.set_title(f"knob {info.name} (z{info.index})" + (f": named after {named} (bold)" if named else ""),
+                     fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("knob position (change from knob 0.5; median of "
+                           f"{len(curves.notes_hz)} notes, band: lowest..highest)")
+    fig.legend(list(legend.values()), list(legend.keys()), loc="upper center", ncol=4, fontsize=7,
+               bbox_to_anchor=(0.5, 1.0 - (0.35 if title else 0.0) / height), frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10, y=1.0 - 0.05 / height, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.75 if title else 0.45) / height))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)

@@ -168,7 +168,8 @@ def test_cli_refuses_bad_outputs_before_rendering(tmp_path, bundle, capsys):
              (["--corpus", str(tmp_path)], "--corpus is for --expression-plot"),
              (["--expression-plot", str(tmp_path / "e.png"), "--corpus", str(tmp_path / "nope")], "no such"),
              (["--audition", str(blocker / "aud")], "cannot write the audition"),
-             (["--plot", str(tmp_path / "k.png"), "--steps", "1"], "--steps")]
+             (["--plot", str(tmp_path / "k.png"), "--steps", "1"], "--steps"),
+             (["--plot", str(tmp_path / "knobs.txt")], "not an image file name")]
     for extra, message in cases:
         assert info_cli.main([str(model), *extra]) == info_cli.EXIT_BAD_INPUT, extra
         assert message in capsys.readouterr().err, extra
