@@ -21,8 +21,8 @@ def models(tmp_path_factory) -> Path:
     (root / "models").mkdir()
     save_bundle(root / "models" / "a.sdga", random_bundle(seed=0))
     save_bundle(root / "models" / "b.sdga", random_bundle(seed=5))
-    (root / "patches").mkdir()
-    (root / "patches" / "long.yaml").write_text("name: long\nmodel: ../models/b.sdga\nparams: {release_ms: 900}\n")
+    (root / "presets").mkdir()
+    (root / "presets" / "long.yaml").write_text("name: long\nmodel: ../models/b.sdga\nparams: {release_ms: 900}\n")
     return root
 
 
@@ -38,7 +38,7 @@ next_cc: 65
 prev_cc: 66
 songs:
   - {name: opening, model: models/a.sdga}
-  - patch: patches/long.yaml
+  - patch: presets/long.yaml
   - {name: coda, model: models/a.sdga}
 """
 
@@ -47,7 +47,7 @@ def test_a_set_list_reads_paths_relative_to_its_file(models):
     s = load_setlist(write(models, GOOD))
     assert [song.name for song in s.songs] == ["opening", "long", "coda"]
     assert s.songs[0].model == models / "models" / "a.sdga" and s.songs[0].patch is None
-    assert s.songs[1].model == (models / "patches" / "../models/b.sdga") and s.songs[1].patch.name == "long"
+    assert s.songs[1].model == (models / "presets" / "../models/b.sdga") and s.songs[1].patch.name == "long"
     assert (s.crossfade_ms, s.next_cc, s.prev_cc, s.program_channel) == (120.0, 65, 66, None)
     assert s.songs[1].line == 7
     assert s.index("long") == 1 and s.index(0) == 0
@@ -63,7 +63,7 @@ def test_a_set_list_reads_paths_relative_to_its_file(models):
     ("songs: []\n", 1, "songs", "no songs"),
     ("crossfade_ms: slow\nsongs:\n  - {model: models/a.sdga}\n", 1, "crossfade_ms", "must be a number"),
     ("songs:\n  - {model: models/a.sdga}\n  - {model: models/b.sdga, name: a}\n", 3, "songs[1].name", "two songs"),
-    ("songs:\n  - {model: models/a.sdga, patch: patches/nope.yaml}\n", 2, "songs[0].patch", "does not exist"),
+    ("songs:\n  - {model: models/a.sdga, patch: presets/nope.yaml}\n", 2, "songs[0].patch", "does not exist"),
     ("next_cc: 65\nprev_cc: 65\nsongs:\n  - {model: models/a.sdga}\n", 2, "prev_cc", "the same CC"),
     ("sogns: []\n", 1, "sogns", "did you mean 'songs'"),
 ])
@@ -77,8 +77,8 @@ def test_a_broken_set_list_names_file_line_and_key(models, text, line, key, word
 
 
 def test_a_broken_patch_names_the_set_file_and_the_patch_file(models):
-    write(models, "model: ../models/a.sdga\nparams: {release_ms: lots}\n", "patches/bad.yaml")
-    path = write(models, "songs:\n  - {name: ok, model: models/a.sdga}\n  - {patch: patches/bad.yaml}\n", "bp.yaml")
+    write(models, "model: ../models/a.sdga\nparams: {release_ms: lots}\n", "presets/bad.yaml")
+    path = write(models, "songs:\n  - {name: ok, model: models/a.sdga}\n  - {patch: presets/bad.yaml}\n", "bp.yaml")
     with pytest.raises(SetListError) as caught:
         load_setlist(path)
     text = str(caught.value)

@@ -7,8 +7,8 @@ The file (``sdga-play --set SET.yaml``; paths relative to it)::
     crossfade_ms: 50          # optional
     next_cc: 65               # optional: a footswitch CC that goes to the next song (>= 64 pressed)
     songs:
-      - {name: opening, model: cello/model.sdga, patch: patches/dark.yaml}
-      - {name: ballad, model: voice/model.sdga, mapping: mappings/faders.yaml}
+      - {name: opening, model: cello/model.sdga, patch: sounds/dark.yaml}
+      - {name: ballad, model: voice/model.sdga, mapping: controls/faders.yaml}
 
 :func:`load_setlist` checks the whole file before anything loads (every model file exists, every patch and its
 scale read); a bad entry raises :class:`SetListError` naming the file, the line and the key. The play app then
@@ -56,9 +56,9 @@ SONG_KEYS: tuple[KeySpec, ...] = (
     KeySpec("model", "path", "model file, relative to the set file (default: the patch's model)",
             "model: voice/model.sdga"),
     KeySpec("patch", "path", "a patch recalled each time the song starts (its effects too), relative to the set "
-            "file", "patch: patches/dark.yaml"),
+            "file", "patch: sounds/dark.yaml"),
     KeySpec("mapping", "path", "the song's mapping file (default: the patch's, else the default routing)",
-            "mapping: mappings/faders.yaml"),
+            "mapping: controls/faders.yaml"),
 )
 _SET_NAMES = tuple(k.name for k in SET_KEYS)
 _SONG_NAMES = tuple(k.name for k in SONG_KEYS)
