@@ -143,3 +143,36 @@ def test_everything_else_goes_to_the_active_song(router):
 def test_without_a_set_list_the_set_addresses_are_refused():
     with pytest.raises(OscError, match="no set list"):
         default_router(bundle=random_bundle(seed=0)).osc("/sdga/set/next", ())
+
+
+def test_the_page_lists_the_songs_and_switches_through_the_set_router(router):
+    """The control page's state carries the songs and the current one; a song button's message (/sdga/set/song i,
+    as app.js sends it) reaches the queue as a SongSelect through the same router as OSC."""
+    import asyncio
+    import json
+
+    aiohttp = pytest.importorskip("aiohttp")
+    from instrument.engine.events import EventQueue
+    from instrument.io.web import STATIC_DIR, WebServer
+
+    assert 'id="songs"' in (STATIC_DIR / "index.html").read_text()
+    assert 'send("/sdga/set/song", i)' in (STATIC_DIR / "app.js").read_text()
+    queue = EventQueue()
+    state = lambda: {"set": {"songs": router.song_names(), "current": router.active}}     # noqa: E731
+    server = WebServer(router, queue, router.routers[0].bundle, port=0, state=state, poll_s=0.01).start()
+
+    async def session():
+        async with aiohttp.ClientSession() as s, s.ws_connect(f"http://127.0.0.1:{server.port}/ws") as ws:
+            hello = await ws.receive_json()
+            await ws.send_str(json.dumps({"a": "/sdga/set/song", "v": [2]}))
+            while True:
+                m = await ws.receive_json()
+                if m["t"] == "state" and m["state"]["set"]["current"] == 2:
+                    return hello, m
+
+    try:
+        hello, later = asyncio.run(asyncio.wait_for(session(), 20.0))
+    finally:
+        server.close()
+    assert hello["state"]["set"] == {"songs": ["opening", "long", "coda"], "current": 0}
+    assert list(queue.drain())[0] == SongSelect(2) and server.stats.errors == 0
