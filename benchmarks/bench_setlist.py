@@ -7,7 +7,8 @@ A. What ``sdga-play --set`` does per song before the first block, timed and with
    (VmRSS) before and after: load the model file; warm up (kernels compiled: the first song pays numba's JIT)
    and prepare its engine at the block size and voice count. Without model files, ``--songs`` untrained models
    of the default architecture are written to a temporary folder (same size and cost as trained ones).
-B. ``SetEngine.process`` time per block as % of the block's real-time budget (median / p99 / mean), with every
+B. ``SetEngine.process`` time per block as % of the block's real-time budget (median / p99 / mean; wall clock
+   and the thread's CPU time, which a loaded machine's scheduling does not inflate), with every
    engine holding ``--voices`` notes: (1) steady, one song heard: the baseline; (2) crossfading: a switch every
    fade, so both engines render and mix on every block measured (only the blocks where two are heard count);
    (3) a plain Engine with the same notes, for reference. The three are measured in turn ``--repeats`` times
@@ -63,20 +64,19 @@ def time_set(bundles, sample_rate: int, block: int, voices: int, crossfade_ms: f
         for _ in range(max(20, int(0.3 * sample_rate / block))):
             s.process((), out)
     n_blocks = max(200, int(seconds * sample_rate / block))
-    times = np.empty(n_blocks)
-    perf = time.perf_counter
-    song, k, kept = 1, 0, 0
+    times = np.empty((n_blocks, 2))
+    perf, cpu = time.perf_counter, time.thread_time
+    song, kept = 1, 0
     while kept < n_blocks:
         events = []
         if fading and not s.fading:
             song = 1 - song
             events = [SongSelect(song), *chords(voices)]      # the new song's keys: the old one's release
-        t0 = perf()
+        t0, c0 = perf(), cpu()
         s.process(events, out)
-        dt = perf() - t0
-        k += 1
+        t1, c1 = perf(), cpu()
         if not fading or s.fading or events:
-            times[kept] = dt
+            times[kept] = t1 - t0, c1 - c0
             kept += 1
     if s.errors or any(e.stats.errors for e in engines):
         raise RuntimeError(s.last_error or next(e.stats.last_error for e in engines if e.stats.errors))
@@ -91,17 +91,20 @@ def time_engine(bundle, sample_rate: int, block: int, voices: int, seconds: floa
     for _ in range(max(20, int(0.3 * sample_rate / block))):
         engine.process((), out)
     n_blocks = max(200, int(seconds * sample_rate / block))
-    times = np.empty(n_blocks)
-    perf = time.perf_counter
+    times = np.empty((n_blocks, 2))
+    perf, cpu = time.perf_counter, time.thread_time
     for k in range(n_blocks):
-        t0 = perf()
+        t0, c0 = perf(), cpu()
         engine.process((), out)
-        times[k] = perf() - t0
+        t1, c1 = perf(), cpu()
+        times[k] = t1 - t0, c1 - c0
     return times / (block / sample_rate)
 
 
-def stats(loads: np.ndarray) -> tuple[float, float, float]:
-    return (100 * float(np.median(loads)), 100 * float(np.percentile(loads, 99)), 100 * float(np.mean(loads)))
+def stats(loads: np.ndarray) -> list[float]:
+    """median / p99 / mean in % for wall-clock time, then for the thread's CPU time."""
+    return [100 * float(f(loads[:, j])) for j in (0, 1)
+            for f in (np.median, lambda x: np.percentile(x, 99), np.mean)]
 
 
 def main(argv=None) -> int:
@@ -149,7 +152,9 @@ def main(argv=None) -> int:
         if len(bundles) < 2:
             bundles.append(random_bundle(seed=99))
         print(f"\nB. process() time per block as % of the {1000 * block / sr:.2f} ms budget: median / p99 / mean "
-              f"(medians of {args.repeats} repeats)")
+              f"(medians of {args.repeats} repeats); wall clock, then the thread's CPU time (time.thread_time: "
+              f"what the work costs, without the time the scheduler gave to other processes)")
+        print(f"  {'':<36} {'wall: median /    p99 /   mean':>30}   {'CPU: median /    p99 /   mean':>30}")
         rows = {"steady, one song heard (baseline)": [], "crossfading, two songs heard": [],
                 "plain Engine (reference)": []}
         for _ in range(args.repeats):
@@ -161,8 +166,9 @@ def main(argv=None) -> int:
         for name, values in rows.items():
             a = np.array(values)
             med = np.median(a, axis=0)
-            spread = ", ".join(f"{x:.1f}" for x in a[:, 0])
-            print(f"  {name:<36} {med[0]:6.1f} / {med[1]:6.1f} / {med[2]:6.1f}   (medians per repeat: {spread})")
+            spread = ", ".join(f"{x:.1f}" for x in a[:, 3])
+            print(f"  {name:<36} {med[0]:12.1f} / {med[1]:6.1f} / {med[2]:6.1f}   {med[3]:11.1f} / {med[4]:6.1f} / "
+                  f"{med[5]:6.1f}   (CPU medians per repeat: {spread})")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         print(f"\nC. a switch lands at the next block's start (<= {1000 * block / sr:.2f} ms after it is queued); the "
               f"old song fades out and the new one in over {args.crossfade_ms:g} ms (equal power)")
