@@ -18,9 +18,14 @@ from instrument.model.bundle import random_bundle, save_bundle
 sys.path.insert(0, str(Path(__file__).parent))
 from test_play import (ROOT, SR, Keyboard, Player, held_part, jack, notes_in, results,  # noqa: E402,F401
                        rms, spectral_distance_db)
-from test_play_patches import osc_port, oscsend  # noqa: E402
+from test_play_patches import oscsend  # noqa: E402
 
 BLOCK = 128
+START_S = 180.0          # every song is loaded and warmed before the OSC server opens: slow on a loaded machine
+
+
+def osc_port(player: Player) -> int:
+    return int(player.wait_for("OSC: listening on udp", timeout=START_S).rsplit(":", 1)[1].split()[0])
 
 
 def sine_bundle(seed: int, level: float = 8.0):
@@ -65,11 +70,11 @@ def test_program_change_and_osc_switch_songs(jack, set_dir, tmp_path):
         port = osc_port(player)
         player.wait_for("sdga-play: playing")
 
-        def note() -> None:
+        def note() -> None:              # long notes and gaps: a starved JACK client records less than it plays
             keys.send(0x90, 57, 100)
-            time.sleep(1.5)
+            time.sleep(2.5)
             keys.send(0x80, 57, 0)
-            time.sleep(0.7)
+            time.sleep(1.2)
 
         note()
         keys.send(0xC0, 1)                       # program change 1: the second song
@@ -78,6 +83,7 @@ def test_program_change_and_osc_switch_songs(jack, set_dir, tmp_path):
         oscsend(port, "/sdga/set/song", 0)
         time.sleep(0.2)
         note()
+        time.sleep(1.0)
         player.process.terminate()
         code = player.finish()
     finally:
@@ -93,7 +99,8 @@ def test_program_change_and_osc_switch_songs(jack, set_dir, tmp_path):
     assert "set: 2 switches; songs played: 0 first" in player.output
     assert stats["osc"]["received"] == 1 and stats["osc"]["errors"] == 0
     notes = notes_in(audio)
-    assert len(notes) == 3, notes
+    # ~11 s were played: a much shorter recording means JACK skipped the cycles of a starved client (load)
+    assert len(notes) == 3, (notes, f"recorded {len(audio) / SR:.1f} s, underflows {stats['underflows']}")
     first, second, third = (held_part(audio, span) for span in notes)
     assert min(len(first), len(second), len(third)) > 0.3 * SR and min(map(rms, (first, second, third))) > 1e-3
     half = len(first) // 2
@@ -112,7 +119,7 @@ def test_the_crossfade_in_the_stream_is_continuous_and_lasts_crossfade_ms(jack, 
     port = osc_port(player)
     player.wait_for("sdga-play: playing")
     oscsend(port, "/sdga/note_on", 57, 110)
-    time.sleep(1.5)
+    time.sleep(2.5)
     oscsend(port, "/sdga/set/next")
     time.sleep(0.8)
     oscsend(port, "/sdga/note_off", 57)
@@ -129,8 +136,8 @@ def test_the_crossfade_in_the_stream_is_continuous_and_lasts_crossfade_ms(jack, 
     switch = int(round(s["switch_log"][0][0] * SR))          # the switch's block, in recorded samples
     assert switch % BLOCK == 0
     F = int(round(crossfade_ms * SR / 1000))
-    held = audio[switch - SR // 2:switch]
-    assert rms(held) > 0.01
+    held = audio[switch - SR // 4:switch]
+    assert len(held) == SR // 4 and rms(held) > 0.01
     steady_step = float(np.abs(np.diff(held)).max())
     fade = audio[switch - BLOCK:switch + F + BLOCK]
     assert float(np.abs(np.diff(fade)).max()) <= 1.1 * steady_step

@@ -158,7 +158,7 @@ class SetEngine:
     def switch_log(self) -> list[tuple[float, int]]:
         """(seconds into the stream, song) of the first :data:`MAX_SWITCH_LOG` switches."""
         n = min(self.switches, MAX_SWITCH_LOG)
-        return [(round(float(b) * self.block_size / max(1, self.sample_rate), 3), int(i))
+        return [(round(float(b) * self.block_size / max(1, self.sample_rate), 6), int(i))
                 for b, i in self._switch_log[:n]]
 
     # ------------------------------------------------------------------------------------------ process
