@@ -12,6 +12,10 @@ median / p99 (compute time per block / block duration), late callbacks and dropp
 Without a model file an untrained model of the default architecture is used (same cost as a trained one).
 Timings depend on what else the machine runs: the load average is printed.
 
+``--set`` plays a set list of two songs (MODEL and an untrained model of another seed) with ``sdga-play --set``;
+``--switch-every S`` then sends a program change every S seconds on the same MIDI port (0, 1, 0, ...): a soak
+that switches models with crossfades, to compare with ``--set`` alone (no switches).
+
 ``--null`` measures the machine's floor instead: the same JACK server, MIDI and OSC traffic and I/O threads
 (MidiInput in its child process, OscServer, the EventQueue drained by the callback), but a Python audio
 callback that only writes zeros. Underflows that happen there are the machine's (scheduling of JACK's
@@ -203,6 +207,9 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--voices", type=int, default=8)
     p.add_argument("--no-virtual-midi", action="store_true", help="sdga-play without its virtual MIDI port (one JACK client fewer)")
+    p.add_argument("--set", action="store_true", help="play a 2-song set list (MODEL and another untrained model)")
+    p.add_argument("--switch-every", type=float, default=0.0, metavar="S",
+                   help="with --set: a program change every S seconds switches songs (0: never)")
     p.add_argument("--null", action="store_true", help="the machine's floor: same I/O and traffic, a callback that writes zeros")
     p.add_argument("--null-busy-ms", type=float, default=0.0,
                    help="the null player's callback spins this long holding the GIL (the engine's compute, without the engine)")
@@ -232,7 +239,15 @@ def main(argv=None) -> int:
 
         keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "soak_keys")
         keys.open_virtual_port("out")
-        command = [sys.executable, "-m", "instrument.apps.play", str(model), "--device", "JACK", "--block-size",
+        played = [str(model)]
+        if args.set:
+            from instrument.model.bundle import random_bundle, save_bundle
+
+            other = save_bundle(work / "other.sdga", random_bundle(seed=1))
+            (work / "set.yaml").write_text(f"songs:\n  - {{name: one, model: {Path(model).resolve()}}}\n"
+                                           f"  - {{name: two, model: {other}}}\n")
+            played = ["--set", str(work / "set.yaml")]
+        command = [sys.executable, "-m", "instrument.apps.play", *played, "--device", "JACK", "--block-size",
                    str(args.block_size), "--voices", str(args.voices), "--midi", "soak_keys", "--osc-port", "0",
                    "--duration", str(args.seconds), "--record", str(work / "take.wav"),
                    "--stats-json", str(work / "stats.json"), "--quiet", "--diagnose-callbacks"] + (["--no-virtual-midi"] if args.no_virtual_midi else [])
@@ -270,7 +285,9 @@ def main(argv=None) -> int:
         held: list[tuple[float, int]] = []
         next_note = next_osc = 0.0
         next_rss = 2.0
-        notes = osc_sent = 0
+        notes = osc_sent = switches = 0
+        every = args.switch_every if args.set and args.switch_every > 0 else float("inf")
+        next_switch = every
         while player.poll() is None:
             now = time.monotonic() - started
             if now >= args.seconds - 0.3:
@@ -292,7 +309,11 @@ def main(argv=None) -> int:
             if now >= next_rss:
                 rss.append((now, rss_mb(player.pid)))
                 next_rss += 5.0
-            wake = min([next_note, next_osc, next_rss] + [t for t, _ in held])
+            if now >= next_switch:
+                switches += 1
+                keys.send_message([0xC0, switches % 2])         # program change: the other song
+                next_switch += every
+            wake = min([next_note, next_osc, next_rss, next_switch] + [t for t, _ in held])
             time.sleep(max(0.001, wake - (time.monotonic() - started)))
         for _, note in held:
             keys.send_message([0x80, note, 0])
@@ -323,7 +344,9 @@ def main(argv=None) -> int:
     nonfinite = int((~np.isfinite(audio)).sum())
     print(f"sdga-play soak: {args.seconds:g} s, block {args.block_size}, {args.voices} voices, JACK dummy 48 kHz; "
           f"{'real-time' if args.realtime else 'no real-time'} scheduling; exit code {code}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"  sent: {notes} notes (+bends), {osc_sent} OSC latent changes")
+    print(f"  sent: {notes} notes (+bends), {osc_sent} OSC latent changes"
+          + (f"; set list of 2 songs, {switches} program changes sent, {stats['set']['switches']} switches applied"
+             if args.set else ""))
     print(f"  underflows after the first second: {stats['underflows'] - stats['startup_underflows']} "
           f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
           f"{stats['callbacks']}")

@@ -173,6 +173,9 @@ COMMAND_EXAMPLES = {        # every controller row: a message and the command it
     "/sdga/patch/next": ("/sdga/patch/next", (), "StepPatch(1)"),
     "/sdga/patch/prev": ("/sdga/patch/prev", (), "StepPatch(-1)"),
     "/sdga/save": ("/sdga/save", ("mine",), "SavePatch('mine')"),
+    "/sdga/set/song": ("/sdga/set/song", ("ballad",), "SelectSong('ballad')"),
+    "/sdga/set/next": ("/sdga/set/next", (), "StepSong(1)"),
+    "/sdga/set/prev": ("/sdga/set/prev", (), "StepSong(-1)"),
 }
 
 
@@ -190,6 +193,7 @@ def test_every_address_row_decodes_its_example_and_only_its_own():
     for address, args, _ in [*COMMAND_EXAMPLES.values(), *EXAMPLES.values()]:
         assert sum(row.match(address) is not None for row in a.OSC_ADDRESSES) == 1, address
     assert a.decode("/sdga/patch", (2.0,))[1] == a.RecallPatch(2) == a.decode("/sdga/patch", ("2",))[1]
+    assert a.decode("/sdga/set/song", (1.0,))[1] == a.SelectSong(1) == a.decode("/sdga/set/song", ("1",))[1]
     for address, args in (("/sdga/learn", (3.0,)), ("/sdga/save", ()), ("/sdga/target/x", ("a",)),
                           ("/sdga/patch/next", (1,)), ("/sdga/target/", (0.5,))):
         with pytest.raises(OscError):

@@ -22,14 +22,15 @@ import math
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from instrument.apps.session import (EXIT_ERROR, EXIT_OK, EXIT_SERVER_LOST, EXIT_USAGE, Console, Session,
-                                     print_summary)
+                                     _rss_mb, print_summary)
 from instrument.engine.events import LatentSet, NoteOn, param_event, param_spec
 from instrument.io.midi import MIDI_APIS
 
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "70..77 to the latents)")
     c.add_argument("--patch", type=Path, default=None, metavar="FILE",
                    help="start from this patch (latents, parameters, effects; its model when MODEL is not given)")
+    c.add_argument("--set", type=Path, default=None, metavar="SET.yaml",
+                   help="play a set list: songs, each a model with an optional patch and mapping, all loaded before "
+                        "the first sound; program change N, OSC /sdga/set/... and the page switch songs")
+    c.add_argument("--crossfade-ms", type=float, default=None, metavar="MS",
+                   help="how long a song switch crossfades (default: the set file's crossfade_ms, else 50)")
     c.add_argument("--learn", default=None, metavar="TARGET",
                    help="MIDI learn at start: the first control moved is bound to TARGET and written to --mapping")
     c.add_argument("--osc-feedback", default=None, metavar="HOST:PORT",
@@ -357,8 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_devices()
     if args.list_midi:
         return _list_midi(args.midi_api)
-    if args.model is None and args.patch is None:
-        parser.error("the model file is required (or a --patch that names one)")
+    if args.model is None and args.patch is None and args.set is None:
+        parser.error("the model file is required (or a --patch that names one, or a --set)")
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -380,6 +386,14 @@ def _check_args(args) -> None:
         raise UsageError("--block-size and --voices must be >= 1, --sample-rate >= 1000")
     if args.duration is not None and not args.duration > 0:
         raise UsageError("--duration must be > 0")
+    if args.set is not None:
+        given = [name for name, value in (("MODEL", args.model), ("--patch", args.patch), ("--mapping", args.mapping),
+                                          ("--latent", args.latent), ("--learn", args.learn)) if value]
+        if given:
+            raise UsageError(f"--set names each song's model, patch and mapping: {', '.join(given)} cannot be given "
+                             f"with it (put them in the set file's songs)")
+    if args.crossfade_ms is not None and not (math.isfinite(args.crossfade_ms) and 0 <= args.crossfade_ms <= 10000):
+        raise UsageError("--crossfade-ms must be 0..10000")
     if args.learn is not None and args.mapping is None:
         raise UsageError("--learn writes the learned binding into a mapping file: give --mapping FILE (a new "
                          "file may hold just 'version: 1')")
@@ -394,6 +408,58 @@ class _Instrument:
     effects: object
     router: object
     given: list             # --latent and --param events (after the patch's)
+    songs: tuple = ()       # with --set: (bundle, router) per song (router above is then the SetRouter)
+    song_stats: list = field(default_factory=list)     # with --set: per song, load and prepare time and memory
+
+
+def _load_set(args, log) -> _Instrument:
+    """--set: the set file checked whole, then every song's model and router (UsageError naming the set file, the
+    song's line and key for any that does not load)."""
+    from instrument.controls.patches import PatchError
+    from instrument.controls.setlist import SetRouter, load_setlist
+    from instrument.controls.targets import MappingError
+    from instrument.engine.effects import EffectsChain
+    from instrument.model.bundle import load_bundle
+    from instrument.model.modelfile import ModelFileError
+
+    feedback = _feedback(args.osc_feedback)
+    params = _initial_params(args.param)
+    try:
+        setlist = load_setlist(args.set)
+    except MappingError as exc:
+        raise UsageError(f"set list {exc}") from None
+    if args.crossfade_ms is not None:
+        setlist = replace(setlist, crossfade_ms=float(args.crossfade_ms))
+    effects = EffectsChain()
+    songs, stats = [], []
+    try:
+        for i, song in enumerate(setlist.songs):
+            where = f"{setlist.path}, line {song.line}: key 'songs[{i}]"
+            started, rss = time.perf_counter(), _rss_mb()
+            try:
+                bundle = load_bundle(song.model, with_encoder=False)
+            except (ModelFileError, OSError) as exc:
+                raise UsageError(f"set list {where}.model': {exc}") from None
+            if song.patch is not None:
+                try:
+                    song.patch.resolve(bundle.latents)
+                except PatchError as exc:
+                    raise UsageError(f"set list {where}.patch': {exc}") from None
+            try:
+                router = _load_router(bundle, log, mapping_path=song.mapping, model_path=song.model, effects=effects,
+                                      feedback=feedback)
+            except UsageError as exc:
+                raise UsageError(f"set list {where}.mapping': {exc}") from None
+            songs.append((bundle, router))
+            stats.append({"name": song.name, "model": str(song.model), "load_s": time.perf_counter() - started,
+                          "load_mb": _rss_mb() - rss})
+    except BaseException:
+        for _, router in songs:
+            router.close()
+        raise
+    router = SetRouter(setlist, [r for _, r in songs], on_message=log, effects=effects)
+    given = [param_event(name, value) for name, value in params]
+    return _Instrument(setlist.songs[0].model, None, songs[0][0], effects, router, given, tuple(songs), stats)
 
 
 def _load_instrument(args, log) -> _Instrument:
@@ -427,22 +493,63 @@ def _load_instrument(args, log) -> _Instrument:
     return _Instrument(model_path, patch, bundle, effects, router, given)
 
 
-def _build_engine(args, inst: _Instrument, log):
-    """The prepared engine and its event queue, holding the patch's events then --latent / --param's."""
+def _device_rate(args, bundle) -> int:
     import torch
-
-    from instrument.engine.engine import Engine
-    from instrument.engine.events import EventQueue
 
     torch.set_num_threads(1)
     sys.setswitchinterval(0.001)      # the callback waits at most ~1 ms for the GIL held by another thread
-    bundle, router = inst.bundle, inst.router
     sample_rate = int(args.sample_rate or bundle.config.sample_rate)
     block_ms = 1000.0 * args.block_size / sample_rate
     if block_ms > MAX_LIVE_BLOCK_MS:
         print(f"{PROG}: WARNING: --block-size {args.block_size} at {sample_rate} Hz is {block_ms:.0f} ms per block: "
               f"each note sounds that much after its key (live play wants <= {MAX_LIVE_BLOCK_MS:g} ms; 64..512 "
               f"frames)", file=sys.stderr, flush=True)
+    return sample_rate
+
+
+def _build_set_engine(args, inst: _Instrument, log):
+    """--set: every song's engine warmed up (kernels compiled) and prepared, in one SetEngine; the queue holds
+    the first song's patch."""
+    from instrument.engine.engine import Engine
+    from instrument.engine.events import EventQueue
+    from instrument.engine.setlist import SetEngine
+
+    sample_rate = _device_rate(args, inst.bundle)
+    set_router = inst.router
+    engines = []
+    for (bundle, router), stats in zip(inst.songs, inst.song_stats):
+        started, rss = time.perf_counter(), _rss_mb()
+        _warm_up(bundle, sample_rate, args.block_size, args.voices)
+        engine = Engine(bundle)
+        engine.prepare(sample_rate, args.block_size, args.voices)
+        for event in inst.given:                              # --param: every song's engine, before its patch
+            engine.set_param(event.param, event.value)
+        router.prepare(sample_rate, engine.hop_size)
+        router.sync(inst.given)
+        engines.append(engine)
+        stats.update(prepare_s=time.perf_counter() - started, prepare_mb=_rss_mb() - rss)
+        log(f"{PROG}: song {len(engines) - 1} {stats['name']}: {stats['model']} ({len(bundle.latents)} latents); "
+            f"loaded in {stats['load_s']:.2f} s (+{stats['load_mb']:.0f} MB), prepared in {stats['prepare_s']:.2f} s "
+            f"(+{stats['prepare_mb']:.0f} MB)")
+    engine = SetEngine(engines, crossfade_ms=set_router.setlist.crossfade_ms,
+                       block_events=[router.ramps.block_events for _, router in inst.songs])
+    engine.prepare(sample_rate, args.block_size, args.voices)
+    inst.effects.prepare(sample_rate, args.block_size)
+    queue = EventQueue(capacity=4096)
+    log(set_router.describe())
+    log(engine.describe())
+    for event in set_router.start_events(0):
+        queue.push(event)
+    return engine, queue
+
+
+def _build_engine(args, inst: _Instrument, log):
+    """The prepared engine and its event queue, holding the patch's events then --latent / --param's."""
+    from instrument.engine.engine import Engine
+    from instrument.engine.events import EventQueue
+
+    bundle, router = inst.bundle, inst.router
+    sample_rate = _device_rate(args, bundle)
     _warm_up(bundle, sample_rate, args.block_size, args.voices)
     engine = Engine(bundle)
     engine.prepare(sample_rate, args.block_size, args.voices)
@@ -506,8 +613,10 @@ def _start_audio(args, session: Session, log) -> bool:
         raise UsageError(f"audio device {args.device!r}: {exc}") from None
     channels = max(1, min(2, int(info["max_output_channels"])))
     effects.prepare(engine.sample_rate, args.block_size, channels)      # keeps a patch's effects waiting to start
+    is_set = args.set is not None                  # a SetEngine advances each song's ramps itself
     audio = AudioOutput(engine, session.queue, device=device, channels=channels, effects=effects,
-                        tap=recorder.push if recorder is not None else None, block_events=session.router.ramps.block_events,
+                        tap=recorder.push if recorder is not None else None,
+                        block_events=None if is_set else session.router.ramps.block_events,
                         diagnose=args.diagnose_callbacks)
     gc.collect()
     gc.freeze()        # everything allocated so far (torch, the model) leaves the collector's view, so a
@@ -539,9 +648,12 @@ def _open_web(args, session: Session, model_path, log):
 
     def state() -> dict:                      # the web thread reads counters only
         loads = audio.recent_loads(1.0)
-        return {"load": float(np.median(loads)) if loads.size else None, "underflows": audio.stats.underflows,
-                "voices": engine.voices.active_voices, "max_voices": engine.max_voices, "dropped": queue.dropped,
-                "level_db": engine.output_peak_db()}
+        state = {"load": float(np.median(loads)) if loads.size else None, "underflows": audio.stats.underflows,
+                 "voices": engine.voices.active_voices, "max_voices": engine.max_voices, "dropped": queue.dropped,
+                 "level_db": engine.output_peak_db()}
+        if args.set is not None:
+            state["set"] = {"songs": session.router.song_names(), "current": int(engine.active)}
+        return state
 
     token = None if is_loopback(args.web_host) else new_token()
     web = WebServer(session.router, queue, session.bundle, host=args.web_host, port=args.web, token=token,
@@ -565,6 +677,12 @@ def _finish(args, session: Session, inst: _Instrument) -> int:
         print(f"{PROG}: AUDIO LOST after {summary['seconds']:.1f} s: {session.lost}; stopped"
               + (f" (the recording {rec.path} is complete up to then: {rec.seconds:.2f} s)" if rec is not None
                  else ""), file=sys.stderr, flush=True)
+    if args.set is not None:
+        engine = session.engine
+        summary["set"] = {"file": str(args.set), "crossfade_ms": engine.crossfade_ms, "switches": engine.switches,
+                          "current": engine.active, "switch_log": engine.switch_log(),
+                          "songs": [{**stats, "seconds": round(seconds, 3)}
+                                    for stats, seconds in zip(inst.song_stats, engine.seconds_played())]}
     print_summary(summary, sys.stdout)
     if args.stats_json is not None:
         args.stats_json.parent.mkdir(parents=True, exist_ok=True)
@@ -573,8 +691,10 @@ def _finish(args, session: Session, inst: _Instrument) -> int:
     if args.save_patch is not None:
         from instrument.controls.patches import engine_sound, save_sound
 
+        engine = getattr(session.engine, "engine", session.engine)         # a set: the song playing at the end
+        model_path = inst.router.setlist.songs[session.engine.active].model if args.set is not None else inst.model_path
         try:
-            saved = save_sound(args.save_patch, inst.bundle, *engine_sound(session.engine), model=inst.model_path,
+            saved = save_sound(args.save_patch, engine.bundle, *engine_sound(engine), model=model_path,
                                effects=session.effects.effects, mapping=args.mapping, description=f"saved by {PROG}",
                                scale_files=session.router.current_scale)
             print(f"{PROG}: saved the sound as {saved}")
@@ -589,9 +709,9 @@ def _play(args, stop: threading.Event) -> int:
     console = Console()
     log = console.log                 # any thread; clears the status line first
     _check_args(args)
-    inst = _load_instrument(args, log)
+    inst = _load_set(args, log) if args.set is not None else _load_instrument(args, log)
     try:
-        engine, queue = _build_engine(args, inst, log)
+        engine, queue = (_build_set_engine if args.set is not None else _build_engine)(args, inst, log)
     except BaseException:
         inst.router.close()
         raise

@@ -145,6 +145,7 @@ class Session:
         engine, audio = self.engine, self.audio
         median, p99 = audio.load_percentiles(50, 99)
         z = engine.state.z.detach().numpy()
+        bundle = engine.bundle              # a set list: the song playing now
         received, ignored, malformed = self.midi_counts()
         end = self.stopped if math.isfinite(self.stopped) else time.monotonic()
         return {
@@ -168,7 +169,7 @@ class Session:
                                                   **dataclasses.asdict(self.web.stats)},
             "hook_errors": audio.stats.hook_errors,
             "effects": {"chain": [e.type for e in self.effects.effects], "swaps": self.effects.swaps},
-            "latents": {l.name: round(float(l.z_to_knob(z[l.index])), 4) for l in self.bundle.latents},
+            "latents": {l.name: round(float(l.z_to_knob(z[l.index])), 4) for l in bundle.latents},
             "record": None if self.recorder is None else {
                 "path": str(self.recorder.path), "seconds": self.recorder.seconds, "blocks": self.recorder.blocks,
                 "dropped_blocks": self.recorder.dropped_blocks, "error": self.recorder.error},
@@ -217,6 +218,11 @@ def print_summary(s: dict, out) -> None:
         print(f"  out-of-range notes: {s['out_of_range_notes']} (outside the model's pitch range; played anyway)",
               file=out)
     print("  latents: " + " ".join(f"{k}={v:.3f}" for k, v in s["latents"].items()), file=out)
+    songs = s.get("set")
+    if songs is not None:
+        print(f"  set: {songs['switches']} switches; songs played: "
+              + (", ".join(f"{i} {song['name']} {song['seconds']:.1f} s" for i, song in enumerate(songs["songs"])
+                           if song["seconds"] > 0) or "none"), file=out)
     rec = s["record"]
     if rec is not None:
         print(f"  recording: {rec['path']}: {rec['seconds']:.2f} s, {rec['dropped_blocks']} dropped blocks"

@@ -18,7 +18,7 @@ from instrument.engine.events import (CC_SUSTAIN, ControlChange, Event, LatentSe
                                       param_event)
 
 __all__ = ["OscError", "OscAddress", "OSC_ADDRESSES", "OSC_SPECS", "SetTarget", "Learn", "CancelLearn",
-           "RecallPatch", "StepPatch", "SavePatch", "Command", "match_address", "decode", "osc_event",
+           "RecallPatch", "StepPatch", "SavePatch", "SelectSong", "StepSong", "Command", "match_address", "decode", "osc_event",
            "osc_table_markdown", "README_BEGIN", "README_END"]
 
 PREFIX = "/sdga/"
@@ -64,7 +64,17 @@ class SavePatch:
     name: str
 
 
-Command = Union[SetTarget, Learn, CancelLearn, RecallPatch, StepPatch, SavePatch]
+@dataclass(frozen=True)
+class SelectSong:
+    which: str | int      # a set list song's name, or its number (0 = the first)
+
+
+@dataclass(frozen=True)
+class StepSong:
+    step: int             # +1 next, -1 previous (stops at the ends of the set)
+
+
+Command = Union[SetTarget, Learn, CancelLearn, RecallPatch, StepPatch, SavePatch, SelectSong, StepSong]
 
 
 # ---------------------------------------------------------------------------------------------- argument readers
@@ -142,6 +152,13 @@ def _patch(name, args, latents) -> Command:
     return RecallPatch(int(_number(which, "patch")))
 
 
+def _song(name, args, latents) -> Command:
+    which = args[0]
+    if isinstance(which, str):
+        return SelectSong(int(which) if which.isdigit() else which)
+    return SelectSong(int(_number(which, "song")))
+
+
 @dataclass(frozen=True)
 class OscAddress:
     """One row of the address space (see the module docstring)."""
@@ -202,6 +219,11 @@ OSC_ADDRESSES: tuple[OscAddress, ...] = (
     OscAddress("/sdga/patch/prev", (), "recall the previous patch", lambda n, a, l: StepPatch(-1), engine=False),
     OscAddress("/sdga/save", ("name",), "save the current sound as <patches folder>/<name>.yaml",
                lambda n, a, l: SavePatch(_text(a[0], "name")), engine=False),
+    OscAddress("/sdga/set/song", ("name_or_index",), "switch the set list (`sdga-play --set`) to a song, by name or "
+               "number (0 = the first), with a crossfade", _song, engine=False),
+    OscAddress("/sdga/set/next", (), "switch to the set list's next song", lambda n, a, l: StepSong(1), engine=False),
+    OscAddress("/sdga/set/prev", (), "switch to the set list's previous song", lambda n, a, l: StepSong(-1),
+               engine=False),
 )
 OSC_SPECS: tuple[OscAddress, ...] = tuple(a for a in OSC_ADDRESSES if a.engine)   # the engine's part
 

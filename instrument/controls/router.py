@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from instrument.engine.events import PARAMS, Event, LatentSet, ParamSet, TuningSet, from_mido, with_offset
-from instrument.controls.addresses import (CancelLearn, Learn, OscError, RecallPatch, SavePatch, SetTarget, StepPatch,
-                                           decode, match_address)
+from instrument.controls.addresses import (CancelLearn, Learn, OscError, RecallPatch, SavePatch, SelectSong, SetTarget,
+                                           StepPatch, StepSong, decode, match_address)
 from instrument.controls.learn import LEARNABLE, entry_source, learned_entry
 from instrument.controls.mapping import DEFAULT_SMOOTH_MS, Binding, Mapping, parse_mapping, relative_delta
 from instrument.controls.patches import Patch, save_sound
@@ -289,6 +289,8 @@ class MappingRouter:
         if isinstance(command, SavePatch):
             self.save_patch_named(command.name)
             return []
+        if isinstance(command, (SelectSong, StepSong)):
+            raise OscError(f"{address}: no set list (start sdga-play with --set SET.yaml)")
         raise OscError(f"unhandled OSC command {command!r}")  # pragma: no cover (table and router disagree)
 
     def _osc_target(self, name: str, knob: float) -> list[Event]:

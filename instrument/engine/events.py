@@ -16,7 +16,8 @@ from enum import IntEnum
 from typing import Iterator, Union
 
 __all__ = [
-    "NoteOn", "NoteOff", "PitchBend", "ControlChange", "LatentSet", "ParamSet", "Panic", "TuningSet", "Event",
+    "NoteOn", "NoteOff", "PitchBend", "ControlChange", "LatentSet", "ParamSet", "Panic", "TuningSet", "SongSelect",
+    "Event",
     "CC_MOD_WHEEL", "CC_SUSTAIN", "CC_ALL_SOUND_OFF", "CC_RESET_ALL_CONTROLLERS", "CC_ALL_NOTES_OFF",
     "ParamSpec", "PARAMS", "Param", "param_spec", "param_event", "EventQueue", "from_mido", "with_offset",
 ]
@@ -98,7 +99,16 @@ class TuningSet:
     offset: int = 0
 
 
-Event = Union[NoteOn, NoteOff, PitchBend, ControlChange, LatentSet, ParamSet, Panic, TuningSet]
+@dataclass(frozen=True, slots=True)
+class SongSelect:
+    """Switch a set list to song ``index`` (:class:`~instrument.engine.setlist.SetEngine`: the events after it in
+    the queue go to that song's engine). A single engine ignores it."""
+
+    index: int
+    offset: int = 0
+
+
+Event = Union[NoteOn, NoteOff, PitchBend, ControlChange, LatentSet, ParamSet, Panic, TuningSet, SongSelect]
 
 
 def with_offset(event: Event, offset: int) -> Event:

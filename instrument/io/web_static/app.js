@@ -134,6 +134,22 @@ function setState(s) {
   if (s.web) $("pages").textContent = s.web.pages;
   for (const t in sliders) sliders[t].learn.classList.toggle("armed", s.learning === t);
   if (s.messages) $("messages").textContent = s.messages.join(" · ");
+  if (s.set) setSongs(s.set);
+}
+
+let songsKey = "";
+function setSongs(set) {                     // sdga-play --set: the songs, the one playing marked
+  const key = JSON.stringify(set.songs);
+  const box = $("songs");
+  if (key !== songsKey) {
+    songsKey = key; box.innerHTML = ""; $("set-box").hidden = false;
+    set.songs.forEach((name, i) => {
+      const b = document.createElement("button"); b.textContent = `${i} ${name}`; b.id = `song-${i}`;
+      b.onclick = () => send("/sdga/set/song", i);
+      box.append(b);
+    });
+  }
+  box.querySelectorAll("button").forEach((b, i) => b.classList.toggle("current", i === set.current));
 }
 
 // ------------------------------------------------------------------------------------------- keyboard
