@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "70..77 to the latents)")
     c.add_argument("--patch", type=Path, default=None, metavar="FILE",
                    help="start from this patch (latents, parameters, effects; its model when MODEL is not given)")
-    c.add_argument("--set", type=Path, default=None, metavar="SET.yaml",
+    c.add_argument("--set", "--setlist", dest="set", type=Path, default=None, metavar="SET.yaml",
                    help="play a set list: songs, each a model with an optional patch and mapping, all loaded before "
                         "the first sound; program change N, OSC /sdga/set/... and the page switch songs")
     c.add_argument("--crossfade-ms", type=float, default=None, metavar="MS",
