@@ -17,7 +17,7 @@ Baseline: the same figures for a model file exported with the old raw-latent kno
 --export-only --knobs raw``, or a file written before issue 14): give both files.
 
     python benchmarks/bench_knobs.py cello=/tmp/run/model.sdga cello-raw=/tmp/run/model-raw.sdga \\
-        --json benchmarks/results/knobs.json
+        --json benchmarks/results/knobs_48k.json
 """
 from __future__ import annotations
 

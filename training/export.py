@@ -141,15 +141,28 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
     else:
         log(f"held-out audio too short for metrics ({seconds:.2f} s); resyntheses written to {heldout_dir}")
     examples = data.train if data.train else data.val
+    t0 = time.perf_counter()
+    originals = [e for e in list(data.train) + list(data.val) if "~aug" not in e.name]   # no pedalboard copies
+    articulation = corpus_articulation(originals, 1000.0 * c.hop_size / c.sample_rate, log=log)
+    expression_s = time.perf_counter() - t0
     decoder, encoder, knob_record = module.decoder, module.encoder, None
     t0 = time.perf_counter()
     if knobs == "raw":
         latents = analyse_latents_raw(module, examples, data.stats)
     else:
-        from training.knobs import analyse_knobs, fold_networks
-        analysis = analyse_knobs(module.decoder, module.encoder, examples, data.stats, log=log)
+        from training.knobs import analyse_knobs, corpus_latents, fold_networks, note_grid
+        corpus = corpus_latents(module.encoder, examples)
+        # The knobs are checked at the decoder inputs the engine will play (the calibrated note levels at
+        # velocities ~64 and ~110), not only at the corpus's loudness: a short training renders quieter.
+        levels = calibrate_levels(articulation, module.decoder, data.stats.reference_f0_hz, corpus.centre)
+        inputs = levels.level_input_db or levels.level_db
+        grid = note_grid(data.stats, levels_db=tuple(float(np.interp(q, levels.level_quantiles, inputs))
+                                                     for q in (0.5, 0.87)))
+        analysis = analyse_knobs(module.decoder, module.encoder, examples, data.stats, log=log, corpus=corpus,
+                                 grid=grid)
         decoder, encoder = fold_networks(module.decoder, module.encoder, analysis.basis)
         latents, knob_record = analysis.latents, analysis.summary()
+        knob_record["grid"] = {"pitches_hz": list(grid.pitches_hz), "loudness_db": list(grid.loudness_db)}
     knob_s = time.perf_counter() - t0
     for info in latents:
         band = "" if info.corpus_low is None else f", corpus {info.corpus_low:.2f}..{info.corpus_high:.2f} of the knob"
@@ -157,11 +170,9 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
             f"KL {info.kl_nats:.3f} nats, knob {info.low:+.2f}..{info.high:+.2f}{band}")
     log(f"knob analysis ({knobs}): {knob_s:.1f} s")
     t0 = time.perf_counter()
-    originals = [e for e in list(data.train) + list(data.val) if "~aug" not in e.name]   # no pedalboard copies
-    expression = corpus_articulation(originals, 1000.0 * c.hop_size / c.sample_rate, log=log)
     z_mean = np.array([l.mean for l in sorted(latents, key=lambda l: l.index)], np.float32)
-    expression = calibrate_levels(expression, decoder, data.stats.reference_f0_hz, z_mean)   # folded: z = u
-    expression_s = time.perf_counter() - t0
+    expression = calibrate_levels(articulation, decoder, data.stats.reference_f0_hz, z_mean)   # folded: z = u
+    expression_s += time.perf_counter() - t0
     inputs = expression.level_input_db or expression.level_db
     log(f"expression: {expression.notes} notes segmented, attack {expression.attack_ms:.0f} ms, release "
         f"{expression.release_db_per_s:.0f} dB/s, vibrato {expression.vibrato_cents:.1f} cents at "

@@ -11,9 +11,12 @@ For a set ``K`` of named descriptors (``KNOB_CANDIDATES``, in a fixed order) the
 order, neither the other chosen descriptors nor loudness nor pitch (closed-form, in SeFa's spirit). The rest of
 the active space (its orthogonal complement) and the inactive latents complete a basis and are not offered.
 
-Each knob's range is the corpus's 5th..95th percentile of its coordinate in the middle 3/4 of the knob, the
-outer eighth on each side extrapolating (shrunk where pitch or loudness would move). A knob is offered only if a
-real render (not the linear estimate) at knob 0 and 1 passes `knob_passes`.
+Each knob's range is the corpus's 5th..95th percentile of its coordinate (clipped so that no latent leaves the
+corpus by more than ``MAX_SPANS``) in the middle 3/4 of the knob, the outer eighth on each side extrapolating;
+where a full sweep moves pitch or loudness too much, the extrapolation shrinks, then the knob narrows inside the
+corpus (``SHRINK_STEPS``). A knob is offered only if a real render (not the linear estimate) at knob 0, 0.5 and
+1 passes `knob_passes`. The export runs the grid at the decoder inputs the engine will play (the calibrated
+note levels), since a briefly trained model renders quieter than its input.
 
 The basis is folded into the networks (`fold_networks`): ``z = c + A u`` with ``A = diag(s) [V N]``; the
 decoder's first z layer becomes ``W A u + (W c + b)`` and the encoder's mean head ``A^-1 (mean - c)``, so the
@@ -50,6 +53,8 @@ SEPARATION = 3.0                  # own descriptor moved >= this many times what
 MIN_UNITS = 1.0                   # own descriptor moved by at least this many DESCRIPTORS units
 EXTRAPOLATION = 1.0 / 8.0         # the outer eighth of the knob on each side lies beyond the corpus
 CONSTRAINT_MIN_UNITS = 0.05       # a loudness / pitch row smaller than this (units per span) is no constraint
+# Where a full sweep moves pitch or loudness too much: shrink the extrapolation, then the knob inside the corpus.
+SHRINK_STEPS = ((EXTRAPOLATION, 1.0), (EXTRAPOLATION / 2, 1.0), (0.0, 1.0), (0.0, 0.7), (0.0, 0.5))
 VERIFY_SETS = 3                   # candidate sets verified by rendering, best predicted first
 MAX_SPANS = 1.0                   # a knob's corpus band keeps every active latent within this many corpus spans
 
@@ -68,14 +73,18 @@ class NoteGrid:
         return [(p, l) for p in self.pitches_hz for l in self.loudness_db]
 
 
-def note_grid(corpus: CorpusInfo, n_pitches: int = 3, seconds: float = 1.0) -> NoteGrid:
-    """Pitches at 15/50/85 % (log) of the corpus's f0 range; loudness at the corpus median and 8 dB below."""
+def note_grid(corpus: CorpusInfo, n_pitches: int = 3, seconds: float = 1.0,
+              levels_db: tuple[float, ...] | None = None) -> NoteGrid:
+    """Pitches at 15/50/85 % (log) of the corpus's f0 range; decoder loudness inputs ``levels_db`` (default: the
+    corpus median and 8 dB below)."""
     lo, hi = corpus.f0_range_or_default_hz
     fractions = np.linspace(0.15, 0.85, n_pitches) if n_pitches > 1 else np.array([0.5])
     pitches = tuple(float(lo * (hi / lo) ** f) for f in fractions)
-    ref = corpus.reference_loudness_db
-    low = max(corpus.loudness_range_db[0], ref - 8.0)
-    return NoteGrid(pitches, (float(low), float(ref)) if low < ref - 1.0 else (float(ref),), seconds)
+    if levels_db is None:
+        ref = corpus.reference_loudness_db
+        low = max(corpus.loudness_range_db[0], ref - 8.0)
+        levels_db = (float(low), float(ref)) if low < ref - 1.0 else (float(ref),)
+    return NoteGrid(pitches, tuple(float(x) for x in levels_db), seconds)
 
 
 def _held_controls(grid: NoteGrid, hop_size: int, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -307,11 +316,16 @@ def corpus_band(u: np.ndarray, direction: np.ndarray) -> tuple[float, float, flo
     return max(p_lo, -limit), min(p_hi, limit), p_lo, p_hi
 
 
-def knob_range(band: tuple[float, float, float, float], extrapolation: float = EXTRAPOLATION) -> KnobRange:
+def knob_range(band: tuple[float, float, float, float], extrapolation: float = EXTRAPOLATION,
+               narrow: float = 1.0) -> KnobRange:
     """The corpus band (`corpus_band`) in the middle, ``extrapolation`` of the knob beyond it on each side
-    (0 <= extrapolation < 0.5); ``corpus_low``/``corpus_high`` are where the unclipped percentiles fall (0 / 1
-    where the band was clipped: the whole knob lies inside the corpus on that side)."""
+    (0 <= extrapolation < 0.5); with ``narrow`` < 1, only that fraction of the band (about its middle) and no
+    extrapolation. ``corpus_low``/``corpus_high`` are where the unclipped percentiles fall (0 / 1 where the
+    knob lies inside the corpus on that side)."""
     lo, hi, p_lo, p_hi = band
+    if narrow < 1.0:
+        mid, half = 0.5 * (lo + hi), 0.5 * narrow * (hi - lo)
+        lo, hi, extrapolation = mid - half, mid + half, 0.0
     span = hi - lo
     if span <= 0:
         return KnobRange(lo - 1.0, hi + 1.0, 0.0, 1.0)
@@ -448,13 +462,14 @@ def _try_set(decoder, grid, corpus: CorpusLatents, J: Response, chosen: tuple[st
     ranges, figs, notes = {}, {}, []
     for k, key in enumerate(chosen):
         band = corpus_band(u[:, k], B[:, k])
-        for ext in (EXTRAPOLATION, EXTRAPOLATION / 2, 0.0):
-            rng = knob_range(band, ext)
+        for ext, narrow in SHRINK_STEPS:
+            rng = knob_range(band, ext, narrow)
             fig = sweep_figures(measure_grid(folded, grid, knob_grid_zs(basis, rng, k)))
-            if invariant(fig) or ext == 0.0:
+            if invariant(fig) or (ext, narrow) == SHRINK_STEPS[-1]:
                 break
-            notes.append(f"{key}: extrapolation {ext:.3f} broke invariance (pitch {fig['pitch_cents_max']:.1f} "
-                         f"cents, loudness {fig['loudness_db_max']:.2f} dB): shrunk")
+            notes.append(f"{key}: {'extrapolation %.3f' % ext if narrow == 1.0 else '%.0f%% of the corpus band' % (100 * narrow)}"
+                         f" broke invariance (pitch {fig['pitch_cents_max']:.1f} cents, loudness "
+                         f"{fig['loudness_db_max']:.2f} dB): shrunk")
         ranges[k], figs[k] = rng, fig
     offered = list(range(len(chosen)))
     reasons = {}
