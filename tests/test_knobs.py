@@ -230,3 +230,14 @@ def test_the_live_engine_plays_a_folded_model_as_it_played_the_unfolded_one():
     b, _ = render_midi(folded, midi, block_size=256)
     assert np.abs(a).max() > 1e-3
     np.testing.assert_allclose(b, a, atol=1e-4 * np.abs(a).max())
+
+
+def test_a_narrowed_knob_lies_inside_the_corpus_band():
+    u = np.random.default_rng(1).standard_normal(10000)
+    band = knobs.corpus_band(u, np.array([0.1]))
+    full = knobs.knob_range(band, 0.0)
+    half = knobs.knob_range(band, knobs.EXTRAPOLATION, narrow=0.5)      # narrowing drops the extrapolation
+    assert half.high - half.low == pytest.approx(0.5 * (full.high - full.low))
+    assert 0.5 * (half.low + half.high) == pytest.approx(0.5 * (full.low + full.high))
+    assert (half.corpus_low, half.corpus_high) == (0.0, 1.0)
+    assert knobs.SHRINK_STEPS[0] == (knobs.EXTRAPOLATION, 1.0) and knobs.SHRINK_STEPS[-1][1] < 1.0

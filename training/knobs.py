@@ -513,6 +513,8 @@ def analyse_knobs(decoder, encoder, examples: list, corpus_info: CorpusInfo, log
             break
         # linear prediction: the knob's corpus band alone moves its descriptor by (p95 - p5) units
         V = knob_directions(J, chosen)
+        if np.linalg.matrix_rank(V) < len(chosen):
+            continue                     # a descriptor no latent moves (a zero row): no direction for it
         basis = build_basis(centre, span, active, complete_basis(V))
         u = basis.to_u(corpus.means)
         gain = np.diag(np.stack([J.row(k) for k in chosen]) @ V)          # 1 where the constraints are met
