@@ -206,6 +206,7 @@ def test_latent_info_round_trips_the_new_fields_and_older_entries_load_unchanged
     assert all(l.corpus_low is None for l in again.latents)
 
 
+@pytest.mark.slow                       # numba compiles the engine's kernels (~30 s on 2 busy cores)
 def test_the_live_engine_plays_a_folded_model_as_it_played_the_unfolded_one():
     """The numba decoder kernel reads the folded weights: the same note at corresponding z sounds the same."""
     import dataclasses
