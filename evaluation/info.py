@@ -34,8 +34,16 @@ def format_card(path: Path, bundle) -> str:
                      f"{heldout['loudness_db_median']:.2f} dB, spectral distance {heldout['spectral_distance']:.3f}")
     lines.append("  latents (most important first; knob 0..1 maps onto the corpus's range):")
     for i, l in enumerate(bundle.latents):
-        lines.append(f"    {i}: {l.name:<12} z{l.index:<2} {'active  ' if l.active else 'inactive'} "
-                     f"KL {l.kl_nats:6.3f} nats  z {l.low:+.2f} .. {l.high:+.2f}")
+        line = (f"    {i}: {l.name:<12} z{l.index:<2} {'active  ' if l.active else 'inactive'} "
+                f"KL {l.kl_nats:6.3f} nats  z {l.low:+.2f} .. {l.high:+.2f}")
+        if l.active and getattr(l, "corpus_low", None) is not None:
+            line += f"  corpus {l.corpus_low:.2f}..{l.corpus_high:.2f} of the knob (beyond: past the recordings)"
+        if l.active and getattr(l, "descriptor", None) and l.descriptor in l.descriptor_deltas:
+            line += f"  moves {l.descriptor} {l.descriptor_deltas[l.descriptor]:+.2f}"
+        lines.append(line)
+    if "knob_basis" in bundle.metadata:
+        lines.append("  knobs found by intervention (training.knobs): each moves its named descriptor, not the "
+                     "others, pitch or loudness")
     from evaluation.note_contours import expression_summary
     lines += expression_summary(bundle)
     return "\n".join(lines)

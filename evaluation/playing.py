@@ -159,7 +159,7 @@ def invariance_check(bundle, n_steps: int = 5, pitches_hz: Sequence[float] | Non
         mid = {p: next(r["loudness_db"] for r in rows if r["pitch_hz"] == p and r["knob"] == 0.5) for p in pitches}
         for r in rows:
             r["loudness_change_db"] = r["loudness_db"] - mid[r["pitch_hz"]]
-        key = _descriptor_key(info.name)
+        key = getattr(info, "descriptor", None) or _descriptor_key(info.name)
         deltas = {k: float(np.median([descs[(p, 1.0)][k] - descs[(p, 0.0)][k] for p in pitches])) for k in DESCRIPTORS}
         measured = key is None
         if measured:

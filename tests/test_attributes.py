@@ -121,7 +121,7 @@ def test_anchored_latents_are_named_after_their_attributes_when_they_move_them(m
     names = {}
     for weight in (0.3, 0.0):
         module = SdgaModule(config.to_dict(), {"attribute_weight": weight})
-        infos = export.analyse_latents(module, [example], stats)
+        infos = export.analyse_latents_raw(module, [example], stats)
         names[weight] = {i.index: i.name for i in infos if i.active}
     assert names[0.3][0] == "brightness" and names[0.3][1] == "breath"
     assert names[0.3][2].startswith("richness")              # does not move hollowness: named by its sweep

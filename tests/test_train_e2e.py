@@ -192,3 +192,30 @@ def test_one_short_file_corpus_trains(tmp_path, demo_corpus_dir):
                      "--augment-variants", "1", "--threads", "2"])
     assert rc == 0
     assert load_bundle(tmp_path / "run" / "model.sdga").config.latent_dim == 2
+
+
+def test_export_only_writes_a_model_file_from_a_runs_checkpoint(trained, demo_corpus_dir, tmp_path, capsys):
+    import shutil
+
+    out, cache = trained
+    run = tmp_path / "run"
+    shutil.copytree(out / "checkpoints", run / "checkpoints")
+    rc = train_main([str(demo_corpus_dir), "-o", str(run), "--export-only", "--cache-dir", str(cache),
+                     "--augment-variants", "1", "--no-progress", "--threads", "2"])
+    assert rc == 0
+    bundle = load_bundle(run / "model.sdga")
+    training = bundle.metadata["training"]
+    assert training["knob_analysis"] == "intervention" and training["exported_from"].endswith("best.ckpt")
+    assert "knob_basis" in bundle.metadata
+    names = [l.name for l in bundle.latents]
+    assert len(set(names)) == len(names)
+    assert [l.index for l in bundle.latents] == list(range(bundle.config.latent_dim))
+    assert not list(run.glob("logs"))                       # nothing was trained
+    assert "exported" in capsys.readouterr().out
+
+
+def test_export_only_without_checkpoints_is_refused(demo_corpus_dir, tmp_path, capsys):
+    rc = train_main([str(demo_corpus_dir), "-o", str(tmp_path / "empty"), "--export-only", "--no-progress"])
+    assert rc == 2
+    assert "nothing to export" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()

@@ -48,6 +48,11 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="1", help="Lightning devices: a count, 'auto', or a list like 0,1 [1]")
     p.add_argument("--threads", type=int, help="torch CPU threads [all cores]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--export-only", action="store_true", help="train nothing: export <out>'s best (else last) "
+                   "checkpoint again with the current knob analysis and write the model file")
+    p.add_argument("--knobs", choices=("intervention", "raw"), default="intervention",
+                   help="knob analysis at export: named directions found by intervention, or one knob per raw "
+                        "latent (the old analysis) [intervention]")
     p.add_argument("--check", action="store_true", help="only check the corpus (duration, pitch, texture, "
                    "loudness, clipping, DC, sample rates; warnings with advice) and exit; every run prints it too")
     return p
@@ -67,7 +72,8 @@ def train_main(argv: list[str] | None = None) -> int:
             print(f"sdga-train: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         return 0
-    from training.train import CheckpointError, TrainConfig, TrainingError, parse_duration, run_training
+    from training.train import (CheckpointError, TrainConfig, TrainingError, parse_duration, run_export_only,
+                                run_training)
 
     try:
         max_time = parse_duration(args.max_time)
@@ -89,7 +95,20 @@ def train_main(argv: list[str] | None = None) -> int:
         seed=args.seed, resume=args.resume, accelerator=args.accelerator, devices=devices,
         num_threads=args.threads, learning_rate=args.lr, progress=not args.no_progress,
         loss_overrides={**({} if args.attributes is None else {"attribute_weight": args.attributes}),
-                        **({} if args.invariance is None else {"invariance_weight": args.invariance})})
+                        **({} if args.invariance is None else {"invariance_weight": args.invariance})},
+        knobs=args.knobs)
+    if args.export_only:
+        try:
+            summary = run_export_only(cfg)
+        except (CorpusError, CheckpointError) as exc:
+            print(f"sdga-train: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except TrainingError as exc:
+            print(f"sdga-train: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nexported {summary['training']['exported_from']} (step {summary['training']['model_step']}) "
+              f"in {summary['total_seconds']:.0f} s: model file {summary['model_file']}")
+        return 0
     try:
         summary = run_training(cfg)
     except (CorpusError, CheckpointError) as exc:

@@ -12,26 +12,10 @@ from instrument.model.bundle import CorpusInfo, LatentInfo, ModelBundle, save_bu
 from instrument.model.offline import encode_means, render_controls, render_parts
 
 from training.expression import calibrate_levels, corpus_articulation
+from training.descriptors import (ACTIVE_KL_NATS, ANCHORED_DESCRIPTORS, DESCRIPTORS, KNOB_PERCENTILES,  # noqa: F401
+                                  describe)
 from training.features import FeatureSettings
 from training.metrics import aggregate_metrics, resynthesis_metrics, spectral_min_n_samples
-
-ACTIVE_KL_NATS = 0.02   # a latent whose average KL is below this carries (almost) nothing: inactive
-KNOB_PERCENTILES = (5.0, 95.0)
-
-# Descriptor -> (name given to a latent that moves it most, the change that counts as "one unit").
-DESCRIPTORS = {
-    "centroid_octaves": ("brightness", 0.25),
-    "flatness_log10": ("noisiness", 0.3),
-    "noise_ratio_db": ("breath", 6.0),
-    "odd_even_db": ("hollowness", 4.0),
-    "spread_octaves": ("richness", 0.25),
-    "loudness_db": ("level", 3.0),
-}
-
-# Latents 0, 1, 2 of a model trained with the attribute regularisation (training.attributes.ATTRIBUTES) are
-# named after these descriptors, whatever else their sweep moves most, if the sweep moves that descriptor by at
-# least one unit (else the knob would not do what its name says, and it is named by its sweep like the others).
-ANCHORED_DESCRIPTORS = ("centroid_octaves", "noise_ratio_db", "odd_even_db")
 
 
 def pad_last_frame(x: np.ndarray) -> np.ndarray:
@@ -51,29 +35,6 @@ def resynthesise(module, example, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- descriptors
-def describe(audio: np.ndarray, harmonic: np.ndarray, noise: np.ndarray, distribution: np.ndarray,
-             sample_rate: int) -> dict:
-    """Timbre descriptors of a rendered steady tone (NumPy only)."""
-    n_fft = 4096
-    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[:: n_fft // 4] * np.hanning(n_fft)
-    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2 + 1e-12
-    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    p = power.mean(0)
-    centroid = float((freqs * p).sum() / p.sum())
-    spread = float(np.sqrt(((freqs - centroid) ** 2 * p).sum() / p.sum()))
-    flatness = float(np.exp(np.mean(np.log(power), axis=-1)).mean() / power.mean(-1).mean())
-    odd = distribution[..., 0::2].sum() + 1e-9
-    even = distribution[..., 1::2].sum() + 1e-9
-    return {
-        "centroid_octaves": float(np.log2(max(centroid, 1.0))),
-        "spread_octaves": float(np.log2(max(spread, 1.0))),
-        "flatness_log10": float(np.log10(flatness + 1e-12)),
-        "noise_ratio_db": float(10 * np.log10((noise ** 2).mean() + 1e-12) - 10 * np.log10((harmonic ** 2).mean() + 1e-12)),
-        "odd_even_db": float(10 * np.log10(odd / even)),
-        "loudness_db": float(10 * np.log10((audio ** 2).mean() + 1e-12)),
-    }
-
-
 def reference_controls(corpus: CorpusInfo, hop_size: int, sample_rate: int, seconds: float = 1.0):
     """A held note at the corpus's median pitch and loudness, with a short attack from silence."""
     n = int(seconds * sample_rate / hop_size) + 1
@@ -94,8 +55,10 @@ def sweep_descriptors(decoder, f0: np.ndarray, ld: np.ndarray, z: np.ndarray, sa
     return describe(harmonic[steady] + noise[steady], harmonic[steady], noise[steady], dist, sample_rate)
 
 
-def analyse_latents(module, examples: list, corpus: CorpusInfo, max_seconds: float = 120.0) -> list[LatentInfo]:
-    """KL per latent (activity), its knob range over the corpus, and a name from what sweeping it does."""
+def analyse_latents_raw(module, examples: list, corpus: CorpusInfo, max_seconds: float = 120.0) -> list[LatentInfo]:
+    """The raw-latent knobs (before issue 14; ``sdga-train --knobs raw``, and the baseline of
+    benchmarks/bench_knobs.py): one knob per latent dimension, KL per latent (activity), its knob range over the
+    corpus, and a name from what sweeping it does (``brightness``, ``brightness2``, ... where several do)."""
     c = module.model_config
     means, kls, seconds = [], [], 0.0
     for ex in examples:
@@ -142,8 +105,17 @@ def analyse_latents(module, examples: list, corpus: CorpusInfo, max_seconds: flo
 
 
 # ---------------------------------------------------------------------------------------------- export
+KNOB_ANALYSES = ("intervention", "raw")
+
+
 def export_model(module, data, training_summary: dict, model_file: Path, heldout_dir: Path,
-                 heldout_seconds: float = 30.0, log=print) -> dict:
+                 heldout_seconds: float = 30.0, log=print, knobs: str = "intervention") -> dict:
+    """Held-out resynthesis and metrics, the knob analysis, the note articulation, the model file.
+
+    ``knobs``: "intervention" (training.knobs: named knob directions, folded into the networks written to the
+    file) or "raw" (`analyse_latents_raw`: one knob per latent dimension, networks as trained)."""
+    if knobs not in KNOB_ANALYSES:
+        raise ValueError(f"knobs must be one of {KNOB_ANALYSES}, got {knobs!r}")
     c = module.model_config
     settings = FeatureSettings(sample_rate=c.sample_rate, hop_size=c.hop_size)
     heldout_dir.mkdir(parents=True, exist_ok=True)
@@ -168,25 +140,52 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
             f"spectral distance {heldout['spectral_distance']:.3f}")
     else:
         log(f"held-out audio too short for metrics ({seconds:.2f} s); resyntheses written to {heldout_dir}")
-    latents = analyse_latents(module, data.train if data.train else data.val, data.stats)
-    for info in latents:
-        log(f"latent z{info.index}: {info.name:<12} {'active' if info.active else 'inactive':8} "
-            f"KL {info.kl_nats:.3f} nats, knob {info.low:+.2f}..{info.high:+.2f}")
+    examples = data.train if data.train else data.val
     t0 = time.perf_counter()
     originals = [e for e in list(data.train) + list(data.val) if "~aug" not in e.name]   # no pedalboard copies
-    expression = corpus_articulation(originals, 1000.0 * c.hop_size / c.sample_rate, log=log)
-    z_mean = np.array([l.mean for l in sorted(latents, key=lambda l: l.index)], np.float32)
-    expression = calibrate_levels(expression, module.decoder, data.stats.reference_f0_hz, z_mean)
+    articulation = corpus_articulation(originals, 1000.0 * c.hop_size / c.sample_rate, log=log)
     expression_s = time.perf_counter() - t0
+    decoder, encoder, knob_record = module.decoder, module.encoder, None
+    t0 = time.perf_counter()
+    if knobs == "raw":
+        latents = analyse_latents_raw(module, examples, data.stats)
+    else:
+        from training.knobs import analyse_knobs, corpus_latents, fold_networks, note_grid
+        corpus = corpus_latents(module.encoder, examples)
+        # The knobs are checked at the decoder inputs the engine will play (the calibrated note levels at
+        # velocities ~64 and ~110), not only at the corpus's loudness: a short training renders quieter.
+        levels = calibrate_levels(articulation, module.decoder, data.stats.reference_f0_hz, corpus.centre)
+        inputs = levels.level_input_db or levels.level_db
+        grid = note_grid(data.stats, levels_db=tuple(float(np.interp(q, levels.level_quantiles, inputs))
+                                                     for q in (0.5, 0.87)))
+        analysis = analyse_knobs(module.decoder, module.encoder, examples, data.stats, log=log, corpus=corpus,
+                                 grid=grid)
+        decoder, encoder = fold_networks(module.decoder, module.encoder, analysis.basis)
+        latents, knob_record = analysis.latents, analysis.summary()
+        knob_record["grid"] = {"pitches_hz": list(grid.pitches_hz), "loudness_db": list(grid.loudness_db)}
+    knob_s = time.perf_counter() - t0
+    for info in latents:
+        band = "" if info.corpus_low is None else f", corpus {info.corpus_low:.2f}..{info.corpus_high:.2f} of the knob"
+        log(f"latent z{info.index}: {info.name:<12} {'active' if info.active else 'inactive':8} "
+            f"KL {info.kl_nats:.3f} nats, knob {info.low:+.2f}..{info.high:+.2f}{band}")
+    log(f"knob analysis ({knobs}): {knob_s:.1f} s")
+    t0 = time.perf_counter()
+    z_mean = np.array([l.mean for l in sorted(latents, key=lambda l: l.index)], np.float32)
+    expression = calibrate_levels(articulation, decoder, data.stats.reference_f0_hz, z_mean)   # folded: z = u
+    expression_s += time.perf_counter() - t0
     inputs = expression.level_input_db or expression.level_db
     log(f"expression: {expression.notes} notes segmented, attack {expression.attack_ms:.0f} ms, release "
         f"{expression.release_db_per_s:.0f} dB/s, vibrato {expression.vibrato_cents:.1f} cents at "
         f"{expression.vibrato_hz:.1f} Hz, tremolo {expression.tremolo_db:.2f} dB, note levels "
         f"{expression.level_db[0]:.1f}..{expression.level_db[-1]:.1f} dB (decoder inputs {inputs[0]:.1f}.."
         f"{inputs[-1]:.1f} dB) ({expression_s:.1f} s)")
-    summary = dict(training_summary, heldout=heldout, expression_seconds=round(expression_s, 2))
-    bundle = ModelBundle(config=c, decoder=module.decoder, encoder=module.encoder, latents=latents,
-                         metadata={"training": summary}, corpus=data.stats, expression=expression)
+    summary = dict(training_summary, heldout=heldout, expression_seconds=round(expression_s, 2),
+                   knob_analysis=knobs, knob_seconds=round(knob_s, 2))
+    metadata = {"training": summary}
+    if knob_record is not None:
+        metadata["knob_basis"] = knob_record     # z (as trained) = centre + matrix @ u (the file's latents)
+    bundle = ModelBundle(config=c, decoder=decoder, encoder=encoder, latents=latents,
+                         metadata=metadata, corpus=data.stats, expression=expression)
     save_bundle(model_file, bundle)
     log(f"model file written: {model_file}")
     return {"heldout": heldout, "latents": [l.to_dict() for l in latents]}

@@ -57,6 +57,7 @@ class TrainConfig:
     heldout_seconds: float = 30.0             # at most this much held-out audio is resynthesised at the end
     model_overrides: dict = field(default_factory=dict)
     loss_overrides: dict = field(default_factory=dict)     # LossConfig fields, e.g. beta_warmup_steps
+    knobs: str = "intervention"               # the export's knob analysis (training.export.KNOB_ANALYSES)
 
     @property
     def window_frames(self) -> int:
@@ -461,11 +462,80 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     backup = keep_further_trained_model(model_file, model_step, log=log)
     try:
         result = export_model(module, data, training_summary, model_file, heldout_dir,
-                              heldout_seconds=cfg.heldout_seconds, log=log)
+                              heldout_seconds=cfg.heldout_seconds, log=log, knobs=cfg.knobs)
     except OSError as exc:                # disk full: the model file is written atomically, so it is as it was
         raise TrainingError(f"export failed: could not write {exc.filename or 'a file'}: {exc.strerror or exc}. "
                             f"{model_file} is unchanged; the trained weights are in {ckpt_dir}: free some space "
                             f"and run the same command with --resume to export them") from exc
+    summary = {"model_file": str(model_file), "previous_model_file": str(backup) if backup else None,
+               "training": training_summary, "corpus": data.stats.to_dict(),
+               "heldout": result["heldout"], "latents": result["latents"],
+               "total_seconds": round(time.time() - started, 1)}
+    write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    return summary
+
+
+def run_export_only(cfg: TrainConfig, log=print) -> dict:
+    """Export again, with the current analysis, the weights of a run folder: its best validated checkpoint,
+    else its last one (``sdga-train CORPUS -o RUN --export-only``). The corpus is prepared as training did
+    (features and augmentation from the cache); nothing is trained. Writes the model file (the previous one,
+    if it holds further-trained weights, is kept as <stem>.prev) and <out>/summary.json."""
+    from instrument.model.modelfile import write_atomically
+    from training.export import export_model
+    from training.module import SdgaModule
+
+    started = time.time()
+    out_dir = Path(cfg.out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    candidates = [ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"]
+    problems = []
+    for path in candidates:
+        if not path.is_file():
+            problems.append(f"no {path}")
+            continue
+        try:
+            check_checkpoint(path)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        break
+    else:
+        raise CheckpointError(f"--export-only: nothing to export in {out_dir} ({'; '.join(problems)})")
+    if problems:
+        log(f"--export-only: {'; '.join(problems)}: exporting {path}")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = saved.get("hyper_parameters", {})
+    if "model_config" not in hparams or "loss_config" not in hparams:
+        raise CheckpointError(f"{path} holds no model_config / loss_config hyper-parameters: not an sdga checkpoint")
+    model_config = ModelConfig.from_dict(hparams["model_config"])
+    if model_config.sample_rate != cfg.sample_rate or model_config.hop_size != cfg.hop_size:
+        cfg = replace(cfg, sample_rate=model_config.sample_rate, hop_size=model_config.hop_size)
+    module = SdgaModule(hparams["model_config"], hparams["loss_config"], make_mel_basis(model_config))
+    module.load_state_dict(saved["state_dict"])
+    module.eval()
+    data = prepare_data(cfg, log=log)
+    previous = {}
+    if (out_dir / "summary.json").is_file():
+        try:
+            previous = json.loads((out_dir / "summary.json").read_text()).get("training", {}) or {}
+        except (OSError, ValueError):
+            previous = {}
+    loss = LossConfig(**hparams["loss_config"])
+    training_summary = dict(previous, model_step=int(saved["global_step"]),
+                            steps=previous.get("steps", int(saved["global_step"])),
+                            beta=loss.beta, latent_dim=model_config.latent_dim,
+                            attribute_weight=loss.attribute_weight, invariance_weight=loss.invariance_weight,
+                            exported_from=str(path), export_date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    model_file = Path(cfg.model_file) if cfg.model_file else out_dir / "model.sdga"
+    backup = keep_further_trained_model(model_file, int(saved["global_step"]), log=log)
+    try:
+        result = export_model(module, data, training_summary, model_file, out_dir / "heldout",
+                              heldout_seconds=cfg.heldout_seconds, log=log, knobs=cfg.knobs)
+    except OSError as exc:
+        raise TrainingError(f"export failed: could not write {exc.filename or 'a file'}: {exc.strerror or exc}. "
+                            f"{model_file} is unchanged") from exc
     summary = {"model_file": str(model_file), "previous_model_file": str(backup) if backup else None,
                "training": training_summary, "corpus": data.stats.to_dict(),
                "heldout": result["heldout"], "latents": result["latents"],

@@ -101,7 +101,8 @@ ENTRY_KEYS: tuple[KeySpec, ...] = tuple(
         KeySpec("smooth_ms", "number 0..10000", "glide time for each move of a continuous target (default 20; "
                 "switches and triggers never glide)", "smooth_ms: 50"),
         KeySpec("optional", "true/false", "skip this entry (no error) when the model lacks the target, "
-                "e.g. latent/7 on a 4-latent model", "optional: true"),
+                "e.g. latent/7 on a 4-latent model, or it is a latent the model does not offer as a knob",
+                "optional: true"),
     ])
 _FILE_KEY_NAMES = tuple(k.name for k in MAPPING_FILE_KEYS)
 _ENTRY_KEY_NAMES = tuple(k.name for k in ENTRY_KEYS)
@@ -373,6 +374,8 @@ def _binding(doc: YamlFile, node, key: str, table: dict, have_patches: bool) -> 
         raise doc.error(tnode, f"{key}.target", f"unknown target '{tname}'{_did_you_mean(tname, list(table))}",
                         tuple(table))
     target: Target = table[tname]
+    if optional and target.kind == "latent" and not target.active:
+        return None                      # a direction the model does not offer as a knob
     low, high = target.low, target.high
     if "range" in entries:
         rnode = entries["range"][1]

@@ -6,7 +6,8 @@ controller thread, never on the audio thread, so it may allocate; it must be qui
 
 Default routing exists once, as a mapping (:func:`default_mapping_text`): MIDI notes, pitch bend, sustain and
 CC 120/121/123 pass through as the engine knows them (:func:`~instrument.engine.events.from_mido`), CC 1..8 and
-CC 70..77 move the latents in importance order as 0..1 knobs, and OSC answers the whole address table
+CC 70..77 move the latents in importance order as 0..1 knobs (the knobs the model offers: a binding to an inactive
+latent is skipped), and OSC answers the whole address table
 (:mod:`instrument.controls.addresses`). :func:`default_router` builds a
 :class:`~instrument.controls.router.MappingRouter` from it: ``sdga-play`` without ``--mapping`` plays through
 it (with the shipped patches: program change N recalls patch N), and the MIDI / OSC front ends use it when
@@ -45,7 +46,8 @@ def default_mapping_text(n_latents: int, patches: bool = False, latent_ccs: Sequ
     change N also recalls patch N. Everything else passes through."""
     lines = ["version: 1", "name: default routing", "mappings:"]
     for ccs in (latent_ccs, latent_ccs_alt):
-        lines += [f"  - {{cc: {int(cc)}, target: latent/{rank}}}" for rank, cc in enumerate(ccs) if rank < n_latents]
+        lines += [f"  - {{cc: {int(cc)}, target: latent/{rank}, optional: true}}" for rank, cc in enumerate(ccs)
+                  if rank < n_latents]
     if patches:
         lines.append("  - {program: true, target: patch/select}")
     if lines[-1] == "mappings:":

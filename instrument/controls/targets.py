@@ -75,6 +75,7 @@ class Target(KnobRange):
     index: int = -1            # Param index, z index, or patch index (patch/<name>)
     trigger: bool = False      # fires once when its input rises past the middle (buttons, program change)
     doc: str = ""
+    active: bool = True        # a latent the model offers as a knob (an "optional" binding skips one that is not)
 
     @property
     def key(self) -> tuple[str, int | str]:
@@ -123,7 +124,8 @@ def target_table(latents: Sequence = (), patch_names: Sequence[str] = ()) -> dic
         default = min(max(info.z_to_knob(info.mean), 0.0), 1.0)
         doc = f"latent z{info.index} ({info.name}, rank {rank}{'' if info.active else ', inactive'}) as a 0..1 knob"
         for name in (f"latent/{rank}", f"latent/{info.name}"):
-            table.setdefault(name, Target(name, "latent", "knob", 0.0, 1.0, default, 1.0, (), info.index, doc=doc))
+            table.setdefault(name, Target(name, "latent", "knob", 0.0, 1.0, default, 1.0, (), info.index, doc=doc,
+                                          active=bool(info.active)))
     for target in ENGINE_TARGETS:
         table[target.name] = target
     if patch_names:

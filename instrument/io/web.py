@@ -149,15 +149,18 @@ def _scalar_items(d: dict, depth: int = 0) -> dict:
 
 def page_layout(bundle, targets: dict, model_name: str = "") -> dict:
     """What the page draws, from the model's latent table and the router's target table: one knob per latent
-    (importance order; inactive ones flagged, the page hides them) with its corpus mean and +-2 std as knob
-    positions, the engine parameters in :data:`PARAM_GROUPS` with unit, range, curve and choices, the model card."""
+    (importance order; inactive ones flagged, the page hides them) with its corpus band as knob positions (where
+    the corpus's 5th..95th percentile lies on the knob, for a model whose knobs were found by intervention;
+    else its corpus mean +-2 std), the engine parameters in :data:`PARAM_GROUPS` with unit, range, curve and choices, the model card."""
     latents = []
     for rank, info in enumerate(bundle.latents):
         span = info.high - info.low
         knob = (lambda z: min(max((z - info.low) / span, 0.0), 1.0)) if span else (lambda z: 0.5)
         latents.append({"target": f"latent/{rank}", "name": info.name, "index": info.index, "active": info.active,
                         "kl_nats": round(float(info.kl_nats), 4), "mean": knob(info.mean),
-                        "corpus": [knob(info.mean - 2 * info.std), knob(info.mean + 2 * info.std)],
+                        "corpus": ([knob(info.mean - 2 * info.std), knob(info.mean + 2 * info.std)]
+                                   if getattr(info, "corpus_low", None) is None
+                                   else [float(info.corpus_low), float(info.corpus_high)]),
                         "low_z": info.low, "high_z": info.high})
     groups = []
     for group, names in PARAM_GROUPS:

@@ -22,7 +22,12 @@ REQUIRED_METADATA = ("model_config", "latents", "corpus", "training")
 
 @dataclass(frozen=True)
 class LatentInfo:
-    """One latent dimension as a knob: knob 0..1 maps linearly onto [low, high] of z[index]."""
+    """One latent dimension as a knob: knob 0..1 maps linearly onto [low, high] of z[index].
+
+    Files written with knobs found by intervention (training.knobs) also say where the corpus's 5th..95th
+    percentile lies on the knob (``corpus_low``, ``corpus_high``: knob positions; beyond them the knob
+    extrapolates) and the descriptor the knob is named after (``descriptor``: a training.export.DESCRIPTORS key);
+    older files leave them None."""
 
     index: int
     name: str
@@ -33,6 +38,9 @@ class LatentInfo:
     mean: float
     std: float
     descriptor_deltas: dict = field(default_factory=dict)
+    corpus_low: float | None = None
+    corpus_high: float | None = None
+    descriptor: str | None = None
 
     def knob_to_z(self, knob: float) -> float:
         return self.low + (self.high - self.low) * float(knob)
@@ -44,13 +52,16 @@ class LatentInfo:
     def to_dict(self) -> dict:
         return {"index": self.index, "name": self.name, "active": self.active, "kl_nats": self.kl_nats,
                 "low": self.low, "high": self.high, "mean": self.mean, "std": self.std,
-                "descriptor_deltas": dict(self.descriptor_deltas)}
+                "descriptor_deltas": dict(self.descriptor_deltas), "corpus_low": self.corpus_low,
+                "corpus_high": self.corpus_high, "descriptor": self.descriptor}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LatentInfo":
         return cls(index=int(d["index"]), name=str(d["name"]), active=bool(d["active"]), kl_nats=float(d["kl_nats"]),
                    low=float(d["low"]), high=float(d["high"]), mean=float(d["mean"]), std=float(d["std"]),
-                   descriptor_deltas=dict(d.get("descriptor_deltas", {})))
+                   descriptor_deltas=dict(d.get("descriptor_deltas", {})),
+                   corpus_low=_optional_number(d.get("corpus_low")), corpus_high=_optional_number(d.get("corpus_high")),
+                   descriptor=None if d.get("descriptor") is None else str(d["descriptor"]))
 
 
 def default_latents(latent_dim: int) -> list[LatentInfo]:
@@ -218,6 +229,10 @@ class Articulation:
             else:
                 values[name] = _number(value)
         return cls(**values)
+
+
+def _optional_number(value) -> float | None:
+    return None if value is None else _number(value)
 
 
 def _number(value) -> float:
