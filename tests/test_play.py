@@ -497,6 +497,52 @@ def test_mapping_file_routes_midi(jack, model_path, tmp_path):
     assert "mine.yaml" in player.output
 
 
+def test_midi_controller_going_away_releases_its_note_and_is_reconnected_by_name(jack, model_path, tmp_path):
+    """The JACK MIDI client sdga-play was connected to (``--midi NAME``) closes while it holds a note: sdga-play
+    says so once, naming it, releases the note (no stuck note: it ends in the recording though no note-off came)
+    and plays on; a client of the same name started again is reconnected by name, and its note plays at its
+    pitch. Counted in the summary and --stats-json."""
+    keys = Keyboard("sdga_test_gone")
+    try:
+        player = Player(play_args(model_path, tmp_path, "--duration", "60", "--midi", "sdga_test_gone", "--no-osc"),
+                        env=jack)
+        player.wait_for("sdga-play: playing")
+        keys.send(0x90, 57, 100)                    # held ...
+        time.sleep(1.5)
+        keys.close()                                # ... when the controller goes away
+        keys = None
+        player.wait_for("'sdga_test_gone:out' went away")
+        time.sleep(1.0)
+        keys = Keyboard("sdga_test_gone")
+        player.wait_for("'sdga_test_gone:out' is back: reconnected")
+        time.sleep(0.2)
+        keys.send(0x90, 57, 100)
+        time.sleep(1.5)
+        keys.send(0x80, 57, 0)
+        time.sleep(0.8)
+        player.process.send_signal(signal.SIGINT)
+        code = player.finish()
+    finally:
+        if keys is not None:
+            keys.close()
+        if player.process.poll() is None:
+            player.kill()
+    assert code == 0, player.output
+    gone = [line for line in player.lines if "went away" in line]
+    assert len(gone) == 1 and "released its 1 held note(s)" in gone[0], player.output
+    assert sum("is back: reconnected" in line for line in player.lines) == 1, player.output
+    assert "MIDI sources gone: 1 times (1 held notes released), reconnected 1 times" in player.output
+    audio, stats = results(tmp_path)
+    midi = stats["midi"]
+    assert (midi["disconnects"], midi["reconnects"], midi["released_notes"], midi["missing"]) == (1, 1, 1, [])
+    assert midi["received"] == 3 and stats["engine_errors"] == 0 and np.isfinite(audio).all()
+    notes = notes_in(audio)
+    assert len(notes) == 2, notes                  # the held note ended when its controller went: two notes
+    assert notes[1][0] - notes[0][1] > 0.3, notes  # with silence between them
+    f0 = f0_autocorrelation(held_part(audio, notes[1]), SR)
+    assert abs(cents(f0, note_hz(57))) < 10.0, f0  # the reconnected controller's note, at its pitch
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP], ids=["SIGKILL", "SIGTERM", "SIGSTOP"])
 def test_audio_server_dying_mid_set_stops_with_summary_and_recording(model_path, tmp_path, sig):
     """jackd killed (or frozen: SIGSTOP, no callback for 3 s) while sdga-play plays (a private server, so the

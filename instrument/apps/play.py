@@ -290,7 +290,7 @@ def _open_midi(args, router, queue, log) -> list:
             sources = [n for n in names if not n.startswith("sdga:")] if args.midi_all else \
                 match_midi_inputs(args.midi, names, exclude_client="sdga")
         midi = MidiInput(queue, virtual_name=None if args.no_virtual_midi else "sdga", api=api, connect=sources,
-                         client_name="sdga", router=router, separate_process=True)
+                         client_name="sdga", router=router, separate_process=True, on_status=log)
     except MidiPortError as exc:
         if wanted:
             raise UsageError(str(exc)) from None
