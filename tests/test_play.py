@@ -515,7 +515,7 @@ def test_midi_controller_going_away_releases_its_note_and_is_reconnected_by_name
         time.sleep(1.0)
         keys = Keyboard("sdga_test_gone")
         player.wait_for("'sdga_test_gone:out' is back: reconnected")
-        time.sleep(0.2)
+        time.sleep(0.5)
         keys.send(0x90, 57, 100)
         time.sleep(1.5)
         keys.send(0x80, 57, 0)
