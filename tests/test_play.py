@@ -440,6 +440,27 @@ def test_corrupt_model_is_refused_before_any_device(model_path, tmp_path):
     assert not (tmp_path / "take.wav").exists()
 
 
+def test_osc_port_taken_names_the_process_holding_it(model_path, tmp_path):
+    """Another process holds the UDP port: exit 2 before any device, naming its pid and command and the option
+    that chooses another port."""
+    hold = ("# sdga_osc_squatter\nimport socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('127.0.0.1', 0))\nprint(s.getsockname()[1], flush=True)\ntime.sleep(120)\n")
+    squatter = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(squatter.stdout.readline())
+        player = Player([str(model_path), "--osc-port", str(port), "--device", "no such device",
+                         "--no-virtual-midi"], env={**os.environ, "JACK_NO_START_SERVER": "1"})
+        code = player.finish(timeout=120)
+    finally:
+        squatter.kill()
+        squatter.wait()
+        squatter.stdout.close()
+    assert code == 2, player.output
+    line = player.wait_for(f"OSC: cannot listen on 127.0.0.1:{port}")
+    assert f"UDP port {port} is held by pid {squatter.pid} (" in line and "sdga_osc_squatter" in line, line
+    assert "choose another port: --osc-port " in line, line
+
+
 def test_huge_block_size_is_warned_about(model_path, tmp_path):
     """``--block-size 100000`` (2 s of latency at 48 kHz) plays, but says what it costs."""
     player = Player([str(model_path), "--block-size", "100000", "--device", "no such device", "--no-osc",
