@@ -332,10 +332,13 @@ def test_mapping_or_patch_file_gone_while_playing_keeps_the_last_good_one(tmp_pa
         victim.unlink()
         if fault == "folder":
             victim.mkdir()
-        assert wait_for(lambda: router.refused == 1)
-        time.sleep(0.4)                                   # ~8 more polls: no second refusal, no second message
+        assert wait_for(lambda: router.refused >= 1)
+        time.sleep(0.4)
+        refused = router.refused          # 1; 2 when a poll fell between the unlink and the mkdir (two changes)
+        time.sleep(0.4)                   # ~8 more polls of an unchanged file: no more refusals, no more messages
         said = [m for m in messages if "previous one stays active" in m]
-        assert router.refused == 1 and len(said) == 1 and str(victim) in said[0], messages
+        assert router.refused == refused == len(said) and refused <= (1 if fault == "deleted" else 2), messages
+        assert all(str(victim) in m for m in said), messages
         assert router.mapping is good and router.reloads == 0
         assert router.midi(cc(70, 127)) == [LatentSet(0, 1.0, knob=True)]
         router.osc("/sdga/patch", ("glass",))             # the patch whose file is gone still plays, as number 1
