@@ -131,7 +131,7 @@ class MidiInput:
         self.port_names: list[str] = []
         sources = [connect] if isinstance(connect, str) else list(connect or ())
         self.sources = sources
-        self.missing: set[str] = set()
+        self.missing: frozenset[str] = frozenset()     # replaced whole (other threads read it), never changed
         # per source (0: the virtual port, i: sources[i - 1]): the (channel, note)s it holds and the channels
         # whose sustain pedal it holds down, written only by the thread that routes its messages
         self._held: list[set] = [set() for _ in range(len(sources) + 1)]
@@ -243,7 +243,7 @@ class MidiInput:
             return
         name = self.sources[source - 1]
         if present:
-            self.missing.discard(name)
+            self.missing = self.missing - {name}
             self.reconnects += 1
             self._status(f"MIDI: {name!r} is back: reconnected")
             return
@@ -261,7 +261,7 @@ class MidiInput:
                     self.queue.push(event)
             except Exception as exc:
                 self.last_error = f"{message}: {exc}"
-        self.missing.add(name)
+        self.missing = self.missing | {name}
         self.disconnects += 1
         self.released_notes += len(released)
         self._status(f"MIDI: {name!r} went away"
