@@ -138,7 +138,7 @@ def test_bad_files_skipped_with_reasons(sine_wav, tmp_path):
     reasons = {s.path.name: s.reason for s in corpus.skipped}
     assert reasons["notes.txt"] == "not an audio file (.txt)"
     assert reasons["garbage.wav"].startswith("unreadable: ")
-    assert reasons["zero_bytes.flac"].startswith("unreadable: ")
+    assert reasons["zero_bytes.flac"] == "empty file (0 bytes)"         # said as such, not "unreadable: ..."
     assert reasons["no_samples.wav"] == "empty (0 samples)"
     assert reasons["nan.wav"].startswith("unreadable: ") and "NaN" in reasons["nan.wav"]
     assert len(messages) == 5 and all(m.startswith("skipped ") for m in messages)

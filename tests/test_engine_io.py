@@ -246,6 +246,58 @@ def test_midi_child_process_counts_malformed_bytes_and_stops_with_the_input(jack
     assert list(queue.drain()) == [NoteOn(60, 100, 0)]
 
 
+@pytest.mark.parametrize("separate_process", [False, True], ids=["in-process", "child-process"])
+def test_midi_source_that_goes_away_releases_its_notes_and_is_reconnected_by_name(jack_server, separate_process):
+    """A connected JACK MIDI source closes while it holds a note and the sustain pedal: both are released (as
+    the router routes a note-off and pedal-up), one message names it; a new client of the same name is
+    connected to again and its notes arrive. Counted."""
+    import rtmidi
+
+    from instrument.io.midi import MidiInput
+
+    def keyboard():
+        keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sdga_test_away")
+        keys.open_virtual_port("out")
+        return keys
+
+    def close(keys):
+        if keys is not None:
+            keys.close_port()
+            keys.delete()
+
+    queue, said = EventQueue(), []
+    keys = keyboard()
+    try:
+        with MidiInput(queue, virtual_name=None, api="UNIX_JACK", client_name="sdga_in4",
+                       connect="sdga_test_away:out", separate_process=separate_process, poll_s=0.1,
+                       on_status=said.append) as midi:
+            time.sleep(0.1)
+            for message in ([0x92, 60, 100], [0x92, 64, 90], [0x92, 64, 0], [0xB2, 64, 127]):
+                keys.send_message(message)
+                time.sleep(0.03)    # a player's pace: this process's rtmidi JACK output, loaded, repeated a
+                #                     message sent in the same cycle as others (and dropped those)
+            assert wait_for(lambda: midi.received == 4)
+            assert list(queue.drain()) == [NoteOn(60, 100, 2), NoteOn(64, 90, 2), NoteOff(64, 0, 2),
+                                           ControlChange(64, 127, 2)]
+            close(keys)
+            keys = None
+            assert wait_for(lambda: midi.disconnects == 1, timeout=10)
+            assert list(queue.drain()) == [NoteOff(60, 0, 2), ControlChange(64, 0, 2)]    # no stuck note
+            assert midi.released_notes == 1 and midi.missing == {"sdga_test_away:out"}
+            assert len(said) == 1 and "'sdga_test_away:out' went away" in said[0] and "1 held note" in said[0]
+            time.sleep(0.3)
+            assert len(said) == 1                                                 # said once
+            keys = keyboard()
+            assert wait_for(lambda: midi.reconnects == 1, timeout=10)
+            assert midi.missing == set() and "'sdga_test_away:out' is back" in said[-1]
+            keys.send_message([0x90, 67, 80])
+            assert wait_for(lambda: midi.received == 5)
+            assert list(queue.drain()) == [NoteOn(67, 80, 0)]
+            assert midi.disconnects == 1 and midi.reconnects == 1 and len(said) == 2
+    finally:
+        close(keys)
+
+
 def test_audio_output_renders_in_the_callback(jack_server):
     import sounddevice as sd
 

@@ -339,14 +339,16 @@ class _FakeChild:
 
 
 def _midi_stream():
-    """What the MIDI child process writes to its pipe: frames of (length byte, bytes); generated frames of
-    random bytes, of real messages, and of mutated real messages, plus raw unframed junk."""
+    """What the MIDI child process writes to its pipe: frames of (length byte, source byte, bytes), a length of
+    0 being a source gone / back frame (one code byte); generated frames of random bytes, of real messages, of
+    mutated real messages and of source changes (any source, any code), plus raw unframed junk."""
     real = st.builds(lambda kind, a, b, ch: _status(kind, ch) + bytes([a & 0x7F, b & 0x7F])[:_length(kind)],
                      st.sampled_from([0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0, 0xE0]), st.integers(0, 255),
                      st.integers(0, 255), st.integers(0, 15))
     body = st.one_of(st.binary(max_size=12), real, real.map(lambda b: b[:-1]), st.sampled_from(
         [b"\xf0\x7e\x00\xf7", b"\xf8", b"\xfe", b"\xff", b"\xf4", b"\xf2\x01\x02", b"\xb0\x06", b""]))
-    frame = body.map(lambda b: bytes([len(b)]) + b)
+    frame = st.builds(lambda b, source, code: bytes([len(b), source]) + (b or bytes([code])), body,
+                      st.integers(0, 255), st.integers(0, 255))
     return st.one_of(st.lists(frame, max_size=8).map(b"".join), st.binary(max_size=64))
 
 
@@ -369,9 +371,9 @@ def test_midi_bytes_never_escape_and_queue_only_valid_events(n, rig, bundle):
         def run(stream):
             frames = 0
             at = 0
-            while at < len(stream) and at + 1 + stream[at] <= len(stream):
-                frames += 1
-                at += 1 + stream[at]
+            while at < len(stream) and at + 2 + max(stream[at], 1) <= len(stream):
+                frames += stream[at] > 0                 # a message; 0: a source change, not counted
+                at += 2 + max(stream[at], 1)
             before = midi.received + midi.ignored + midi.malformed + queue.dropped
             midi._child = _FakeChild(stream)
             try:

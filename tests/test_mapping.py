@@ -310,6 +310,50 @@ def test_hot_reload_keeps_the_previous_mapping_on_a_broken_edit(tmp_path, bundle
         router.close()
 
 
+@pytest.mark.parametrize("fault", ["deleted", "folder"], ids=["deleted", "unreadable-a-folder-in-its-place"])
+@pytest.mark.parametrize("which", ["mapping", "patch"])
+def test_mapping_or_patch_file_gone_while_playing_keeps_the_last_good_one(tmp_path, bundle, which, fault):
+    """The mapping file or one of its patch files is deleted, or made unreadable, while playing: the mapping in
+    use stays (bindings, patches and their numbers), one message names the file however often the watcher
+    polls, and the file's return is picked up. Unreadable is a folder in the file's place: the suite runs as
+    root, whom chmod 000 does not stop (open() raises OSError for both, and both take the same path)."""
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    for name in ("1-plain.yaml", "3-glass.yaml"):
+        (patches / name).write_bytes((ROOT / "patches" / name).read_bytes())
+    path = write(tmp_path / "live.yaml", f"patches: {patches}\nmappings:\n  - {{cc: 70, target: latent/0}}\n")
+    messages: list[str] = []
+    router = load_router(path, bundle, on_message=messages.append).watch(0.05)
+    try:
+        good = router.mapping
+        assert [p.name for p in good.patches] == ["plain", "glass"]
+        victim = path if which == "mapping" else patches / "3-glass.yaml"
+        saved = victim.read_bytes()
+        victim.unlink()
+        if fault == "folder":
+            victim.mkdir()
+        assert wait_for(lambda: router.refused >= 1)
+        time.sleep(0.4)
+        refused = router.refused          # 1; 2 when a poll fell between the unlink and the mkdir (two changes)
+        time.sleep(0.4)                   # ~8 more polls of an unchanged file: no more refusals, no more messages
+        said = [m for m in messages if "previous one stays active" in m]
+        assert router.refused == refused == len(said) and refused <= (1 if fault == "deleted" else 2), messages
+        assert all(str(victim) in m for m in said), messages
+        assert router.mapping is good and router.reloads == 0
+        assert router.midi(cc(70, 127)) == [LatentSet(0, 1.0, knob=True)]
+        router.osc("/sdga/patch", ("glass",))             # the patch whose file is gone still plays, as number 1
+        assert router.current_patch == 1
+        if fault == "folder":
+            victim.rmdir()
+        victim.write_bytes(saved)
+        assert wait_for(lambda: router.reloads == 1)
+        assert router.mapping is not good and router.last_error == ""
+        assert [p.name for p in router.mapping.patches] == ["plain", "glass"]
+        assert messages[-1].startswith("mapping reloaded")
+    finally:
+        router.close()
+
+
 def test_reload_while_messages_flow(tmp_path, bundle):
     """Messages on one thread while the file is swapped on another: every result comes from one mapping."""
     path = write(tmp_path / "live.yaml", "mappings:\n  - {cc: 70, target: latent/0}\n")

@@ -440,6 +440,27 @@ def test_corrupt_model_is_refused_before_any_device(model_path, tmp_path):
     assert not (tmp_path / "take.wav").exists()
 
 
+def test_osc_port_taken_names_the_process_holding_it(model_path, tmp_path):
+    """Another process holds the UDP port: exit 2 before any device, naming its pid and command and the option
+    that chooses another port."""
+    hold = ("# sdga_osc_squatter\nimport socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('127.0.0.1', 0))\nprint(s.getsockname()[1], flush=True)\ntime.sleep(120)\n")
+    squatter = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(squatter.stdout.readline())
+        player = Player([str(model_path), "--osc-port", str(port), "--device", "no such device",
+                         "--no-virtual-midi"], env={**os.environ, "JACK_NO_START_SERVER": "1"})
+        code = player.finish(timeout=120)
+    finally:
+        squatter.kill()
+        squatter.wait()
+        squatter.stdout.close()
+    assert code == 2, player.output
+    line = player.wait_for(f"OSC: cannot listen on 127.0.0.1:{port}")
+    assert f"UDP port {port} is held by pid {squatter.pid} (" in line and "sdga_osc_squatter" in line, line
+    assert "choose another port: --osc-port " in line, line
+
+
 def test_huge_block_size_is_warned_about(model_path, tmp_path):
     """``--block-size 100000`` (2 s of latency at 48 kHz) plays, but says what it costs."""
     player = Player([str(model_path), "--block-size", "100000", "--device", "no such device", "--no-osc",
@@ -495,6 +516,52 @@ def test_mapping_file_routes_midi(jack, model_path, tmp_path):
     midi = stats["midi"]          # a smoothed binding returns no event at once (its ramp comes per block)
     assert midi["received"] + midi["ignored"] == 1 and midi["malformed"] == 0 and stats["engine_errors"] == 0
     assert "mine.yaml" in player.output
+
+
+def test_midi_controller_going_away_releases_its_note_and_is_reconnected_by_name(jack, model_path, tmp_path):
+    """The JACK MIDI client sdga-play was connected to (``--midi NAME``) closes while it holds a note: sdga-play
+    says so once, naming it, releases the note (no stuck note: it ends in the recording though no note-off came)
+    and plays on; a client of the same name started again is reconnected by name, and its note plays at its
+    pitch. Counted in the summary and --stats-json."""
+    keys = Keyboard("sdga_test_gone")
+    try:
+        player = Player(play_args(model_path, tmp_path, "--duration", "60", "--midi", "sdga_test_gone", "--no-osc"),
+                        env=jack)
+        player.wait_for("sdga-play: playing")
+        keys.send(0x90, 57, 100)                    # held ...
+        time.sleep(1.5)
+        keys.close()                                # ... when the controller goes away
+        keys = None
+        player.wait_for("'sdga_test_gone:out' went away")
+        time.sleep(1.0)
+        keys = Keyboard("sdga_test_gone")
+        player.wait_for("'sdga_test_gone:out' is back: reconnected")
+        time.sleep(0.5)
+        keys.send(0x90, 57, 100)
+        time.sleep(1.5)
+        keys.send(0x80, 57, 0)
+        time.sleep(0.8)
+        player.process.send_signal(signal.SIGINT)
+        code = player.finish()
+    finally:
+        if keys is not None:
+            keys.close()
+        if player.process.poll() is None:
+            player.kill()
+    assert code == 0, player.output
+    gone = [line for line in player.lines if "went away" in line]
+    assert len(gone) == 1 and "released its 1 held note(s)" in gone[0], player.output
+    assert sum("is back: reconnected" in line for line in player.lines) == 1, player.output
+    assert "MIDI sources gone: 1 times (1 held notes released), reconnected 1 times" in player.output
+    audio, stats = results(tmp_path)
+    midi = stats["midi"]
+    assert (midi["disconnects"], midi["reconnects"], midi["released_notes"], midi["missing"]) == (1, 1, 1, [])
+    assert midi["received"] == 3 and stats["engine_errors"] == 0 and np.isfinite(audio).all()
+    notes = notes_in(audio)
+    assert len(notes) == 2, notes                  # the held note ended when its controller went: two notes
+    assert notes[1][0] - notes[0][1] > 0.3, notes  # with silence between them
+    f0 = f0_autocorrelation(held_part(audio, notes[1]), SR)
+    assert abs(cents(f0, note_hz(57))) < 10.0, f0  # the reconnected controller's note, at its pitch
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP], ids=["SIGKILL", "SIGTERM", "SIGSTOP"])

@@ -209,6 +209,8 @@ def _load_one(path: Path, sample_rate: int, trim_top_db: float, peak_dbfs: float
     if ext not in AUDIO_EXTENSIONS:
         return SkippedFile(path, f"not an audio file ({ext or 'no extension'})")
     try:
+        if path.stat().st_size == 0:
+            return SkippedFile(path, "empty file (0 bytes)")
         content_hash = _sha256(path)
         data, source_sr = decode_audio_file(path)
         clipped = source_clipped_samples(data)

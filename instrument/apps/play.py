@@ -308,7 +308,7 @@ def _open_midi(args, router, queue, log) -> list:
             sources = [n for n in names if not n.startswith("sdga:")] if connect_all else \
                 match_midi_inputs(args.midi, names, exclude_client="sdga")
         midi = MidiInput(queue, virtual_name="sdga" if virtual else None, api=api, connect=sources,
-                         client_name="sdga", router=router, separate_process=True)
+                         client_name="sdga", router=router, separate_process=True, on_status=log)
     except MidiPortError as exc:
         if wanted:
             raise UsageError(str(exc)) from None
@@ -579,7 +579,10 @@ def _open_inputs(args, session: Session, log) -> None:
             session.osc = OscServer(session.queue, session.bundle.latents, host=args.osc_host, port=args.osc_port,
                                     router=session.router, allow=allow)
         except OSError as exc:
-            raise UsageError(f"OSC: cannot listen on {args.osc_host}:{args.osc_port}: {exc}") from None
+            from instrument.io.port_owner import port_in_use_message
+
+            raise UsageError(f"OSC: cannot listen on {args.osc_host}:{args.osc_port}: "
+                             + port_in_use_message(exc, args.osc_host, args.osc_port, "--osc-port")) from None
         session.osc.start()
         host, port = session.osc.address
         log(f"OSC: listening on udp {host}:{port} (/sdga/...)")
@@ -661,7 +664,10 @@ def _open_web(args, session: Session, model_path, log):
     try:
         web.start()
     except OSError as exc:
-        raise UsageError(f"web: cannot listen on {args.web_host}:{args.web}: {exc}") from None
+        from instrument.io.port_owner import port_in_use_message
+
+        raise UsageError(f"web: cannot listen on {args.web_host}:{args.web}: "
+                         + port_in_use_message(exc, args.web_host, args.web, "--web", proto="tcp")) from None
     log(f"web: control page at {web.url()}")
     if token is not None:
         print(f"{PROG}: the control page listens on {args.web_host}: open it with its token, "

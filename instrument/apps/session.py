@@ -127,6 +127,10 @@ class Session:
         return (sum(m.received for m in self.midi), sum(m.ignored for m in self.midi),
                 sum(m.malformed for m in self.midi))
 
+    def midi_missing(self) -> list[str]:
+        """The connected MIDI sources that are gone now (reconnected when they are back)."""
+        return sorted(n for m in self.midi for n in m.missing)
+
     def status_line(self) -> str:
         loads = self.audio.recent_loads(1.0)
         load = f"{100.0 * float(np.median(loads)):4.0f}%" if loads.size else "   -"
@@ -135,6 +139,9 @@ class Session:
         bad_osc = self.osc.errors if self.osc is not None else 0
         line = (f"load {load} | underflows {self.audio.stats.underflows} | voices {voices.active_voices}/"
                 f"{self.engine.max_voices} | dropped {self.queue.dropped} | bad midi {bad_midi} osc {bad_osc}")
+        missing = self.midi_missing()
+        if missing:
+            line += f" | MIDI GONE: {', '.join(missing)}"
         if voices.out_of_range_notes:
             line += f" | OUT OF RANGE x{voices.out_of_range_notes}"
         if self.engine.stats.errors:
@@ -163,7 +170,10 @@ class Session:
             "dropped_events": self.queue.dropped, "ignored_events": engine.voices.ignored_events,
             "out_of_range_notes": engine.voices.out_of_range_notes,
             "midi": {"ports": [n for m in self.midi for n in m.port_names], "received": received, "ignored": ignored,
-                     "malformed": malformed, "last_error": next((m.last_error for m in self.midi if m.last_error), "")},
+                     "malformed": malformed, "last_error": next((m.last_error for m in self.midi if m.last_error), ""),
+                     "disconnects": sum(m.disconnects for m in self.midi),
+                     "reconnects": sum(m.reconnects for m in self.midi),
+                     "released_notes": sum(m.released_notes for m in self.midi), "missing": self.midi_missing()},
             "osc": None if self.osc is None else self.osc_summary(),
             "web": None if self.web is None else {"address": [self.web.host, self.web.port],
                                                   **dataclasses.asdict(self.web.stats)},
@@ -201,6 +211,10 @@ def print_summary(s: dict, out) -> None:
           f"by the engine", file=out)
     print(f"  MIDI: {midi['received']} events, {midi['ignored']} ignored, {midi['malformed']} malformed"
           + (f" (last: {midi['last_error']})" if midi["last_error"] else ""), file=out)
+    if midi.get("disconnects"):
+        print(f"  MIDI sources gone: {midi['disconnects']} times ({midi['released_notes']} held notes released), "
+              f"reconnected {midi['reconnects']} times"
+              + (f"; still gone at the end: {', '.join(midi['missing'])}" if midi["missing"] else ""), file=out)
     if osc is not None:
         print(f"  OSC: {osc['received']} messages, {osc['errors']} refused ({osc['malformed_packets']} not OSC, "
               f"{osc['oversized_packets']} over the size limits, {osc['refused_senders']} from senders not allowed)"

@@ -93,12 +93,18 @@ class LiveMapping:
         self._watcher: MappingWatcher | None = None
 
     def reload(self) -> bool:
-        """Load the mapping file again; on any error keep the current mapping (message in ``last_error``)."""
+        """Load the mapping file again; on any error keep the current mapping (message in ``last_error``). A
+        patch file of the current mapping that is gone (deleted or moved while playing) is such an error too:
+        its patch stays, and the patch numbers with it, until the file is back (or sdga-play restarts)."""
         with self._lock:
             m = self.current
             if m.path is None:
                 return False
             try:
+                gone = [str(p.path) for p in m.patches if p.path is not None and not os.path.lexists(p.path)]
+                if gone:
+                    raise OSError(f"patch file {', '.join(gone)} is gone (deleted or moved); its patch stays "
+                                  f"loaded until the file is back (restart sdga-play to drop it)")
                 new = parse_mapping(m.path, self.bundle, patches=self.patches_override)
             except (MappingError, OSError) as exc:
                 self.refused += 1
