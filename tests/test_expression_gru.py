@@ -89,3 +89,42 @@ def test_training_learns_the_note_shape_and_stops_at_its_time_limit(corpus):  # 
     levels = [step.step(0, frame_features(x, (k * 4 + 1) * FRAME_MS, -1.0, 60.0, 0.0, False))[0]
               for k in range(int(1000.0 / (4 * FRAME_MS)))]
     assert levels[0] < np.median(levels[-20:]) - 4.0 and abs(np.median(levels[-20:])) < 3.0
+
+
+def test_articulation_drift_and_release_are_the_least_error_lines_as_played(corpus):  # noqa: F811
+    """The fitted sustain drift and release rate are those the engine should play: against the corpus's own
+    notes (levels relative to each note's median level, the reference the velocity map uses), the fitted
+    values give no more error than no drift, than the generating articulation's, or than half / twice the
+    fitted release rate."""
+    from dataclasses import replace
+
+    from instrument.engine.expression import held_level_db, release_level_db
+    from training.expression import fit_articulation
+
+    art = fit_articulation(corpus, FRAME_MS, log=lambda *a: None)
+    seqs = note_sequences(corpus, FRAME_MS, stride=4)
+    on_slow, held_i, off_slow = FEATURES.index("on_slow"), FEATURES.index("held"), FEATURES.index("off_slow")
+
+    def errors(a):
+        held_err, release_err = [], []
+        for i in range(seqs.features.shape[0]):
+            n = int((seqs.masks[i, :, 0] > 0).sum())
+            x, y = seqs.features[i, :n].astype(float), seqs.targets[i, :n, 0]
+            off = 0.0
+            for j in range(n):
+                t_on = -1500.0 * np.log(max(1.0 - x[j, on_slow], 1e-12))
+                if x[j, held_i] == 1.0:
+                    off = held_level_db(a, t_on, a.attack_start_db)
+                    if t_on > 300.0:
+                        held_err.append(abs(off - y[j]))
+                else:
+                    t_off = -1000.0 * np.log(max(1.0 - x[j, off_slow], 1e-12))
+                    if y[j] > -20.0 - 1e-9 or t_off < 200.0:      # the fall the fit sees (to 20 dB down)
+                        release_err.append(abs(max(release_level_db(a, t_off, off), -60.0) - y[j]))
+        return np.mean(held_err), np.mean(release_err)
+
+    held, release = errors(art)
+    for other in (replace(art, sustain_slope_db_per_s=0.0), replace(art, sustain_slope_db_per_s=TRUE.sustain_slope_db_per_s)):
+        assert held <= errors(other)[0] + 1e-6
+    for scale in (0.5, 2.0):
+        assert release <= errors(replace(art, release_db_per_s=art.release_db_per_s * scale))[1] + 0.05
