@@ -9,7 +9,10 @@ program, by timidity (another sample set). Figures, by the reference definitions
 50 dB of the recording's loudest) and the multi-resolution spectral distance. Also a note grid (velocities
 32/64/96/127 on three pitches, 1 s each) through measure.py's ``grid``: velocity monotonic in loudness on every
 note, and the held notes' pitch error in cents. ``uncalibrated`` (the articulation without the model's
-measured input -> output loudness) shows what the calibration brings.
+measured input -> output loudness) shows what the calibration brings. ``gru`` is the learnt sequence model
+(:mod:`training.expression_gru`) trained on the same segmented notes, played through the same engine by a
+voice bank that steps it per voice (:class:`GruVoiceBank`, NumPy, here only: a benchmark mode), with the
+same calibrated velocity -> level map: only the shape over the note differs from ``learned``.
 
     python benchmarks/bench_expression.py cello=runs/cello/model.sdga:data/cello clarinet=...:... \\
         --phrases 3 --out benchmarks/results/expression_48k.json
@@ -39,17 +42,119 @@ from evaluation.demo_corpus import (INSTRUMENTS, render_midi as fluidsynth_rende
 from instrument.apps.render import render_midi as model_render  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
+from instrument.apps.render import midi_file_events, render_events  # noqa: E402
+from instrument.engine.engine import Engine  # noqa: E402
 from instrument.engine.events import param_event  # noqa: E402
+from instrument.engine.voices import IDLE, RELEASE, VoiceBank  # noqa: E402
 from instrument.model.bundle import load_bundle  # noqa: E402
 from instrument.model.offline import encode_means, render_controls  # noqa: E402
 from training.corpus import load_corpus  # noqa: E402
 from training.expression import calibrate_levels, fit_articulation  # noqa: E402
+from training.expression_gru import (FEATURES, RELEASE_FRAMES_MS, NumpyGru, frame_features,  # noqa: E402
+                                     note_sequences, train_gru)
 from training.features import FeatureSettings, extract_corpus_features, extract_features  # noqa: E402
 
 MEASURE = Path("/work/shared/measure/measure.py")
 # envelope: the ADSR (what the instrument played before); learned: the articulation; uncalibrated: the
 # articulation with velocity -> decoder input taken as the corpus's levels (no measurement of the model)
-MODES = ("envelope", "learned", "uncalibrated")
+# gru: the learnt sequence model in place of the articulation's level and pitch curves
+MODES = ("envelope", "learned", "uncalibrated", "gru")
+LEGATO_GAP_MS = 30.0       # a note-on this soon after a note-off (or while a key is held) is entered legato
+
+
+class GruVoiceBank(VoiceBank):
+    """The voice bank with the expression GRU in place of the articulation's curves: per voice and control
+    frame (every ``stride`` frames, held between) the GRU's level (dB relative to the note level, which the
+    calibrated velocity map still sets) and pitch offset (cents). The articulation's own approach, vibrato and
+    tremolo are switched off; its legato glide and velocity map stay. Past the longest release the corpus
+    showed (``weights.release_horizon_ms``: releases are cut by the next note) the level falls on at the
+    articulation's fitted release rate from where the GRU left it. A note-on within LEGATO_GAP_MS of a
+    note-off, or while another key is held, is fed as legato from that note (as the corpus's notes were)."""
+
+    def __init__(self, old: VoiceBank, weights):
+        flat = replace(old.articulation, approach_cents=0.0, vibrato_cents=0.0, tremolo_db=0.0)
+        super().__init__(old.n_voices, old.sample_rate, old.hop_size, old.loudness_range_db, old.f0_range_hz,
+                         old.settings, old.silence_db, articulation=flat)
+        n = self.n_voices
+        self.gru = NumpyGru(weights, n)
+        self.stride = int(weights.stride)
+        self._x = np.zeros(len(FEATURES))
+        self._rel = np.zeros(n)
+        self._horizon_ms = max(float(weights.release_horizon_ms), 0.0)
+        self._at_horizon = np.zeros(n)
+        self._cents = np.zeros(n)
+        self._count = np.zeros(n, np.int64)
+        self._interval = np.zeros(n)
+        self._legato = np.zeros(n, bool)
+        self._frame = 0
+        self._last_off = (-1e9, 60.0)           # (sample of the last note-off, its note)
+
+    def _now(self, pos: int) -> int:
+        return self._frame * self.hop_size + pos
+
+    def _start(self, index, note, velocity, channel, pos, glide):
+        now = self._now(pos)
+        held = [v.note for i, v in enumerate(self.voices) if i != index and v.key_down and v.stage != IDLE]
+        previous = None
+        if (now - self._last_off[0]) * self._ms_per_sample <= LEGATO_GAP_MS:
+            previous = self._last_off[1]
+        elif held:
+            previous = held[-1]
+        super()._start(index, note, velocity, channel, pos, glide)
+        self.gru.reset(index)
+        self._count[index] = 0
+        self._legato[index] = previous is not None
+        self._interval[index] = 0.0 if previous is None else float(note) - previous
+
+    def _release(self, v, pos):
+        if v.key_down:
+            self._last_off = (self._now(pos), v.note)
+        super()._release(v, pos)
+
+    def _advance_learned(self, v, n):
+        if v.stage == RELEASE:
+            v.off_samples += n
+            if v.off_samples * self._ms_per_sample >= 1.5 * RELEASE_FRAMES_MS:
+                v.env_db, v.stage = self.settings.floor_db, IDLE
+                v.key_down = v.sustained = False
+
+    def end_interval(self):
+        s, hop, ms = self.settings, self.hop_size, self._ms_per_sample
+        for i, v in enumerate(self.voices):
+            if v.stage == IDLE:
+                continue
+            self._advance(v, hop)
+            if v.stage == IDLE:
+                continue
+            t_off = v.off_samples * ms if v.stage == RELEASE else -1.0
+            if t_off > self._horizon_ms:
+                self._rel[i] = self._at_horizon[i] - self.articulation.release_db_per_s * (t_off - self._horizon_ms) * 1e-3
+            elif self._count[i] % self.stride == 0:
+                frame_features(self._x, v.on_samples * ms, t_off, v.note, self._interval[i], self._legato[i])
+                self._rel[i], self._cents[i] = self.gru.step(i, self._x)
+                self._at_horizon[i] = self._rel[i]
+            self._count[i] += 1
+            v.env_db = max(self._rel[i], s.floor_db)
+            if v.stage == RELEASE and self._rel[i] <= s.floor_db:
+                v.stage, v.key_down, v.sustained = IDLE, False, False
+        super().end_interval()
+        vibrato = s.vibrato_depth * (1.0 + 3.0 * self.mod_wheel)
+        for i, v in enumerate(self.voices):
+            if v.stage != IDLE:
+                self.pitch_midi[i] += 0.01 * self._cents[i] * vibrato
+        self._frame += 1
+
+
+def gru_render(bundle, weights, midi_path: Path, sample_rate: int, block_size: int = 512, max_voices: int = 8,
+               tail_seconds: float = 1.75) -> np.ndarray:
+    """instrument.apps.render.render_midi with the GRU voice bank swapped in after prepare."""
+    engine = Engine(bundle, noise_seed=0)
+    engine.prepare(sample_rate, block_size, max_voices)
+    engine.state.voices = GruVoiceBank(engine.state.voices, weights)
+    engine.set_param(param_event("expression", "learned").param, param_event("expression", "learned").value)
+    sr = engine.sample_rate
+    events, length = midi_file_events(midi_path, sr)
+    return render_events(engine, events, length + int(round(tail_seconds * sr)), block_size)
 
 
 def load_measure(path: Path):
@@ -110,7 +215,7 @@ def fit_from_corpus(corpus_dir: Path, bundle, cache_dir: Path | None):
     art = fit_articulation([(f.f0_hz, f.voiced, f.loudness_db) for f in feats], 1000.0 * c.hop_size / c.sample_rate,
                            log=print)
     art = calibrate_levels(art, bundle.decoder, bundle.corpus.reference_f0_hz, bundle.default_z().numpy())
-    return art, time.perf_counter() - t0
+    return art, time.perf_counter() - t0, [(f.f0_hz, f.voiced, f.loudness_db) for f in feats]
 
 
 def summary(values: list[float]) -> dict:
@@ -129,6 +234,9 @@ def main(argv=None) -> int:
     p.add_argument("--keep", type=Path, help="keep the WAVs here")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/expression_48k.json"))
     p.add_argument("--measure", type=Path, default=MEASURE)
+    p.add_argument("--gru-units", type=int, default=24, help="hidden units of the expression GRU [24]")
+    p.add_argument("--gru-seconds", type=float, default=45.0, help="training time limit of the GRU [45]")
+    p.add_argument("--modes", default=",".join(MODES), help="modes to play [all]")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     measure = load_measure(args.measure)
@@ -142,11 +250,24 @@ def main(argv=None) -> int:
         bundle = load_bundle(model_path)
         sr = bundle.config.sample_rate
         entry: dict = {"model": model_path}
+        modes = tuple(m for m in args.modes.split(",") if m)
+        gru = None
         if corpus_dir:              # (re)fit from the corpus: older files have none, or an uncalibrated one
-            bundle.expression, seconds = fit_from_corpus(Path(corpus_dir), bundle, args.cache_dir)
+            bundle.expression, seconds, files = fit_from_corpus(Path(corpus_dir), bundle, args.cache_dir)
             entry["fit_seconds"] = round(seconds, 2)
+            if "gru" in modes:
+                frame_ms = 1000.0 * bundle.config.hop_size / bundle.config.sample_rate
+                t0 = time.perf_counter()
+                seqs = note_sequences(files, frame_ms)
+                gru = train_gru(seqs, hidden=args.gru_units, max_seconds=args.gru_seconds)
+                entry["gru"] = {"units": args.gru_units, "stride_frames": gru.stride, "notes": gru.notes,
+                                "epochs": gru.epochs, "train_seconds": round(gru.train_seconds, 2),
+                                "total_seconds": round(time.perf_counter() - t0, 2),
+                                "train_l1_db": gru.train_l1_db, "held_out_notes_l1_db": gru.held_out_l1_db}
         elif bundle.expression is None:
             raise SystemExit(f"{model_path} has no learnt expression: give its corpus as {name}=MODEL:CORPUS")
+        if "gru" in modes and gru is None:
+            raise SystemExit("the gru mode trains on the corpus: give it as INSTRUMENT=MODEL:CORPUS")
         entry["articulation"] = bundle.expression.to_dict()
         uncalibrated = replace(bundle, expression=replace(bundle.expression, level_input_db=()))
         program, low, high = INSTRUMENTS[name]
@@ -161,10 +282,14 @@ def main(argv=None) -> int:
                 renderer(midi_path, ref_path)
                 ref, _ = sf.read(str(ref_path), dtype="float32")
                 row = {"set": set_name, "phrase": k}
-                for mode in MODES:
+                for mode in modes:
                     played = uncalibrated if mode == "uncalibrated" else bundle
                     expression = "envelope" if mode == "envelope" else "learned"
-                    audio, _ = model_render(played, midi_path, sr, initial_events=[param_event("expression", expression)])
+                    if mode == "gru":
+                        audio = gru_render(bundle, gru, midi_path, sr)
+                    else:
+                        audio, _ = model_render(played, midi_path, sr,
+                                                initial_events=[param_event("expression", expression)])
                     out_path = Path(f"{stem}.{mode}.wav")
                     sf.write(str(out_path), np.clip(audio, -1, 1), sr, subtype="FLOAT")
                     row[mode] = figures(measure, ref_path, out_path)
@@ -172,19 +297,20 @@ def main(argv=None) -> int:
                 sf.write(str(resyn_path), np.clip(resynthesis(bundle, ref, sr), -1, 1), sr, subtype="FLOAT")
                 row["resynthesis"] = figures(measure, ref_path, resyn_path)
                 rows.append(row)
-                print(f"{name} {set_name} phrase {k}: loudness L1 dB / MSS  ADSR "
-                      f"{row['envelope']['loudness_db_l1']:.2f} / {row['envelope']['mss']:.2f}   learnt "
-                      f"{row['learned']['loudness_db_l1']:.2f} / {row['learned']['mss']:.2f}   (uncalibrated "
-                      f"{row['uncalibrated']['loudness_db_l1']:.2f} / {row['uncalibrated']['mss']:.2f})   resynthesis "
-                      f"{row['resynthesis']['loudness_db_l1']:.2f} / {row['resynthesis']['mss']:.2f}", flush=True)
+                print(f"{name} {set_name} phrase {k}: loudness L1 dB / MSS  " + "   ".join(
+                    f"{mode} {row[mode]['loudness_db_l1']:.2f} / {row[mode]['mss']:.2f}"
+                    for mode in modes + ("resynthesis",)), flush=True)
         entry["phrases"] = rows
         entry["summary"] = {mode: {fig: summary([r[mode][fig] for r in rows]) for fig in ("loudness_db_l1", "mss")}
-                            for mode in MODES + ("resynthesis",)}
+                            for mode in modes + ("resynthesis",)}
         grid_path = work / f"{name}_grid.mid"
         grid_midi(grid_path, program, low, high)
         grids = {}
-        for mode in ("envelope", "learned"):
-            audio, _ = model_render(bundle, grid_path, sr, initial_events=[param_event("expression", mode)])
+        for mode in [m for m in ("envelope", "learned", "gru") if m in modes]:
+            if mode == "gru":
+                audio = gru_render(bundle, gru, grid_path, sr)
+            else:
+                audio, _ = model_render(bundle, grid_path, sr, initial_events=[param_event("expression", mode)])
             out_path = work / f"{name}_grid.{mode}.wav"
             sf.write(str(out_path), np.clip(audio, -1, 1), sr, subtype="FLOAT")
             g = measure.grid(str(grid_path), str(out_path))

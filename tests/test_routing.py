@@ -11,9 +11,11 @@ from instrument.model.bundle import random_bundle
 from instrument.engine.events import ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, PitchBend
 from instrument.io.midi import MidiInput, MidiPortError, match_midi_inputs
 from instrument.io.osc import OscError, OscServer
-from instrument.controls.routing import LATENT_CCS, LATENT_CCS_ALT, Router, default_mapping_text, default_router
+from instrument.controls.routing import (EXPRESSION_BINDINGS, LATENT_CCS, LATENT_CCS_ALT, Router, default_mapping_text,
+                                         default_router)
 
 LATENTS = random_bundle().latents
+EXPRESSION_CCS = tuple(row[0] for row in EXPRESSION_BINDINGS)
 
 
 def test_default_router_midi():
@@ -27,17 +29,22 @@ def test_default_router_midi():
     assert router.midi(mido.Message("program_change", program=3)) == []
     for ccs in (LATENT_CCS, LATENT_CCS_ALT):
         for rank, cc in enumerate(ccs):
+            if cc in EXPRESSION_CCS:
+                continue
             events = router.midi(mido.Message("control_change", control=cc, value=127))
             assert events == [LatentSet(LATENTS[rank].index, 1.0, knob=True)]
-    assert router.midi(mido.Message("control_change", control=1, value=0))[0].value == 0.0
+    assert router.midi(mido.Message("control_change", control=70, value=0))[0].value == 0.0
 
 
 def test_latent_ccs_follow_the_importance_order_and_the_latent_count():
     reordered = list(reversed(LATENTS[:3]))
     router = default_router(reordered)
-    assert router.midi(mido.Message("control_change", control=1, value=64)) == \
+    assert router.midi(mido.Message("control_change", control=70, value=64)) == \
         [LatentSet(reordered[0].index, 64 / 127, knob=True)]
+    assert router.midi(mido.Message("control_change", control=3, value=64)) == \
+        [LatentSet(reordered[2].index, 64 / 127, knob=True)]
     assert router.midi(mido.Message("control_change", control=4, value=64)) == [ControlChange(4, 64, 0)]
+    # CC 1, 2: the two expression bindings; CC 3 and CC 70..72: the three latents
     assert "default routing" in router.describe() and "6 bindings" in router.describe()
 
 
@@ -132,6 +139,8 @@ def test_default_routing_smooths_latent_ccs_and_recalls_patches():
     router = default_router(bundle=bundle)
     router.prepare(48000, 128)
     for i, cc in enumerate((*LATENT_CCS, *LATENT_CCS_ALT)):
+        if cc in EXPRESSION_CCS:
+            continue
         message = mido.Message("control_change", control=cc, value=20 + 5 * i)
         assert router.midi(message) == []                         # the ramp comes per block
         last = [e for e in router.tick(48000) if isinstance(e, LatentSet)][-1]
@@ -141,11 +150,38 @@ def test_default_routing_smooths_latent_ccs_and_recalls_patches():
     note = mido.Message("note_on", note=60, velocity=90)
     assert router.midi(note) == [NoteOn(60, 90, 0)]
     assert "program" not in default_mapping_text(8) and "patch/select" in default_mapping_text(8, patches=True)
-    assert default_mapping_text(2).count("latent/") == 4
+    assert default_mapping_text(2).count("latent/") == 2          # CC 1, 2 are expression: CC 70, 71 only
     patches = Path(__file__).resolve().parents[1] / "patches"
     with_patches = default_router(bundle=bundle, patches=patches)
     with_patches.midi(mido.Message("program_change", program=1))
     assert with_patches.current_patch == 1
+
+
+def test_default_routing_puts_vibrato_on_the_mod_wheel_as_the_shipped_mapping_does():
+    """Without a mapping file the mod wheel (CC 1) moves the learnt vibrato depth 1x..4x and CC 2 the noise, with
+    the same entries (range, curve, smoothing) as mappings/default.yaml: one set of expression bindings."""
+    from pathlib import Path
+
+    from instrument.controls.mapping import parse_mapping
+    from instrument.engine.events import Param, ParamSet
+
+    bundle = random_bundle()
+    router = default_router(bundle=bundle)
+    router.prepare(48000, 128)
+    assert router.midi(mido.Message("control_change", control=1, value=127)) == []      # a ramp, per block
+    moves = [e for _ in range(40) for e in router.tick(48000) if isinstance(e, ParamSet)]
+    assert moves and {e.param for e in moves} == {Param.VIBRATO_DEPTH}
+    assert moves[-1].value == pytest.approx(4.0)
+    assert not any(isinstance(e, LatentSet) for e in router.tick(48000))
+
+    def entries(mapping):
+        return {b.source.number: (b.source, b.target.name, b.low, b.high, b.curve, b.exponent, b.invert, b.smooth_ms)
+                for b in mapping.bindings if b.source.kind == "cc" and b.source.number in EXPRESSION_CCS}
+
+    shipped = parse_mapping(Path(__file__).resolve().parents[1] / "mappings" / "default.yaml", bundle)
+    built_in = parse_mapping(None, bundle, text=default_mapping_text(len(bundle.latents)))
+    assert entries(built_in) == entries(shipped)
+    assert set(entries(built_in)) == set(EXPRESSION_CCS) and entries(built_in)[1][1] == "vibrato_depth"
 
 
 def test_controls_import_no_transport_and_no_cycle():
@@ -222,15 +258,15 @@ def test_router_only_posts_ramp_moves_and_the_audio_side_applies_them():
     router = default_router(bundle=bundle)
     router.prepare(48000, 128)
     ramps = router.ramps
-    assert router.midi(mido.Message("control_change", control=1, value=127)) == []
+    assert router.midi(mido.Message("control_change", control=70, value=127)) == []
     assert ramps.values == {} and ramps.moving == 0 and len(ramps.inbox._moves) == 1   # posted, not applied
     events = ramps.tick(128)
     assert ramps.moving == 1 and len(ramps.inbox._moves) == 0 and isinstance(events[0], LatentSet)
-    router.midi(mido.Message("control_change", control=1, value=0))            # reverses from where it is
+    router.midi(mido.Message("control_change", control=70, value=0))           # reverses from where it is
     ramps.tick(128)
     assert events[0].value > [e for e in ramps.tick(128)][-1].value
     ramps.inbox.capacity = 1                                                       # a full inbox drops, counted
-    router.midi(mido.Message("control_change", control=2, value=127))
+    router.midi(mido.Message("control_change", control=71, value=127))
     router.midi(mido.Message("control_change", control=3, value=127))
     assert ramps.inbox.dropped == 1
 
@@ -253,8 +289,8 @@ def test_ramps_fed_from_a_controller_thread_while_the_audio_thread_ticks():
     thread = threading.Thread(target=audio)
     thread.start()
     for i in range(2000):
-        router.midi(mido.Message("control_change", control=1 + i % 8, value=i % 128))
-    for cc in range(1, 9):
+        router.midi(mido.Message("control_change", control=70 + i % 8, value=i % 128))
+    for cc in LATENT_CCS_ALT:
         router.midi(mido.Message("control_change", control=cc, value=64))
     time.sleep(0.2)
     stop.set()

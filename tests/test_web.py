@@ -161,7 +161,7 @@ def test_a_midi_cc_moves_the_slider_on_the_page_within_50_ms(served):
         async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
             await ws.receive_json()
             sent = time.perf_counter()
-            router.midi(mido.Message("control_change", control=1, value=127))     # CC 1 -> latent/0 by default
+            router.midi(mido.Message("control_change", control=70, value=127))    # CC 70 -> latent/0 by default
             await _until(ws, "values", lambda m: m["values"].get("latent/0", [0])[0] == 1.0)
             return time.perf_counter() - sent
 

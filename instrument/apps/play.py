@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="start an engine parameter at a value in its unit (or a choice name); repeatable")
     c.add_argument("--mapping", type=Path, default=None, metavar="FILE",
-                   help="YAML mapping file (instrument.controls.mapping; default: the --patch's mapping, else CC 1..8 and "
-                        "70..77 to the latents)")
+                   help="YAML mapping file (instrument.controls.mapping; default: the --patch's mapping, else CC 1 the "
+                        "vibrato depth, CC 2 the noise, CC 3..8 and 70..77 the latents)")
     c.add_argument("--patch", type=Path, default=None, metavar="FILE",
                    help="start from this patch (latents, parameters, effects; its model when MODEL is not given)")
     c.add_argument("--set", "--setlist", dest="set", type=Path, default=None, metavar="SET.yaml",

@@ -5,9 +5,11 @@ MIDI and OSC threads (:mod:`instrument.io.midi`, :mod:`instrument.io.osc`) hand 
 controller thread, never on the audio thread, so it may allocate; it must be quick and must not block.
 
 Default routing exists once, as a mapping (:func:`default_mapping_text`): MIDI notes, pitch bend, sustain and
-CC 120/121/123 pass through as the engine knows them (:func:`~instrument.engine.events.from_mido`), CC 1..8 and
-CC 70..77 move the latents in importance order as 0..1 knobs (the knobs the model offers: a binding to an inactive
-latent is skipped), and OSC answers the whole address table
+CC 120/121/123 pass through as the engine knows them (:func:`~instrument.engine.events.from_mido`), the
+expression controls of the shipped ``mappings/default.yaml`` (:data:`EXPRESSION_BINDINGS`: the mod wheel, CC 1,
+on the vibrato depth of the learnt note expression, the breath controller, CC 2, on the noise), the other CCs of
+1..8 and CC 70..77 move the latents in importance order as 0..1 knobs (the knobs the model offers: a binding to an
+inactive latent is skipped), and OSC answers the whole address table
 (:mod:`instrument.controls.addresses`). :func:`default_router` builds a
 :class:`~instrument.controls.router.MappingRouter` from it: ``sdga-play`` without ``--mapping`` plays through
 it (with the shipped patches: program change N recalls patch N), and the MIDI / OSC front ends use it when
@@ -22,9 +24,16 @@ from instrument.engine.events import Event
 from instrument.controls.mapping import parse_mapping
 from instrument.controls.router import MappingRouter
 
-__all__ = ["Router", "LATENT_CCS", "LATENT_CCS_ALT", "default_mapping_text", "default_router"]
+__all__ = ["Router", "EXPRESSION_BINDINGS", "LATENT_CCS", "LATENT_CCS_ALT", "default_mapping_text", "default_router"]
 
-LATENT_CCS = tuple(range(1, 9))        # CC 1..8 -> latents 0..7 in importance order
+# The expression controls, as mapping entries: the same entries as mappings/default.yaml (tests/test_routing.py
+# holds the file to them), so the instrument answers the mod wheel the same with or without a mapping file.
+# Rows: (cc, target, range low, range high, smooth_ms).
+EXPRESSION_BINDINGS = (
+    (1, "vibrato_depth", 1.0, 4.0, 30.0),       # mod wheel: the learnt vibrato and tremolo, 1x (as learnt) to 4x
+    (2, "noise_gain_db", -24.0, 6.0, 30.0),     # breath controller: the filtered-noise branch (breath / bow noise)
+)
+LATENT_CCS = tuple(range(1, 9))        # CC 1..8 -> latents 0..7 in importance order (but CC 1, 2: expression)
 LATENT_CCS_ALT = tuple(range(70, 78))  # CC 70..77 (sound controllers; many knob boxes send these)
 
 
@@ -43,11 +52,15 @@ class Router(Protocol):
 def default_mapping_text(n_latents: int, patches: bool = False, latent_ccs: Sequence[int] = LATENT_CCS,
                          latent_ccs_alt: Sequence[int] = LATENT_CCS_ALT) -> str:
     """The default routing as a mapping file's text, for ``n_latents`` latents; with ``patches``, program
-    change N also recalls patch N. Everything else passes through."""
+    change N also recalls patch N. The expression CCs (:data:`EXPRESSION_BINDINGS`) come first and a latent
+    CC on the same number is left out. Everything else passes through."""
     lines = ["version: 1", "name: default routing", "mappings:"]
+    lines += [f"  - {{cc: {cc}, target: {target}, range: [{low:g}, {high:g}], smooth_ms: {smooth:g}}}"
+              for cc, target, low, high, smooth in EXPRESSION_BINDINGS]
+    taken = {row[0] for row in EXPRESSION_BINDINGS}
     for ccs in (latent_ccs, latent_ccs_alt):
         lines += [f"  - {{cc: {int(cc)}, target: latent/{rank}, optional: true}}" for rank, cc in enumerate(ccs)
-                  if rank < n_latents]
+                  if rank < n_latents and cc not in taken]
     if patches:
         lines.append("  - {program: true, target: patch/select}")
     if lines[-1] == "mappings:":
