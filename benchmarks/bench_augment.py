@@ -1,6 +1,6 @@
 """Augmentation ablation: short trainings with the default augmentations, each new one added, and all of them.
 
-    python benchmarks/bench_augment.py CORPUS [CORPUS ...] [--max-time 150s] [--out DIR] [--json FILE]
+    python benchmarks/bench_augment.py CORPUS [CORPUS ...] [--max-time 150s] [--max-steps N] [--out DIR] [--json FILE]
 
 Every run is sdga-train (training.cli.train_main, in a child process) on one thread with the same seed and so
 the same split and the same settings for the augmentations both runs share (a variant draws every row's
@@ -38,8 +38,10 @@ def distinct_names(names: list[str]) -> int:
 
 
 def one_run(corpus: Path, label: str, augment: str, out: Path, args) -> dict:
-    argv = [str(corpus), "-o", str(out), "--max-time", args.max_time, "--threads", "1", "--no-progress",
-            "--seed", str(args.seed), "--augment", augment, "--cache-dir", str(args.cache_dir)]
+    argv = [str(corpus), "-o", str(out), "--max-time", args.max_time, "--max-steps", str(args.max_steps),
+            "--batch-size", str(args.batch_size), "--window", str(args.window), "--val-every", str(args.val_every),
+            "--threads", "1", "--no-progress", "--seed", str(args.seed), "--augment", augment,
+            "--cache-dir", str(args.cache_dir)]
     load_before = os.getloadavg()
     t0 = time.time()
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -91,7 +93,12 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("corpora", type=Path, nargs="+")
-    p.add_argument("--max-time", default="150s", help="training budget per run [150s]")
+    p.add_argument("--max-time", default="150s", help="training budget per run (a ceiling with --max-steps) [150s]")
+    p.add_argument("--max-steps", type=int, default=-1, help="steps per run: the same for every config, so a "
+                   "busy machine changes the wall time, not the result [no limit: --max-time decides]")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--window", type=float, default=1.0, help="training window in seconds [1.0]")
+    p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("/tmp/augment-runs"), help="run folders [/tmp/augment-runs]")
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/augment-cache"))
@@ -101,7 +108,9 @@ def main() -> None:
     wanted = args.configs.split(",")
     rows: list[dict] = []
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {len(args.corpora)} corpora x {len(wanted)} configs, "
-          f"--max-time {args.max_time}, seed {args.seed}, 1 thread; load {os.getloadavg()}", flush=True)
+          f"--max-time {args.max_time} --max-steps {args.max_steps} --batch-size {args.batch_size} --window "
+          f"{args.window} --val-every {args.val_every}, seed {args.seed}, 1 thread; load {os.getloadavg()}",
+          flush=True)
     for label, augment in CONFIGS:
         if label not in wanted:
             continue
@@ -111,8 +120,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.json:
-                args.json.write_text(json.dumps({"max_time": args.max_time, "seed": args.seed, "rows": rows},
-                                                indent=1))
+                args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+                                                 "rows": rows}, indent=1))
     print()
     print(table(rows))
 
