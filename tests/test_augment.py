@@ -293,10 +293,10 @@ def test_stretched_variant_features_are_the_stretched_audio(tmp_path):
     audio = np.concatenate([tone(220.0, 0.5), tone(330.0, 0.5)])
     features = extract_features(audio, SETTINGS)
     (v_audio, v_feats, params, _), = make_augmented_variants(
-        [audio], [features], 1, seed=2, settings=SETTINGS, cache_dir=tmp_path, progress=False,
+        [audio], [features], 1, seed=6, settings=SETTINGS, cache_dir=tmp_path, progress=False,
         enabled=("stretch",))
     factor = params.duration_factor
-    assert factor != 1.0 and params.pitch_shift_semitones == 0.0
+    assert abs(factor - 1.0) > 0.05 and params.pitch_shift_semitones == 0.0   # seed 6: 0.91, 17 frames early
     assert v_audio.shape == (A.stretched_length(len(audio), factor),)
     assert v_feats.n_frames == len(v_audio) // HOP
     change = np.argmax(v_feats.f0_hz > 275.0)
