@@ -1,6 +1,7 @@
 """Augmentation ablation: short trainings with the default augmentations, each new one added, and all of them.
 
     python benchmarks/bench_augment.py CORPUS [CORPUS ...] [--max-time 150s] [--max-steps N] [--out DIR] [--json FILE]
+    python benchmarks/bench_augment.py --combine A.json B.json [--json ALL.json]     # one table from several
 
 Every run is sdga-train (training.cli.train_main, in a child process) on one thread with the same seed and so
 the same split and the same settings for the augmentations both runs share (a variant draws every row's
@@ -92,7 +93,9 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("corpora", type=Path, nargs="+")
+    p.add_argument("corpora", type=Path, nargs="*")
+    p.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                   help="no training: merge the rows of these --json files (into --json if given) and print the table")
     p.add_argument("--max-time", default="150s", help="training budget per run (a ceiling with --max-steps) [150s]")
     p.add_argument("--max-steps", type=int, default=-1, help="steps per run: the same for every config, so a "
                    "busy machine changes the wall time, not the result [no limit: --max-time decides]")
@@ -105,6 +108,18 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the rows here (rewritten after every run)")
     p.add_argument("--configs", default=",".join(c for c, _ in CONFIGS), help="labels to run, comma-separated")
     args = p.parse_args()
+    if args.combine:
+        parts = [json.loads(f.read_text()) for f in args.combine]
+        rows = [r for part in parts for r in part["rows"]]
+        order = [c for c, _ in CONFIGS]
+        rows.sort(key=lambda r: (order.index(r["config"]), r["corpus"]))
+        if args.json:
+            args.json.write_text(json.dumps({"parts": [part.get("settings") for part in parts], "rows": rows},
+                                            indent=1))
+        print(table(rows))
+        return
+    if not args.corpora:
+        p.error("give one or more corpora (or --combine)")
     wanted = args.configs.split(",")
     rows: list[dict] = []
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {len(args.corpora)} corpora x {len(wanted)} configs, "

@@ -1,7 +1,10 @@
 """Offline audio augmentation with pedalboard: parameters are drawn from a seed, then applied.
 
-Each (source, variant) gets its own generator seeded with (seed, source_index, variant_index), so a variant is
-reproducible and loggable (AugmentParams.as_dict). Variants are rendered once and cached on disk; the only
+AUGMENTATIONS is the one table of what a variant may do (name, what, parameter ranges, on by default);
+draw_params, sdga-train --augment and its help, and the tests read it. Each (source, variant) gets its own
+generator seeded with (seed, source_index, variant_index), so a variant is reproducible and loggable
+(AugmentParams.as_dict). Variants are rendered once and cached on disk (keyed on every parameter); a stretched
+variant is longer or shorter than its source and its f0 is measured again on the stretched audio. The only
 per-training-step augmentation is random_gain, which is exact and costs nothing.
 """
 
