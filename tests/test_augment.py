@@ -181,3 +181,153 @@ def test_variants_reproducible_and_cached(tmp_path, monkeypatch):
     other_seed = make_augmented_variants(audios[:1], features[:1], 1, seed=4, settings=SETTINGS, cache_dir=None,
                                          progress=False)
     assert other_seed[0][2] != first[0][2]
+
+
+# ------------------------------------------------------------------ the table; stretch, distortion, noise
+def test_table_drives_draws_and_names():
+    fields = {f.name for f in dataclasses.fields(AugmentParams)}
+    drawn = [d.field for a in A.AUGMENTATIONS for d in a.draws]
+    assert len(drawn) == len(set(drawn)) and set(drawn) == fields
+    assert A.DEFAULT_AUGMENTATIONS == ("gain", "eq", "compress", "reverb", "pitch")
+    all_on = [draw_params(np.random.default_rng(s), enabled=A.AUGMENTATION_NAMES) for s in range(40)]
+    for aug in A.AUGMENTATIONS:
+        for d in aug.draws:
+            values = [getattr(p, d.field) for p in all_on]
+            assert min(values) >= d.low and max(values) <= d.high, d
+            assert len(set(values)) > 1, d
+        # off: its identity values, and every other parameter as drawn with it on
+        others = tuple(n for n in A.AUGMENTATION_NAMES if n != aug.name)
+        off = draw_params(np.random.default_rng(3), enabled=others)
+        on = draw_params(np.random.default_rng(3), enabled=A.AUGMENTATION_NAMES)
+        assert off == dataclasses.replace(on, **dict(aug.off))
+    assert A.parse_augmentations("default") == A.DEFAULT_AUGMENTATIONS
+    assert A.parse_augmentations("noise, default") == A.DEFAULT_AUGMENTATIONS + ("noise",)
+    assert A.parse_augmentations("all,-reverb,-noise") == ("gain", "eq", "compress", "pitch", "stretch", "distort")
+    assert A.parse_augmentations("none") == () == A.parse_augmentations("")
+    with pytest.raises(ValueError, match="unknown augmentation 'strech'.*stretch"):
+        A.parse_augmentations("default,strech")
+
+
+def test_cli_rejects_unknown_augmentation(tmp_path, capsys):
+    from training.cli import EXIT_BAD_INPUT, train_main
+
+    assert train_main([str(tmp_path), "--augment", "eq,fuzz"]) == EXIT_BAD_INPUT
+    assert "--augment: unknown augmentation 'fuzz'" in capsys.readouterr().err
+
+
+def median_f0(audio: np.ndarray) -> float:
+    f0, _, voiced = pyin_native(audio[::3].copy(), 16000, 65.0, 2093.0, 1024, 160)
+    return float(np.median(f0[voiced][5:-5]))
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_stretch_keeps_pitch_and_scales_duration(factor):
+    on, off = int(0.3 * SR), int(0.9 * SR)
+    audio = np.zeros(int(1.2 * SR), np.float32)
+    audio[on:off] = tone(330.0, (off - on) / SR)
+    out = apply_effects(audio, SR, dataclasses.replace(NEUTRAL, duration_factor=factor))
+    assert out.shape == (A.stretched_length(audio.shape[0], factor),) == (int(round(audio.shape[0] * factor)),)
+    assert np.all(np.isfinite(out)) and np.max(np.abs(out)) <= 1.0
+    assert abs(1200 * np.log2(median_f0(out) / median_f0(audio))) < 3
+
+    def edges(x: np.ndarray) -> np.ndarray:
+        loudness = a_weighted_loudness_db(x, SR, HOP, SETTINGS.loudness_n_fft)
+        above = np.nonzero(loudness > np.max(loudness) - 20.0)[0]
+        return np.array([above[0], above[-1]])
+
+    # the onset and the end move to factor x their times (the loudness window's smear is the same in both)
+    moved = edges(out) - edges(audio)
+    expected = (np.array([on, off]) * (factor - 1.0)) / HOP
+    assert np.all(np.abs(moved - expected) <= 2), (moved, expected)
+
+
+@pytest.mark.parametrize("amplitude", [0.1, 0.5, 0.95])
+def test_distortion_is_subtle_but_there(amplitude):
+    """At the table's strongest settings a sine's THD stays under 3% and its level within 2 dB; at the
+    weakest it is still measurable (> 0.05%)."""
+    (drive, mix) = [d for a in A.AUGMENTATIONS if a.name == "distort" for d in a.draws]
+    n = SR // 2
+    x = (amplitude * np.sin(2 * np.pi * 375.0 * np.arange(n) / SR)).astype(np.float32)  # 375 Hz: whole cycles
+
+    def thd_and_gain_db(params):
+        y = apply_effects(x, SR, params)[SR // 10:]
+        spectrum = np.abs(np.fft.rfft(y[: (len(y) // 128) * 128]))
+        k = round(375.0 * (len(y) // 128) * 128 / SR)
+        harmonics = np.sqrt(sum(spectrum[h * k] ** 2 for h in range(2, 20)))
+        gain_db = 20 * np.log10(np.sqrt(np.mean(y ** 2)) / np.sqrt(np.mean(x[SR // 10:] ** 2)))
+        return harmonics / spectrum[k], gain_db
+
+    strong, gain_db = thd_and_gain_db(dataclasses.replace(NEUTRAL, distortion_drive_db=drive.high,
+                                                          distortion_mix=mix.high))
+    assert strong < 0.03 and abs(gain_db) < 2.0   # tanh squashes a full-scale sine by up to ~1.6 dB
+    weak, _ = thd_and_gain_db(dataclasses.replace(NEUTRAL, distortion_drive_db=drive.low, distortion_mix=mix.low))
+    assert weak > (5e-4 if amplitude >= 0.5 else 5e-5)  # level-dependent, like any saturation
+    clean, _ = thd_and_gain_db(NEUTRAL)
+    assert clean < 1e-4
+
+
+@pytest.mark.parametrize("slope", [0.0, 1.0, 2.0])
+def test_noise_level_colour_and_seed(slope):
+    audio = np.concatenate([np.zeros(SR // 4, np.float32), tone(440.0, 0.75), np.zeros(SR // 2, np.float32)])
+    clean = apply_effects(audio, SR, NEUTRAL)
+    params = dataclasses.replace(NEUTRAL, noise_slope=slope, noise_level_db=-37.5, noise_seed=11)
+    noisy = apply_effects(audio, SR, params)
+    noise = noisy - clean
+    level_db = 20 * np.log10(np.sqrt(np.mean(noise.astype(np.float64) ** 2)) / A.active_rms(clean, SR))
+    assert abs(level_db - (-37.5)) < 0.1
+    playing_rms = np.sqrt(np.mean(audio[SR // 4: SR] ** 2))     # the silences (half the audio) left out
+    assert abs(A.active_rms(clean, SR) / playing_rms - 1.0) < 0.02
+    # the colour: power falls by `slope` decades per decade between 100 Hz and 10 kHz
+    freqs = np.fft.rfftfreq(len(noise), 1 / SR)
+    power = np.abs(np.fft.rfft(noise)) ** 2
+    band = (freqs > 100) & (freqs < 10000)
+    fitted = -np.polyfit(np.log10(freqs[band]), np.log10(power[band]), 1)[0]
+    assert abs(fitted - slope) < 0.15
+    np.testing.assert_array_equal(apply_effects(audio, SR, params), noisy)
+    assert not np.array_equal(apply_effects(audio, SR, dataclasses.replace(params, noise_seed=12)), noisy)
+
+
+def test_stretched_variant_features_are_the_stretched_audio(tmp_path):
+    """Two notes, A3 then E4: in a stretched variant the change of note is where the stretched audio has it,
+    and every feature frame belongs to the stretched length."""
+    audio = np.concatenate([tone(220.0, 0.5), tone(330.0, 0.5)])
+    features = extract_features(audio, SETTINGS)
+    (v_audio, v_feats, params, _), = make_augmented_variants(
+        [audio], [features], 1, seed=6, settings=SETTINGS, cache_dir=tmp_path, progress=False,
+        enabled=("stretch",))
+    factor = params.duration_factor
+    assert abs(factor - 1.0) > 0.05 and params.pitch_shift_semitones == 0.0   # seed 6: 0.91, 17 frames early
+    assert v_audio.shape == (A.stretched_length(len(audio), factor),)
+    assert v_feats.n_frames == len(v_audio) // HOP
+    change = np.argmax(v_feats.f0_hz > 275.0)
+    assert abs(change - 0.5 * SR * factor / HOP) <= 4
+    np.testing.assert_array_equal(v_feats.loudness_db,
+                                  a_weighted_loudness_db(v_audio, SR, HOP, SETTINGS.loudness_n_fft))
+
+
+def test_all_variants_deterministic_and_cache_keyed_on_settings(tmp_path, monkeypatch):
+    audios = [tone(220.0, 0.5)]
+    features = [extract_features(audios[0], SETTINGS)]
+
+    def make(enabled, cache_dir=tmp_path):
+        return A.make_augmented_variants_reported(audios, features, 2, seed=5, settings=SETTINGS,
+                                                  cache_dir=cache_dir, progress=False, enabled=enabled)
+
+    first, report = make(A.AUGMENTATION_NAMES)
+    assert report.computed == 2 and len(list(tmp_path.glob("*.npz"))) == 2
+    again, _ = make(A.AUGMENTATION_NAMES, cache_dir=None)      # rendered afresh: the same audio
+    for (a1, f1, p1, _), (a2, f2, p2, _) in zip(first, again):
+        assert p1 == p2
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_array_equal(f1.f0_hz, f2.f0_hz)
+    defaults, report = make(A.DEFAULT_AUGMENTATIONS)          # other settings: other keys, rendered
+    assert report.computed == 2 and len(list(tmp_path.glob("*.npz"))) == 4
+    monkeypatch.setattr(A, "apply_effects", lambda *a, **k: pytest.fail("re-rendered a cached variant"))
+    cached, report = make(A.AUGMENTATION_NAMES)                # stretched lengths read back from the cache
+    assert report.from_cache == 2 and not report.rejected
+    for (a1, f1, _, _), (a2, f2, _, _) in zip(first, cached):
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_array_equal(f1.loudness_db, f2.loudness_db)
+    monkeypatch.setattr(A, "AUGMENT_VERSION", A.AUGMENT_VERSION + 1)
+    with pytest.raises(pytest.fail.Exception):
+        make(A.AUGMENTATION_NAMES)

@@ -15,6 +15,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from training.augment import AUGMENTATIONS
     p = argparse.ArgumentParser(prog="sdga-train", description="Train a DDSP + beta-VAE instrument from a folder "
                                 "of recordings and write one model file.")
     p.add_argument("corpus", type=Path, help="folder of recordings (wav/flac/aiff/ogg/mp3, any rate), or one file")
@@ -37,6 +38,10 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, default=48000, help="model sample rate [48000]")
     p.add_argument("--no-augment", action="store_true", help="disable pedalboard augmentation")
     p.add_argument("--augment-variants", type=int, default=2, help="pedalboard renders per training file [2]")
+    p.add_argument("--augment", default="default", metavar="NAMES",
+                   help="augmentations to use: a comma list of " + "; ".join(
+                       f"{a.name} ({a.does}{', on by default' if a.default else ''})".replace("%", "%%") for a in AUGMENTATIONS)
+                   + "; or default, all, none; '-name' removes one, e.g. default,stretch or all,-reverb [default]")
     p.add_argument("--val-every", type=int, default=100, help="validate every N steps [100]")
     p.add_argument("--checkpoint-every", default="30s", help="also write checkpoints/last.ckpt this often "
                    "(wall clock), so a crash or kill loses at most this much training; 0 = only at validation [30s]")
@@ -85,12 +90,18 @@ def train_main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sdga-train: --checkpoint-every: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from training.augment import parse_augmentations
+    try:
+        chosen = parse_augmentations(args.augment)
+    except ValueError as exc:
+        print(f"sdga-train: --augment: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
     cfg = TrainConfig(
         corpus_dir=args.corpus, out_dir=args.out, model_file=args.model_file, cache_dir=args.cache_dir,
         sample_rate=args.sample_rate, latent_dim=args.latents, beta=args.beta, window_seconds=args.window,
         batch_size=args.batch_size, max_time_s=max_time or None, max_steps=args.max_steps, augment=not args.no_augment,
-        augment_variants=args.augment_variants, val_every_steps=args.val_every,
+        augment_variants=args.augment_variants, augmentations=chosen, val_every_steps=args.val_every,
         checkpoint_every_s=checkpoint_every, early_stop_patience=args.patience,
         seed=args.seed, resume=args.resume, accelerator=args.accelerator, devices=devices,
         num_threads=args.threads, learning_rate=args.lr, progress=not args.no_progress,

@@ -47,6 +47,7 @@ class TrainConfig:
     early_stop_patience: int = 10             # validations without improvement
     augment: bool = True
     augment_variants: int = 2                 # pedalboard renders per training file (cached)
+    augmentations: tuple[str, ...] | None = None   # names from training.augment.AUGMENTATIONS [its defaults]
     seed: int = 0
     resume: bool = False
     accelerator: str = "cpu"
@@ -71,6 +72,12 @@ class TrainingError(Exception):
 
 class CheckpointError(TrainingError):
     """A checkpoint to resume from is unreadable or not a checkpoint of this trainer."""
+
+
+def augmentations(cfg: TrainConfig) -> tuple[str, ...]:
+    """The augmentations a run uses (training.augment.AUGMENTATIONS names): cfg's, or the table's defaults."""
+    from training.augment import DEFAULT_AUGMENTATIONS
+    return DEFAULT_AUGMENTATIONS if cfg.augmentations is None else tuple(cfg.augmentations)
 
 
 def default_cache_dir() -> Path:
@@ -152,10 +159,11 @@ def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
         t0 = time.time()
         variants, report = make_augmented_variants_reported(
             [e.audio for e in train], [e.features for e in train], cfg.augment_variants, cfg.seed, settings,
-            cache / "augment", progress=cfg.progress)
+            cache / "augment", progress=cfg.progress, enabled=augmentations(cfg))
         train = train + [Example(f"{train[src].name}~aug{i}", audio, feats)
                          for i, (audio, feats, _params, src) in enumerate(variants)]
-        log(f"augmentation: {len(variants)} pedalboard variants ({report.describe()}) in {time.time() - t0:.1f} s")
+        log(f"augmentation: {len(variants)} pedalboard variants ({', '.join(augmentations(cfg)) or 'none'}; "
+            f"{report.describe()}) in {time.time() - t0:.1f} s")
     return PreparedData(corpus, train, val, how, stats)
 
 
@@ -305,7 +313,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     # An "epoch" is one validation period: val_every_steps batches of random windows.
     windows_per_epoch = max(1, cfg.val_every_steps) * cfg.batch_size
     train_ds = RandomWindows(data.train, cfg.window_frames, cfg.hop_size, windows_per_epoch, cfg.seed,
-                             gain_db_range=6.0 if cfg.augment else 0.0)
+                             gain_db_range=6.0 if cfg.augment and "gain" in augmentations(cfg) else 0.0)
     val_ds = TiledWindows(data.val, cfg.window_frames, cfg.hop_size)
     loader_args = dict(batch_size=cfg.batch_size, num_workers=0)
     train_loader = torch.utils.data.DataLoader(train_ds, shuffle=False, drop_last=True, **loader_args)
@@ -453,6 +461,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         "best_val_loss": model_val_loss,
         "interrupted": interrupted, "beta": cfg.beta, "latent_dim": cfg.latent_dim, "seed": cfg.seed,
         "attribute_weight": loss_config.attribute_weight, "invariance_weight": loss_config.invariance_weight, "augment": cfg.augment, "augment_variants": cfg.augment_variants if cfg.augment else 0,
+        "augmentations": list(augmentations(cfg)) if cfg.augment else [],
         "window_seconds": window_s, "batch_size": cfg.batch_size, "split": data.split,
         "max_time_s": cfg.max_time_s, "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
