@@ -105,10 +105,10 @@ def latency(moves: int) -> None:
                             await asyncio.wait_for(ws.receive_json(), 0.005)
                         except asyncio.TimeoutError:
                             break
-                    value = 127 if i % 2 else 0       # CC 2 -> latent/1, from "another thread" (here: a thread)
+                    value = 127 if i % 2 else 0       # CC 71 -> latent/1, from "another thread" (here: a thread)
                     moved = time.perf_counter()
                     threading.Thread(target=router.midi,
-                                     args=(mido.Message("control_change", control=2, value=value),)).start()
+                                     args=(mido.Message("control_change", control=71, value=value),)).start()
                     while True:
                         m = await ws.receive_json()
                         if m["t"] == "values" and m["values"].get("latent/1", [None])[0] == value / 127:

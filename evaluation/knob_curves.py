@@ -62,7 +62,8 @@ def offered_knobs(bundle) -> list:
 def corpus_band(info) -> tuple[float, float]:
     """Where the corpus lies on a knob (0..1): the optional ``corpus_low`` / ``corpus_high`` of the latent
     table (a model without them: the whole knob)."""
-    return float(getattr(info, "corpus_low", 0.0)), float(getattr(info, "corpus_high", 1.0))
+    low, high = getattr(info, "corpus_low", None), getattr(info, "corpus_high", None)
+    return (0.0 if low is None else float(low)), (1.0 if high is None else float(high))
 
 
 @dataclass(frozen=True)

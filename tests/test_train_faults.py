@@ -270,8 +270,15 @@ def test_resume_appends_metrics_gets_a_fresh_time_budget_and_exports_what_it_rep
     assert meta["model_step"] == t["model_step"] and meta["best_val_loss"] == t["best_val_loss"]
     from instrument.model.bundle import load_bundle
     exported = load_bundle(out / "model.sdga").decoder.state_dict()
+    expected = {name: best["state_dict"][f"decoder.{name}"] for name in exported}
+    basis = read_metadata(out / "model.sdga").get("knob_basis")
+    if basis:   # knobs by intervention: the first z layer is folded, W z + b -> (W A) u + (W c + b)
+        W, b = expected["z_mlp.0.weight"].double(), expected["z_mlp.0.bias"].double()
+        A = torch.tensor(basis["matrix"], dtype=torch.float64)
+        c = torch.tensor(basis["centre"], dtype=torch.float64)
+        expected["z_mlp.0.weight"], expected["z_mlp.0.bias"] = (W @ A).float(), (W @ c + b).float()
     for name, value in exported.items():
-        torch.testing.assert_close(value, best["state_dict"][f"decoder.{name}"])
+        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -138,9 +138,9 @@ def test_page_moves_the_engine_and_follows_midi(jack, model_path, browser, tmp_p
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", s)   # not under the sticky header
         s.click()
         s.send_keys(Keys.END)
-        # a CC from a JACK MIDI port (CC 2 -> latent/1 by default) -> the slider on the page
+        # a CC from a JACK MIDI port (CC 71 -> latent/1 by default; CC 1, 2 are expression) -> the slider on the page
         assert slider_value(browser, "latent/1") < 0.9
-        keys.send(0xB0, 2, 127)
+        keys.send(0xB0, 71, 127)
         wait(browser, lambda d: slider_value(d, "latent/1") == 1.0, what="the CC moves the slider")
         assert browser.find_element(By.CSS_SELECTOR, '.slider[data-target="latent/1"] .value').text == "1.000"
         time.sleep(0.5)
