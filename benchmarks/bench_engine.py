@@ -30,25 +30,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instrument.model.bundle import load_bundle, random_bundle  # noqa: E402
 from instrument.engine.engine import Engine  # noqa: E402
-from instrument.engine.events import LatentSet, NoteOn, PitchBend  # noqa: E402
+from instrument.engine.events import ChannelPressure, ChannelTimbre, LatentSet, NoteOn, PitchBend  # noqa: E402
 
 
 def time_blocks(bundle, sample_rate: int, block: int, voices: int, seconds: float, notes: int | None = None,
-                moving: bool = False, ramp: bool = False) -> np.ndarray:
+                moving: bool = False, ramp: bool = False, mpe: bool = False) -> np.ndarray:
     """process() times with ``notes`` (default: ``voices``) held notes; ``moving``: a pitch-bend LFO
     changes every voice's inputs every block (the decoder's full path on every frame); ``ramp``: a latent
-    changes every block (as under a mapping's smoothing ramp or a fader move)."""
+    changes every block (as under a mapping's smoothing ramp or a fader move); ``mpe``: every note on its own
+    MPE member channel, each with its own bend, pressure (loudness and latent 1) and CC 74 (latent 0) moving
+    every block (every voice's own latents recomputed every frame: MPE's worst case)."""
     engine = Engine(bundle)
     engine.prepare(sample_rate, block, voices)
     out = np.zeros(block, dtype=np.float32)
     n_notes = voices if notes is None else notes
-    engine.process([NoteOn(48 + (7 * k) % 36, 100) for k in range(n_notes)], out)
+    if mpe:
+        for name, value in (("mpe_zone", 1), ("mpe_pressure_latent", 1)):
+            engine.set_param(name, value)
+    engine.process([NoteOn(48 + (7 * k) % 36, 100, 1 + k % 15 if mpe else 0) for k in range(n_notes)], out)
     for _ in range(max(20, int(0.3 * sample_rate / block))):          # warm-up (past the decay)
         engine.process((), out)
     n_blocks = max(200, int(seconds * sample_rate / block))
     bends = [([PitchBend(0.2 * math.sin(2 * math.pi * 5 * k * block / sample_rate))] if moving else [])
              + ([LatentSet(0, 0.5 + 0.4 * math.sin(2 * math.pi * k * block / sample_rate), knob=True)] if ramp else [])
              for k in range(n_blocks)]
+    if mpe:
+        for k in range(n_blocks):
+            for v in range(n_notes):
+                x = 0.5 + 0.4 * math.sin(2 * math.pi * (k * block / sample_rate + v / 7))
+                bends[k] += [PitchBend(0.01 * (x - 0.5), 1 + v % 15), ChannelPressure(x, 1 + v % 15),
+                             ChannelTimbre(1.0 - x, 1 + v % 15)]
     times = np.empty(n_blocks)
     perf = time.perf_counter
     for k in range(n_blocks):
@@ -120,6 +131,9 @@ def main(argv=None) -> int:
           f"silence {cell(lambda: time_blocks(bundle, sr, block, max(args.voices), args.seconds, notes=0), budget)}")
     print(f"D. block {block}, a latent moving every block (a fader or a smoothing ramp), held notes: " + "; ".join(
         f"{v} voice{'s' if v > 1 else ''} {cell(lambda: time_blocks(bundle, sr, block, v, args.seconds, ramp=True), budget)}"
+        for v in args.voices))
+    print(f"E. block {block}, MPE: every note's own bend, pressure and CC 74 moving every block: " + "; ".join(
+        f"{v} voice{'s' if v > 1 else ''} {cell(lambda: time_blocks(bundle, sr, block, v, args.seconds, mpe=True), budget)}"
         for v in args.voices))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     engine = Engine(bundle)

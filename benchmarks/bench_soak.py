@@ -153,6 +153,31 @@ def _print_diagnostics(probes: list[tuple[str, list[tuple[float, float]]]], rows
               f"(GIL or a lock: extra voluntary switch): {waited}; during a machine stall a probe saw: {seen}")
 
 
+def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], rows: list[dict], underflows: list[float],
+                        budget_ms: float) -> dict[str, int]:
+    """Every underflow after the first second, in one class: ``stall`` (a probe saw the machine stall, from its
+    start to 20 ms after its end, as in _print_stalls); else by the diagnosed callbacks of the 20 ms before the
+    one that reported it: ``overran`` (one computed longer than the block), ``preempted`` (one began late or ran
+    after the kernel took the audio thread off the CPU), ``woken late`` (one began over half a block late
+    without being taken off the CPU: the server woke it late, or it waited for the GIL), else ``unexplained``."""
+    stalls = [stall for _, found in probes for stall in found]
+    counts = {"stall": 0, "overran": 0, "preempted": 0, "woken late": 0, "unexplained": 0}
+    for u in underflows:
+        if any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls):
+            counts["stall"] += 1
+            continue
+        before = [r for r in rows if u - 0.02 <= r["perf_counter"] <= u]
+        if any(r["compute_ms"] > budget_ms for r in before):
+            counts["overran"] += 1
+        elif any(r["involuntary_before"] + r["involuntary_during"] > 0 for r in before):
+            counts["preempted"] += 1
+        elif any(r["start_delay_ms"] > 0.5 * budget_ms for r in before):
+            counts["woken late"] += 1
+        else:
+            counts["unexplained"] += 1
+    return counts
+
+
 def null_player(seconds: float, block_size: int, stats_path: Path, busy_ms: float = 0.0) -> int:
     """What sdga-play's I/O does, without the engine: prints the two lines the soak waits for, writes stats."""
     import sounddevice as sd
@@ -367,6 +392,10 @@ def main(argv=None) -> int:
     _print_xruns(work / "jackd.log")
     _print_stalls(probe_stalls, stats.get("underflow_times", []))
     _print_diagnostics(probe_stalls, stats.get("callback_diagnostics", []), 1000.0 * args.block_size / 48000)
+    classes = classify_underflows(probe_stalls, stats.get("callback_diagnostics", []), stats.get("underflow_times", []),
+                                  1000.0 * args.block_size / 48000)
+    print("  underflows by class: " + ", ".join(f"{name} {n}" for name, n in classes.items())
+          + " (outside a machine stall: " + str(sum(classes.values()) - classes["stall"]) + ")")
     if code != 0:
         print("\n".join(lines))
     if args.keep:

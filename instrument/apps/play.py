@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also receive from the MIDI inputs whose name contains NAME (repeatable)")
     m.add_argument("--midi-all", action="store_true", help="receive from every MIDI input")
     m.add_argument("--no-virtual-midi", action="store_true", help="do not create the virtual input port 'sdga'")
+    m.add_argument("--mpe", choices=("lower", "upper"), default=None,
+                   help="MPE controller: each note on its own channel with its own bend, pressure (loudness) and "
+                   "CC 74 (latent 0, for that note); lower zone: master channel 1, upper: 16. An MPE controller's "
+                   "configuration message sets this by itself")
     m.add_argument("--midi-api", choices=("auto", *MIDI_API_CHOICES), default="auto",
                    help="MIDI system (auto: the platform's: JACK when its server runs, else ALSA on Linux; CoreMIDI "
                         "on macOS; Windows MM on Windows)")
@@ -423,7 +427,7 @@ def _load_set(args, log) -> _Instrument:
     from instrument.model.modelfile import ModelFileError
 
     feedback = _feedback(args.osc_feedback)
-    params = _initial_params(args.param)
+    params = _initial_params(([f"mpe_zone={args.mpe}"] if args.mpe else []) + args.param)
     try:
         setlist = load_setlist(args.set)
     except MappingError as exc:
@@ -476,7 +480,7 @@ def _load_instrument(args, log) -> _Instrument:
     except (ModelFileError, OSError) as exc:
         raise UsageError(str(exc)) from None
     latents = _initial_latents(bundle, args.latent)
-    params = _initial_params(args.param)
+    params = _initial_params(([f"mpe_zone={args.mpe}"] if args.mpe else []) + args.param)
     from instrument.engine.effects import EffectsChain
 
     effects = EffectsChain()            # empty: a no-op; patch recall swaps effects in

@@ -25,10 +25,16 @@ from instrument.model.modelfile import ModelFileError
 __all__ = ["midi_file_events", "render_events", "render_midi", "parse_assignments", "main"]
 
 
-def midi_file_events(midi, sample_rate: int) -> tuple[list[tuple[int, Event]], int]:
+def midi_file_events(midi, sample_rate: int, mpe=None) -> tuple[list[tuple[int, Event]], int]:
     """(absolute sample, event) for every message of a MIDI file the engine uses, and the file's length in
-    samples. ``midi`` is a path or a mido.MidiFile; tempo changes are honoured (mido converts to seconds)."""
+    samples. ``midi`` is a path or a mido.MidiFile; tempo changes are honoured (mido converts to seconds).
+    MPE data (a configuration message, member channels' bend, pressure and CC 74) is decoded as sdga-play does
+    (an :class:`~instrument.controls.mpe.MpeInput`, given or new)."""
     import mido
+
+    from instrument.controls.mpe import MpeInput
+
+    mpe = mpe if mpe is not None else MpeInput()
 
     midi_file = midi if isinstance(midi, mido.MidiFile) else mido.MidiFile(str(midi))
     events: list[tuple[int, Event]] = []
@@ -37,9 +43,14 @@ def midi_file_events(midi, sample_rate: int) -> tuple[list[tuple[int, Event]], i
         seconds += message.time
         if message.is_meta:
             continue
+        sample = int(round(seconds * sample_rate))
+        decoded = mpe.message(message)
+        if decoded is not None:
+            events += [(sample, event) for event in decoded]
+            continue
         event = from_mido(message)
         if event is not None:
-            events.append((int(round(seconds * sample_rate)), event))
+            events.append((sample, event))
     return events, int(round(seconds * sample_rate))
 
 
@@ -71,7 +82,12 @@ def render_midi(bundle: ModelBundle, midi, sample_rate: int | None = None, block
     engine = Engine(bundle, noise_seed=noise_seed)
     engine.prepare(sample_rate, block_size, max_voices)
     sr = engine.sample_rate
-    events, length = midi_file_events(midi, sr)
+    from instrument.controls.mpe import MpeInput
+
+    initial_events = list(initial_events)
+    mpe = MpeInput()
+    mpe.track(initial_events)                # --mpe / --param mpe_zone=...: the file's member channels are MPE
+    events, length = midi_file_events(midi, sr, mpe)
     initial = [(0, e) for e in initial_events]
     for _, event in initial:                 # parameters that set the tail length must be known now
         if isinstance(event, ParamSet):
@@ -126,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="play the keys in a Scala scale (concert pitch: --param tuning_a4_hz=442)")
     p.add_argument("--keyboard-map", type=Path, default=None, metavar="FILE.kbm",
                    help="a Scala keyboard map for --scale (default: degree 0 on key 60, key 69 at 440 Hz)")
+    p.add_argument("--mpe", choices=("lower", "upper"), default=None,
+                   help="the file is MPE (each note on its own channel; a file holding the MPE configuration "
+                   "message needs no flag)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     return p
 
@@ -141,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         initial: list[Event] = [LatentSet(info.index, knob, knob=True)
                                  for info, knob in parse_latent_knobs(bundle, args.latent)]
+        if args.mpe:
+            initial.append(param_event("mpe_zone", args.mpe))
         initial += [param_event(name, value) for name, value in parse_assignments(args.param, "param")]
         if args.keyboard_map is not None and args.scale is None:
             raise ValueError("--keyboard-map needs --scale")

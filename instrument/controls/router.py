@@ -33,6 +33,7 @@ from instrument.controls.addresses import (CancelLearn, Learn, OscError, RecallP
                                            StepPatch, StepSong, decode, match_address)
 from instrument.controls.learn import LEARNABLE, entry_source, learned_entry
 from instrument.controls.mapping import DEFAULT_SMOOTH_MS, Binding, Mapping, parse_mapping, relative_delta
+from instrument.controls.mpe import MpeInput
 from instrument.controls.patches import Patch, save_sound
 from instrument.controls.ramps import Ramps
 from instrument.controls.reload import LiveMapping
@@ -76,6 +77,9 @@ class MappingRouter:
         self._learning: str | None = None
         self._hires: dict[tuple[int, int], list[int]] = {}
         self._last_x: dict[Binding, float] = {}
+        # MPE ahead of the mapping; it follows the zone through every ParamSet the router sends or syncs
+        # (--mpe / --param, patches, OSC, the controller's configuration message)
+        self.mpe = MpeInput()
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -136,9 +140,15 @@ class MappingRouter:
         kind = message.type
         if self._learning is not None and kind in LEARNABLE:
             self._learn_from(message)
+        channel = getattr(message, "channel", 0)
+        mpe = self.mpe.message(message, offset)
+        if mpe is not None:
+            for event in mpe:
+                if type(event) is ParamSet:
+                    self._note(event)
+            return mpe
         m = self._mapping
         out: list[Event] = []
-        channel = getattr(message, "channel", 0)
         consumed = False
         if kind == "control_change":
             cc, value = message.control, message.value
@@ -188,7 +198,20 @@ class MappingRouter:
             event = from_mido(message, offset)
             if event is not None:
                 out.append(event)
+        self._track_mpe(out)
         return out
+
+    # ------------------------------------------------------------------------------------------ MPE
+    @property
+    def mpe_zone(self) -> int:
+        """The MPE zone the engine plays (0 off, 1 lower, 2 upper)."""
+        return self.mpe.zone
+
+    def mpe_member(self, channel: int) -> bool:
+        return self.mpe.member(channel)
+
+    def _track_mpe(self, events: Iterable[Event]) -> None:
+        self.mpe.track(events)
 
     def _each(self, bindings, channel: int, x: float, offset: int, out: list) -> bool:
         used = False
@@ -218,6 +241,7 @@ class MappingRouter:
         self.values[t.key] = value
         event = self._inbox.move(t, value, ms, channel)
         if event is not None:
+            self._track_mpe((event,))
             out.append(with_offset(event, offset) if offset else event)
         self._send_feedback(t, value, address)
 
@@ -331,6 +355,7 @@ class MappingRouter:
                 self._inbox.stop(t, value)
                 self.values[t.key] = t.clamp(value)
         elif isinstance(event, ParamSet):
+            self._track_mpe((event,))
             t = m.target_for(("param", event.param))
             if t is not None:
                 self._inbox.stop(t, event.value)

@@ -50,12 +50,14 @@ class DecoderStep:
     """One decoder frame for V voices, equal to :meth:`Decoder.forward` on that frame.
 
     Write the scaled inputs into ``inputs`` (V, 2): column 0 ``(midi - f0_center_midi) / f0_scale_midi``,
-    column 1 ``(dB - loudness_center_db) / loudness_scale_db``; z (shared by all voices) with :meth:`set_z`.
+    column 1 ``(dB - loudness_center_db) / loudness_scale_db``; z (shared by all voices) with :meth:`set_z`;
+    a voice's own value of some latents (MPE: a note's CC 74 or pressure) with :meth:`set_voice_z`.
     :meth:`run` updates ``gru_state`` (V, G) in place and returns ``raw`` (V, 1 + H + N), a buffer that the
     next call overwrites.
 
     Exact rearrangements of the fused path: z only enters through the GRU's input projection (a linear map
-    of z_mlp(z)), so its contribution is folded into the GRU's input bias whenever z changes; and when no
+    of z_mlp(z)), so its contribution is folded into the GRU's input bias whenever z changes (one bias row per
+    voice: the shared one, or the voice's own where it has its own latents); and when no
     voice's (f0, loudness) changed since the previous frame (sustained notes, idle voices) the input MLPs and
     input projections are reused. Decoders of another structure run through the module (slower).
     The matmuls take voices four at a time, so a voice's result can differ in the last bits with the number
@@ -75,6 +77,11 @@ class DecoderStep:
             self.z_np = self.z.numpy()
             self._previous = np.full((V, 2), np.nan, dtype=np.float32)
             self._z_changed = True
+            # per-voice latents: NaN = the shared value; a voice with any finite entry has its own GRU input bias
+            self.voice_z = np.full((V, c.latent_dim), np.nan, dtype=np.float32)
+            self._own = np.zeros(V, dtype=np.bool_)
+            self._voice_dirty = np.zeros(V, dtype=np.bool_)
+            self._any_dirty = False
             try:
                 self._prepare_fused(decoder)
                 self.fused = True
@@ -88,6 +95,26 @@ class DecoderStep:
     def set_z_all(self, z) -> None:
         self.z_np[:] = np.asarray(z, dtype=np.float32)
         self._z_changed = True
+
+    def set_voice_z(self, voice: int, index: int, value: float) -> None:
+        """Voice ``voice``'s own value of latent ``index`` (NaN: back to the shared value); applied at the next
+        :meth:`run` (one z MLP row for that voice). Allocates nothing."""
+        row = self.voice_z[voice]
+        old = row[index]
+        value = np.float32(value)
+        if old == value or (old != old and value != value):
+            return
+        row[index] = value
+        self._voice_dirty[voice] = True
+        self._any_dirty = True
+
+    def clear_voice_z(self) -> None:
+        """Every voice back to the shared latents."""
+        for v in range(self.n_voices):
+            if self._own[v] or self._voice_dirty[v]:
+                self.voice_z[v].fill(np.nan)
+                self._voice_dirty[v] = True
+                self._any_dirty = True
 
     def _prepare_fused(self, dec: Decoder) -> None:
         c = self.config
@@ -128,6 +155,8 @@ class DecoderStep:
         self._w_ih_z = f32(w_ih[:, 2 * h:])                                              # (3G, h)
         self._b_ih = f32(gru.bias_ih_l0)
         self._b_ih_z_np = self._b_ih.copy()               # GRU input bias with z's contribution
+        self._bias_v = np.zeros((V, 3 * G), np.float32)   # per voice: that bias (its own z's where it has one)
+        self._zrow = np.zeros((1, c.latent_dim), np.float32)   # a voice's z (scratch)
         z_b = branches[2]                                 # z_mlp, run by a kernel when z changes (no torch)
         self._zw = (f32(z_b[0][0].weight), f32(z_b[0][0].bias), f32(z_b[1][0].weight), f32(z_b[1][0].bias),
                     f32(z_b[0][1].weight), f32(z_b[0][1].bias), f32(z_b[1][1].weight), f32(z_b[1][1].bias))
@@ -157,10 +186,12 @@ class DecoderStep:
     def _compile(self) -> None:
         """Compile (or load from numba's cache) the kernels for these buffers now, not in the first callback."""
         _z_step(self._z2, *self._zw, self._w_ih_z, self._b_ih, *self._zt, self._b_ih_z_np, self._gi, 0,
-                self._eps, self._slope)
+                self._eps, self._slope, self._bias_v, self._own)
+        _voice_z_step(self.z_np, self.voice_z, self._zrow, *self._zw, self._w_ih_z, self._b_ih, *self._zt, self._gi,
+                      0, self._eps, self._slope, self._bias_v, self._own, self._voice_dirty)
         _rows_equal(self.inputs_np, self._previous, 0)
         _input_step(self.inputs_np, self._w1, self._b1, self._g1, self._be1, self._w2, self._b2, self._g2, self._be2,
-                    self._w_ih_fl, self._b_ih_z_np, self._wo1_fl, self._bo1, self._x1, self._x2, self._fl, self._gi,
+                    self._w_ih_fl, self._bias_v, self._wo1_fl, self._bo1, self._x1, self._x2, self._fl, self._gi,
                     self._ofl, self._eps, self._slope, 0)
         state = np.zeros((1, self.config.gru_size), np.float32)
         _held_step(state, self._gi, self._gh, self._ofl, self._o1, self._o2, self._raw_np, self._w_hh, self._b_hh,
@@ -184,13 +215,21 @@ class DecoderStep:
             if self._z_shifts >= 256:
                 self._cached_rows = self._z_shifts = 0
             _z_step(self._z2, *self._zw, self._w_ih_z, self._b_ih, *self._zt, self._b_ih_z_np, self._gi,
-                    self._cached_rows, eps, slope)
+                    self._cached_rows, eps, slope, self._bias_v, self._own)
             self._z_changed = False
+            if self._own.any():                           # voices with their own latents follow the shared rest
+                np.logical_or(self._voice_dirty, self._own, out=self._voice_dirty)
+                self._any_dirty = True
+        if self._any_dirty:
+            self._z_shifts += 1
+            _voice_z_step(self.z_np, self.voice_z, self._zrow, *self._zw, self._w_ih_z, self._b_ih, *self._zt,
+                          self._gi, self._cached_rows, eps, slope, self._bias_v, self._own, self._voice_dirty)
+            self._any_dirty = False
         if rows > self._cached_rows or not _rows_equal(self.inputs_np, self._previous, rows):
             self._cached_rows = rows
             self._previous[:rows] = self.inputs_np[:rows]
             _input_step(self.inputs_np, self._w1, self._b1, self._g1, self._be1, self._w2, self._b2, self._g2,
-                        self._be2, self._w_ih_fl, self._b_ih_z_np, self._wo1_fl, self._bo1, self._x1, self._x2,
+                        self._be2, self._w_ih_fl, self._bias_v, self._wo1_fl, self._bo1, self._x1, self._x2,
                         self._fl, self._gi, self._ofl, eps, slope, rows)
         _held_step(gru_state.numpy(), self._gi, self._gh, self._ofl, self._o1, self._o2, self._raw_np, self._w_hh,
                    self._b_hh, self._wo1_g, self._no1[0], self._no1[1], self._wo2, self._bo2, self._no2[0],
@@ -202,8 +241,14 @@ class DecoderStep:
         V = self.n_voices
         midi = self.inputs[:, 0] * c.f0_scale_midi + c.f0_center_midi
         loudness = self.inputs[:, 1] * c.loudness_scale_db + c.loudness_center_db
+        z = self.z.expand(V, -1).clone()
+        own = torch.from_numpy(self.voice_z)
+        z = torch.where(torch.isnan(own), z, own)
+        self._own[:] = ~np.isnan(self.voice_z).all(axis=1)
+        self._voice_dirty[:] = False
+        self._any_dirty = False
         raw, h = self._decoder(dsp.midi_to_hz(midi).unsqueeze(1), loudness.unsqueeze(1),
-                               self.z.expand(V, 1, -1), gru_state.unsqueeze(0))
+                               z.unsqueeze(1), gru_state.unsqueeze(0))
         gru_state.copy_(h[0])
         self.raw.copy_(raw[:, 0])
         return self.raw
@@ -336,9 +381,8 @@ def _held_step(state, gi, gh, ofl, o1, o2, raw, w_hh, b_hh, wo1_g, g1, be1, wo2,
 
 
 @njit(cache=True)
-def _z_step(z, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_z, b_ih, t1, t2, bias, b_ih_z, gi, rows, eps, slope):
-    """z (1, D) changed: b_ih_z = b_ih + w_ih_z @ z_mlp(z) (t1, t2, bias: scratch rows), and the cached GRU
-    input projections gi[:rows] move by the change of that bias."""
+def _z_bias(z, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_z, b_ih, t1, t2, bias, eps, slope):
+    """bias (1, 3G) = b_ih + w_ih_z @ z_mlp(z) for one z row (1, D); t1, t2: scratch rows."""
     h = t1.shape[1]
     _fill_rows(b1, t1, 1)
     _matmul_acc(z, 0, w1, t1, 0, 1)
@@ -348,11 +392,49 @@ def _z_step(z, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_z, b_ih, t1, t2, bias, b_i
     _norm_act(t2, 0, h, g2, be2, eps, slope, t2, 0, 1)
     _fill_rows(b_ih, bias, 1)
     _matmul_acc(t2, 0, w_ih_z, bias, 0, 1)
+
+
+@njit(cache=True)
+def _z_step(z, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_z, b_ih, t1, t2, bias, b_ih_z, gi, rows, eps, slope, bias_v,
+            own):
+    """The shared z (1, D) changed: b_ih_z = b_ih + w_ih_z @ z_mlp(z); the bias rows of voices without their
+    own latents become it, and their cached GRU input projections gi[:rows] move by the change."""
+    _z_bias(z, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_z, b_ih, t1, t2, bias, eps, slope)
     for j in range(bias.shape[1]):
-        d = bias[0, j] - b_ih_z[j]
-        for i in range(rows):
-            gi[i, j] += d
         b_ih_z[j] = bias[0, j]
+    for i in range(bias_v.shape[0]):
+        if own[i]:
+            continue
+        for j in range(bias.shape[1]):
+            if i < rows:
+                gi[i, j] += bias[0, j] - bias_v[i, j]
+            bias_v[i, j] = bias[0, j]
+
+
+@njit(cache=True)
+def _voice_z_step(z_shared, voice_z, zrow, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_z, b_ih, t1, t2, bias, gi, rows,
+                  eps, slope, bias_v, own, dirty):
+    """Voices marked ``dirty``: their z (the shared one, with their own finite entries of ``voice_z``) -> their
+    bias row, and their cached GRU input projection moves by its change."""
+    D = zrow.shape[1]
+    for i in range(voice_z.shape[0]):
+        if not dirty[i]:
+            continue
+        dirty[i] = False
+        mine = False
+        for d in range(D):
+            x = voice_z[i, d]
+            if x == x:
+                zrow[0, d] = x
+                mine = True
+            else:
+                zrow[0, d] = z_shared[d]
+        own[i] = mine
+        _z_bias(zrow, w1, b1, g1, be1, w2, b2, g2, be2, w_ih_z, b_ih, t1, t2, bias, eps, slope)
+        for j in range(bias.shape[1]):
+            if i < rows:
+                gi[i, j] += bias[0, j] - bias_v[i, j]
+            bias_v[i, j] = bias[0, j]
 
 
 @njit(cache=True)

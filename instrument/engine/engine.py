@@ -36,8 +36,9 @@ from instrument.model import dsp
 from instrument.model.bundle import ModelBundle
 from instrument.engine.decoder_kernel import DecoderStep
 from instrument.engine.synth_kernel import StreamingSynth, device_hop_size
-from instrument.engine.events import (CC_MOD_WHEEL, CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS, ControlChange,
-                     LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet, PitchBend, TuningSet)
+from instrument.engine.events import (CC_MOD_WHEEL, CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_RESET_ALL_CONTROLLERS, CC_SUSTAIN, PARAMS,
+                     ChannelPressure, ChannelTimbre, ControlChange, LatentSet, NoteOff, NoteOn, Panic, Param, ParamSet,
+                     PitchBend, TuningSet)
 from instrument.engine.voices import VoiceBank, VoiceSettings
 
 __all__ = ["Engine", "EngineState", "EngineStats", "FrameRecord"]
@@ -50,7 +51,9 @@ _VOICE_SETTINGS = {
     Param.VELOCITY_SENSITIVITY: "velocity_sensitivity", Param.VOICE_MODE: "mode", Param.MIDI_CHANNEL: "midi_channel",
     Param.EXPRESSION: "expression", Param.VIBRATO_DEPTH: "vibrato_depth", Param.ATTACK_TIME_SCALE: "attack_time_scale",
     Param.RELEASE_TIME_SCALE: "release_time_scale", Param.LEVEL_OFFSET_DB: "level_offset_db",
-    Param.TUNING_A4_HZ: "tuning_a4_hz",
+    Param.TUNING_A4_HZ: "tuning_a4_hz", Param.MPE_ZONE: "mpe_zone", Param.MPE_MEMBERS: "mpe_members",
+    Param.MPE_BEND_RANGE_SEMITONES: "mpe_bend_range_semitones", Param.MPE_PRESSURE_DB: "mpe_pressure_db",
+    Param.MPE_TIMBRE_LATENT: "mpe_timbre_latent", Param.MPE_PRESSURE_LATENT: "mpe_pressure_latent",
 }
 
 
@@ -164,6 +167,10 @@ class Engine:
             self._ramp_np = (np.arange(hop) / hop).astype(np.float32)
             self._tmp_a = np.zeros(hop, dtype=np.float32)
             self._tmp_b = np.zeros(hop, dtype=np.float32)
+            self._mpe_timbre = np.full(V, np.nan)     # what each voice's own latents were last set from (MPE)
+            self._mpe_pressure = np.full(V, np.nan)
+            self._mpe_global = np.full(2, np.nan)     # the shared knob of the pressure latent they were set on
+            self._mpe_own = False                     # any voice has its own latents
         self.state = EngineState(voices=voices, gru=gru, synth=self._synth.state, decoder_inputs=self._step.inputs,
                                  z=self._step.z, params=self.params, interval_audio=interval_np)
         for index, value in enumerate(self.params):
@@ -297,6 +304,10 @@ class Engine:
             self._panic()
         elif kind is TuningSet:
             voices.set_tuning(event.key_offsets_semitones)
+        elif kind is ChannelPressure:
+            voices.channel_pressure(event.value, event.channel)
+        elif kind is ChannelTimbre:
+            voices.channel_timbre(event.value, event.channel)
         else:
             voices.ignored_events += 1
 
@@ -315,6 +326,8 @@ class Engine:
             self._output_gain = 10.0 ** (value / 20.0)
         else:
             self.state.voices.set(_VOICE_SETTINGS[Param(index)], value, pos)
+            if index in (Param.MPE_ZONE, Param.MPE_MEMBERS, Param.MPE_TIMBRE_LATENT, Param.MPE_PRESSURE_LATENT):
+                self._clear_voice_latents()
 
     def set_param(self, key: int | str, value: float) -> None:
         """Set a parameter from the control thread while not processing (tests, setup); live changes go
@@ -332,6 +345,8 @@ class Engine:
         c = self.config
         state, synth, voices = self.state, self._synth, self.state.voices
         voices.end_interval()
+        if self._mpe_own or voices.mpe_on:
+            self._voice_latents()
         # Decoder inputs and f0, from the voices' pitch (MIDI) and loudness (dB), by the model's own functions.
         c.f0_input(voices.pitch_midi, out=self._in_f0)
         c.loudness_input(voices.loudness_db, out=self._in_loudness)
@@ -382,6 +397,51 @@ class Engine:
             record.output_gain = (gain_start, gain_end)
             record.audio = audio.copy()
             self._recorder(record)
+
+    def _clear_voice_latents(self) -> None:
+        """Every voice back to the shared latents (the MPE latent targets changed); set again from the next frame."""
+        self._step.clear_voice_z()
+        self._mpe_timbre.fill(np.nan)
+        self._mpe_pressure.fill(np.nan)
+        self._mpe_global.fill(np.nan)
+        self._mpe_own = False
+
+    def _voice_latents(self) -> None:
+        """MPE: each voice's own latents from its channel's CC 74 (a knob position, ``mpe_timbre_latent``) and
+        pressure (pushes ``mpe_pressure_latent`` from the shared knob towards its top), both latent ranks (as
+        ``latent/<rank>``); only changes reach the decoder (one z row per changed voice)."""
+        voices, step = self.state.voices, self._step
+        s = voices.settings
+        ranked = self.bundle.latents                # by importance rank, as the targets latent/<rank>
+        timbre_info = ranked[int(s.mpe_timbre_latent)] if 0 <= s.mpe_timbre_latent < len(ranked) else None
+        pressure_info = ranked[int(s.mpe_pressure_latent)] if 0 <= s.mpe_pressure_latent < len(ranked) else None
+        if timbre_info is None and pressure_info is None:
+            return
+        shared = math.nan
+        if pressure_info is not None:
+            shared = pressure_info.z_to_knob(float(step.z_np[pressure_info.index]))
+            if shared != self._mpe_global[1]:       # the shared knob moved: every pressed voice follows
+                self._mpe_global[1] = shared
+                self._mpe_pressure.fill(-1.0)
+        own = False
+        for v in range(self.max_voices):
+            if timbre_info is not None:
+                knob = voices.voice_timbre[v]
+                last = self._mpe_timbre[v]
+                if not (knob == last or (knob != knob and last != last)):
+                    self._mpe_timbre[v] = knob
+                    step.set_voice_z(v, timbre_info.index, timbre_info.knob_to_z(knob) if knob == knob else math.nan)
+                own = own or knob == knob
+            if pressure_info is not None:
+                press = voices.voice_pressure[v]
+                last = self._mpe_pressure[v]
+                if not (press == last or (press != press and last != last)):
+                    self._mpe_pressure[v] = press
+                    value = (pressure_info.knob_to_z(shared + press * (1.0 - shared)) if press == press and press > 0.0
+                             else math.nan)
+                    step.set_voice_z(v, pressure_info.index, value)
+                own = own or (press == press and press > 0.0)
+        self._mpe_own = own
 
     def output_peak_db(self) -> float:
         """The output's peak over the last ``METER_INTERVALS`` control frames, in dBFS (a level meter for

@@ -17,7 +17,7 @@ from typing import Iterator, Union
 
 __all__ = [
     "NoteOn", "NoteOff", "PitchBend", "ControlChange", "LatentSet", "ParamSet", "Panic", "TuningSet", "SongSelect",
-    "Event",
+    "ChannelPressure", "ChannelTimbre", "Event",
     "CC_MOD_WHEEL", "CC_SUSTAIN", "CC_ALL_SOUND_OFF", "CC_RESET_ALL_CONTROLLERS", "CC_ALL_NOTES_OFF",
     "ParamSpec", "PARAMS", "Param", "param_spec", "param_event", "EventQueue", "from_mido", "with_offset",
 ]
@@ -108,7 +108,29 @@ class SongSelect:
     offset: int = 0
 
 
-Event = Union[NoteOn, NoteOff, PitchBend, ControlChange, LatentSet, ParamSet, Panic, TuningSet, SongSelect]
+@dataclass(frozen=True, slots=True)
+class ChannelPressure:
+    """MPE: a member channel's pressure (channel aftertouch), 0..1; every voice on that channel follows it (its
+    loudness, by ``mpe_pressure_db``, and/or the latent ``mpe_pressure_latent``). The router sends it only for
+    the member channels of an MPE zone."""
+
+    value: float
+    channel: int = 0
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTimbre:
+    """MPE: a member channel's timbre (CC 74, the "slide" dimension), 0..1; every voice on that channel sets the
+    knob of latent ``mpe_timbre_latent`` to it, for itself only."""
+
+    value: float
+    channel: int = 0
+    offset: int = 0
+
+
+Event = Union[NoteOn, NoteOff, PitchBend, ControlChange, LatentSet, ParamSet, Panic, TuningSet, SongSelect,
+              ChannelPressure, ChannelTimbre]
 
 
 def with_offset(event: Event, offset: int) -> Event:
@@ -179,6 +201,19 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("level_offset_db", "dB", 0.0, -24.0, 12.0, doc="added to the learnt note level"),
     ParamSpec("tuning_a4_hz", "Hz", 440.0, 415.0, 466.0, doc="concert pitch: A4's frequency (442 for many "
               "orchestras); moves the whole tuning, a Scala scale too"),
+    ParamSpec("mpe_zone", "", 0.0, 0.0, 2.0, choices=("off", "lower", "upper"),
+              doc="MPE: lower zone (master channel 1, members 2, 3, ...), upper (master 16, members 15, 14, ...); "
+              "an MPE controller's configuration message (RPN 6) sets it"),
+    ParamSpec("mpe_members", "", 15.0, 1.0, 15.0, doc="MPE: member channels in the zone"),
+    ParamSpec("mpe_bend_range_semitones", "semitones", 48.0, 0.0, 96.0,
+              doc="MPE: a member channel's pitch bend at full deflection (per note; the master channel's bend, "
+              "bend_range_semitones, moves every note of the zone)"),
+    ParamSpec("mpe_pressure_db", "dB", 12.0, 0.0, 24.0,
+              doc="MPE: loudness a note gains at full pressure (0: pressure leaves loudness alone)"),
+    ParamSpec("mpe_timbre_latent", "index", 0.0, -1.0, 15.0,
+              doc="MPE: the latent (by rank, as latent/<rank>) each note's CC 74 moves, for that note only (-1: none)"),
+    ParamSpec("mpe_pressure_latent", "index", -1.0, -1.0, 15.0,
+              doc="MPE: the latent (by rank) each note's pressure pushes up, for that note only (-1: none)"),
 )
 
 
@@ -204,6 +239,12 @@ class Param(IntEnum):
     RELEASE_TIME_SCALE = 16
     LEVEL_OFFSET_DB = 17
     TUNING_A4_HZ = 18
+    MPE_ZONE = 19
+    MPE_MEMBERS = 20
+    MPE_BEND_RANGE_SEMITONES = 21
+    MPE_PRESSURE_DB = 22
+    MPE_TIMBRE_LATENT = 23
+    MPE_PRESSURE_LATENT = 24
 
 
 assert [p.name.upper() for p in PARAMS] == [p.name for p in Param], "Param and PARAMS disagree"

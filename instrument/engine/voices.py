@@ -64,6 +64,12 @@ class VoiceSettings:
     release_time_scale: float = 1.0    # times the learnt release time
     level_offset_db: float = 0.0       # added to the learnt note level
     tuning_a4_hz: float = 440.0        # concert pitch: moves every key (a Scala tuning too)
+    mpe_zone: int = 0                  # MPE: 0 off, 1 lower zone (master channel 0), 2 upper (master 15)
+    mpe_members: int = 15              # MPE: member channels (lower: 1..n; upper: 14 down to 15 - n)
+    mpe_bend_range_semitones: float = 48.0   # a member channel's bend at full deflection (the note's own)
+    mpe_pressure_db: float = 12.0      # loudness a member note gains at full pressure
+    mpe_timbre_latent: int = 0         # the latent a member note's CC 74 moves (the engine applies it), -1 none
+    mpe_pressure_latent: int = -1      # the latent a member note's pressure pushes up (the engine), -1 none
 
 
 @dataclass(slots=True)
@@ -115,6 +121,8 @@ class VoiceBank:
         self._ms_per_sample = 1000.0 / self.sample_rate
         self.voices = [Voice(env_db=self.settings.floor_db) for _ in range(self.n_voices)]
         self.bend = [0.0] * 16                 # per MIDI channel, -1..1
+        self.pressure = [0.0] * 16             # per MIDI channel, 0..1 (MPE member channels)
+        self.timbre = [math.nan] * 16          # per MIDI channel, 0..1 (MPE CC 74), NaN: not sent (the global knob)
         self.sustain_pedal = False
         self.note_stack: list[tuple[float, int, float]] = []   # held keys in mono / legato (note, channel, vel)
         self._counter = 0
@@ -123,6 +131,8 @@ class VoiceBank:
         self.loudness_db = np.full(self.n_voices, self.silence_db)
         self.gain = np.zeros(self.n_voices, dtype=np.float32)
         self.onset = np.full(self.n_voices, -1, dtype=np.int64)
+        self.voice_pressure = np.full(self.n_voices, math.nan)   # MPE: the voice's channel pressure, NaN: no MPE
+        self.voice_timbre = np.full(self.n_voices, math.nan)     # MPE: the voice's channel CC 74, NaN: none
         self.active_rows = 0                   # voices 0 .. active_rows-1 need rendering this frame
         self._pending_onset = np.full(self.n_voices, -1, dtype=np.int64)
         self.has_onset = False                 # any fresh onset in the interval just ended (onset >= 0)
@@ -154,12 +164,16 @@ class VoiceBank:
 
     def set(self, name: str, value: float, pos: int = 0) -> None:
         """Change one setting by name (a VoiceSettings field); a mode change releases every note at ``pos``."""
-        if name in ("mode", "midi_channel", "expression"):
+        if name in ("mode", "midi_channel", "expression", "mpe_zone", "mpe_members", "mpe_timbre_latent",
+                    "mpe_pressure_latent"):
             value = int(round(value))
             if name == "mode" and value != self.settings.mode:
                 self.all_notes_off(pos)
                 self.note_stack.clear()
         setattr(self.settings, name, value)
+        if name in ("mpe_zone", "mpe_members"):    # members changed: nothing is per note until the next frame
+            self.voice_pressure.fill(math.nan)
+            self.voice_timbre.fill(math.nan)
         self._update_rates()
 
     def set_tuning(self, key_offsets_semitones: np.ndarray | None) -> None:
@@ -189,6 +203,20 @@ class VoiceBank:
     def accepts(self, channel: int) -> bool:
         c = self.settings.midi_channel
         return c < 0 or c == channel
+
+    def mpe_members(self) -> tuple[int, int, int]:
+        """(master channel, first member, last member) of the MPE zone, 0-based; (-1, 0, -1) when MPE is off."""
+        s = self.settings
+        n = min(max(int(s.mpe_members), 1), 15)
+        if s.mpe_zone == 1:
+            return 0, 1, n
+        if s.mpe_zone == 2:
+            return 15, 15 - n, 14
+        return -1, 0, -1
+
+    @property
+    def mpe_on(self) -> bool:
+        return self.settings.mpe_zone != 0
 
     def _peak_db(self, velocity: float) -> float:
         if self._learn:
@@ -427,6 +455,20 @@ class VoiceBank:
         if math.isfinite(value):
             self.bend[channel & 15] = min(max(float(value), -1.0), 1.0)
 
+    def channel_pressure(self, value: float, channel: int) -> None:
+        """MPE pressure of ``channel`` (0..1): the voices on it follow from the next control frame."""
+        if math.isfinite(value):
+            self.pressure[channel & 15] = min(max(float(value), 0.0), 1.0)
+        else:
+            self.ignored_events += 1
+
+    def channel_timbre(self, value: float, channel: int) -> None:
+        """MPE timbre (CC 74) of ``channel`` (0..1): the voices on it follow from the next control frame."""
+        if math.isfinite(value):
+            self.timbre[channel & 15] = min(max(float(value), 0.0), 1.0)
+        else:
+            self.ignored_events += 1
+
     def modulation(self, value: float) -> None:
         """Mod wheel 0..1 (CC 1): with learnt expression, the vibrato depth up to 4x the learnt one."""
         if math.isfinite(value):
@@ -434,6 +476,8 @@ class VoiceBank:
 
     def reset_controllers(self, channel: int, pos: int) -> None:
         self.bend[channel & 15] = 0.0
+        self.pressure[channel & 15] = 0.0
+        self.timbre[channel & 15] = math.nan
         self.mod_wheel = 0.0
         self.sustain(False, pos)
 
@@ -473,16 +517,32 @@ class VoiceBank:
         art = self.articulation
         offset_db = s.level_offset_db if learn else 0.0
         vibrato = s.vibrato_depth * (1.0 + 3.0 * self.mod_wheel)
+        master, first, last = self.mpe_members()
+        if master >= 0:
+            member_range, pressure_db = s.mpe_bend_range_semitones, s.mpe_pressure_db
+            master_bend = bend[master] * bend_range
+            pressure, timbre = self.pressure, self.timbre
+            voice_pressure, voice_timbre = self.voice_pressure, self.voice_timbre
         rows = 0
         for i, v in enumerate(self.voices):
             if v.stage != IDLE:
                 self._advance(v, hop)
             v.t = 0
-            pitch[i] = v.pitch + bend[v.channel] * bend_range + shift
+            ch = v.channel
+            member = master >= 0 and first <= ch <= last
+            if member:     # MPE: the note's own bend on top of the zone's (master channel) bend
+                pitch[i] = v.pitch + bend[ch] * member_range + master_bend + shift
+            else:
+                pitch[i] = v.pitch + bend[ch] * bend_range + shift
+            if master >= 0:
+                voice_pressure[i] = pressure[ch] if member else math.nan
+                voice_timbre[i] = timbre[ch] if member else math.nan
             if learn and v.stage != IDLE:
                 pitch[i] += 0.01 * pitch_offset_cents(art, v.on_samples * self._ms_per_sample, v.approach, vibrato)
             if v.stage != IDLE:
                 loudness[i] = v.peak_db + v.env_db + offset_db
+                if member:
+                    loudness[i] += pressure_db * pressure[ch]
                 gain[i] = 1.0
                 v.linger = 2            # the frame it goes idle fades out; one more zeroes the other buffer
                 rows = i + 1
@@ -502,6 +562,8 @@ class VoiceBank:
         """All voices idle, controllers at rest, counters kept."""
         self.all_sound_off()
         self.bend = [0.0] * 16
+        self.pressure = [0.0] * 16
+        self.timbre = [math.nan] * 16
         for v in self.voices:
             v.t = 0
             v.pitch = v.target = v.note

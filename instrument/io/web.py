@@ -52,6 +52,8 @@ PARAM_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gains", ("harmonic_gain_db", "noise_gain_db", "output_gain_db")),
     ("voices", ("voice_mode", "glide_ms", "midi_channel")),
     ("pitch", ("bend_range_semitones", "pitch_shift_semitones", "tuning_a4_hz")),
+    ("MPE", ("mpe_zone", "mpe_members", "mpe_bend_range_semitones", "mpe_pressure_db", "mpe_timbre_latent",
+             "mpe_pressure_latent")),
 )
 
 
