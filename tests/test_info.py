@@ -200,19 +200,13 @@ def test_cli_on_a_trained_model_writes_everything(tmp_path, trained_model, demo_
 def test_the_corpus_band_is_read_where_the_latent_table_has_it(tmp_path, bundle, curves):
     """Latents that say where the corpus ends on the knob (optional corpus_low / corpus_high) get it in the
     audition's index and a shaded band in the plot; older ones span the whole knob."""
-    from dataclasses import dataclass
-
     from evaluation.knob_curves import corpus_band
     from evaluation.plots import plot_knob_curves
     from instrument.model.bundle import LatentInfo
 
-    @dataclass(frozen=True)
-    class BandedLatent(LatentInfo):
-        corpus_low: float = 0.2
-        corpus_high: float = 0.8
-
     plain = offered_knobs(bundle)[0]
-    banded = BandedLatent(**{name: getattr(plain, name) for name in LatentInfo.__dataclass_fields__})
+    assert plain.corpus_low is None and isinstance(plain, LatentInfo)     # an older model's table: no band
+    banded = replace(plain, corpus_low=0.2, corpus_high=0.8)
     assert corpus_band(plain) == (0.0, 1.0) and corpus_band(banded) == (0.2, 0.8)
     latents = [banded if l is plain else l for l in bundle.latents]
     audition = write_audition(replace(bundle, latents=latents), tmp_path / "aud", seconds=1.0, log=lambda *a: None)

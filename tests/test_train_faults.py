@@ -271,7 +271,7 @@ def test_resume_appends_metrics_gets_a_fresh_time_budget_and_exports_what_it_rep
     from instrument.model.bundle import load_bundle
     exported = load_bundle(out / "model.sdga").decoder.state_dict()
     expected = {name: best["state_dict"][f"decoder.{name}"] for name in exported}
-    basis = read_metadata(out / "model.sdga").get("knob_basis")
+    basis = (read_metadata(out / "model.sdga").get("knob_basis") or {}).get("basis")
     if basis:   # knobs by intervention: the first z layer is folded, W z + b -> (W A) u + (W c + b)
         W, b = expected["z_mlp.0.weight"].double(), expected["z_mlp.0.bias"].double()
         A = torch.tensor(basis["matrix"], dtype=torch.float64)
