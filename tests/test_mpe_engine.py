@@ -6,6 +6,8 @@ The per-voice latents are exact: a voice with its own latents equals Decoder.for
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import mido
 import numpy as np
@@ -13,49 +15,20 @@ import pytest
 import torch
 
 from instrument.engine.decoder_kernel import DecoderStep
-from instrument.engine.engine import Engine
 from instrument.engine.events import (ChannelPressure, ChannelTimbre, LatentSet, NoteOff, NoteOn, Param, ParamSet,
-                                      PitchBend, with_offset)
+                                      PitchBend)
 from instrument.model.bundle import random_bundle
 
 SR = 48000
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import make_engine, one_torch_thread, render  # noqa: E402,F401  (its helpers; the fixture is autouse)
 
 
 @pytest.fixture(scope="module")
 def bundle():
     return random_bundle(seed=0)
-
-
-def make_engine(bundle, voices: int = 4, block: int = 128, **params) -> Engine:
-    engine = Engine(bundle)
-    engine.prepare(SR, block, voices)
-    for name, value in params.items():
-        engine.set_param(name, value)
-    return engine
-
-
-def render(engine: Engine, script, n_samples: int, block: int | None = None, frames: list | None = None) -> np.ndarray:
-    block = block or engine.block_size
-    out = np.zeros(n_samples, dtype=np.float32)
-    k = 0
-    for start in range(0, n_samples, block):
-        stop = min(n_samples, start + block)
-        events = []
-        while k < len(script) and script[k][0] < stop:
-            events.append(with_offset(script[k][1], script[k][0] - start))
-            k += 1
-        engine.process(events, out[start:stop])
-        if frames is not None:
-            frames.append((engine.voices.pitch_midi.copy(), engine.voices.loudness_db.copy()))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- decoder step
