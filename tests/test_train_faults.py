@@ -360,8 +360,11 @@ def test_kill_9_during_training_resumes_from_the_wall_clock_checkpoint(demo_corp
     step = check_checkpoint(last)
     assert step > 0
     assert not list(out.glob("model.sdga"))
+    spools = cache / "spool"
+    assert any(f"-{proc.pid}-" in p.name for p in spools.iterdir())      # the killed run's spooled audio ...
     assert _train(demo_corpus_dir, out, cache, "--max-steps", str(step + 2), "--val-every", "1000",
                   "--resume") == 0
+    assert list(spools.iterdir()) == []                                  # ... is removed by the next run
     import json
     t = json.loads((out / "summary.json").read_text())["training"]
     assert t["resumed_from_step"] == step and t["steps"] == step + 2

@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from training.features import (
     read_cached_features,
     save_npz_atomic,
 )
+
+if TYPE_CHECKING:
+    from training.spool import AudioSpool
 
 # Bump when the effect chain or its fixed settings change, so old cached renders are not reused.
 AUGMENT_VERSION = 2
@@ -427,6 +430,7 @@ def make_augmented_variants_reported(
     pitch_shift_range_semitones: float = 2.0,
     n_jobs: int | None = None,
     enabled: Sequence[str] = DEFAULT_AUGMENTATIONS,
+    spool: AudioSpool | None = None,
 ) -> tuple[list[tuple[np.ndarray, Features, AugmentParams, int]], FeatureCacheReport]:
     """(audio, features, params, source_index) for every source x variant, source-major, and what came from the
     cache, was rendered, or was re-rendered because its cache entry was corrupt (unreadable, truncated, NaN/inf).
@@ -435,8 +439,14 @@ def make_augmented_variants_reported(
     names; the others at their identity). A stretched variant's length differs from its source's. Renders are cached in cache_dir (key: audio, source
     features, params, settings, AUGMENT_VERSION, pedalboard version). n_jobs threads (pedalboard releases
     the GIL; default os.cpu_count()).
+
+    With a ``spool`` (training.spool.AudioSpool) each variant's audio is written to it as soon as it is rendered
+    (or read from the cache) and returned as a read-only memmap, so memory holds the variants in flight (one per
+    thread), not all of them; the sources' spooled pages are let go of after each variant.
     """
     from tqdm import tqdm
+
+    from training.spool import release_pages
 
     if len(audios) != len(features):
         raise ValueError(f"{len(audios)} audios but {len(features)} feature sets")
@@ -466,17 +476,21 @@ def make_augmented_variants_reported(
             else:
                 report.computed += 1
         if cached is not None:
-            return cached[0], cached[1], params, i
-        rendered, rendered_features = render_variant(audio, features[i], params, settings)
-        if path is not None:
-            save_npz_atomic(
-                path,
-                audio=rendered,
-                f0_hz=rendered_features.f0_hz,
-                voiced_prob=rendered_features.voiced_prob,
-                voiced=rendered_features.voiced,
-                loudness_db=rendered_features.loudness_db,
-            )
+            rendered, rendered_features = cached
+        else:
+            rendered, rendered_features = render_variant(audio, features[i], params, settings)
+            if path is not None:
+                save_npz_atomic(
+                    path,
+                    audio=rendered,
+                    f0_hz=rendered_features.f0_hz,
+                    voiced_prob=rendered_features.voiced_prob,
+                    voiced=rendered_features.voiced,
+                    loudness_db=rendered_features.loudness_db,
+                )
+        release_pages(audios[i])
+        if spool is not None:
+            rendered = spool.write(rendered, f"source{i}-variant{v}")
         return rendered, rendered_features, params, i
 
     n_jobs = (os.cpu_count() or 1) if n_jobs is None else max(1, n_jobs)

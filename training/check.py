@@ -195,10 +195,13 @@ def measure_texture(audio: np.ndarray, sample_rate: int, features: Features, hop
 
 def check_corpus(corpus: Corpus, features: Sequence[Features], hop_size: int) -> CorpusCheck:
     """The figures and warnings for a loaded corpus and its training features (one per file)."""
+    from training.spool import release_pages
+
     files = []
     f0_parts, ld_parts, voiced_n, sounding_n = [], [], 0, 0
     for f, feats in zip(corpus.files, features):
         pitched, poly, noisy, perc = measure_texture(f.audio, f.sample_rate, feats, hop_size)
+        release_pages(f.audio)
         files.append(FileCheck(f.path.name, f.duration_s, f.source_sample_rate, f.source_channels, pitched, poly,
                                noisy, perc, f.clipped_samples, f.dc_offset))
         ld = feats.loudness_db
@@ -265,16 +268,24 @@ def format_check(c: CorpusCheck) -> str:
 
 def run_check(corpus_dir: Path, sample_rate: int, hop_size: int, cache_dir: Path | None,
               progress: bool = True, log: Callable[[str], None] = print) -> CorpusCheck:
-    """Load the corpus, its features (through the feature cache), check it and log the report."""
+    """Load the corpus, its features (through the feature cache), check it and log the report.
+
+    The decoded audio is spooled (training.spool) next to the feature cache (``<cache_dir>/../spool``, or the
+    system's temporary folder without a cache) and removed at the end, so memory does not grow with the corpus."""
+    import tempfile
+
     from training.corpus import load_corpus
+    from training.spool import audio_spool
 
     t0 = time.time()
-    corpus = load_corpus(corpus_dir, sample_rate=sample_rate, log=log)
-    settings = FeatureSettings(sample_rate=sample_rate, hop_size=hop_size)
-    features, _ = extract_corpus_features_reported(
-        [f.audio for f in corpus.files], settings, cache_dir, progress=progress,
-        names=[f.path.name for f in corpus.files])
-    check = check_corpus(corpus, features, hop_size)
+    spool_parent = (Path(cache_dir).parent if cache_dir is not None else Path(tempfile.gettempdir()) / "sdga") / "spool"
+    with audio_spool(spool_parent) as spool:
+        corpus = load_corpus(corpus_dir, sample_rate=sample_rate, log=log, spool=spool)
+        settings = FeatureSettings(sample_rate=sample_rate, hop_size=hop_size)
+        features, _ = extract_corpus_features_reported(
+            [f.audio for f in corpus.files], settings, cache_dir, progress=progress,
+            names=[f.path.name for f in corpus.files])
+        check = check_corpus(corpus, features, hop_size)
     log(format_check(check))
     log(f"(checked in {time.time() - t0:.1f} s)")
     return check

@@ -7,6 +7,9 @@ remains. Files shorter than a training window are kept: the data set pads or joi
 
 Decoding uses soundfile (libsndfile) first and falls back to ffmpeg (through audioread) for anything libsndfile
 refuses, such as a misnamed AAC file or an mp3 on an old libsndfile.
+
+Given an :class:`~training.spool.AudioSpool` (training does), each file's cleaned audio is written to the spool as
+soon as it is decoded and kept only as a read-only memmap, so the load holds one file's audio at a time.
 """
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import soundfile as sf
+
+if TYPE_CHECKING:
+    from training.spool import AudioSpool
 
 __all__ = [
     "AUDIO_EXTENSIONS", "SILENCE_DBFS", "CorpusError", "CorpusFile", "SkippedFile", "Corpus", "scan_corpus",
@@ -41,7 +47,8 @@ class CorpusError(Exception):
 @dataclass
 class CorpusFile:
     path: Path
-    audio: np.ndarray          # (n_samples,) float32, mono, at sample_rate, silence-trimmed, level-normalised
+    audio: np.ndarray          # (n_samples,) float32, mono, at sample_rate, silence-trimmed, level-normalised;
+                               # a read-only memmap of a spool file when the corpus was loaded with a spool
     sample_rate: int
     source_sample_rate: int
     source_channels: int
@@ -235,10 +242,12 @@ def _load_one(path: Path, sample_rate: int, trim_top_db: float, peak_dbfs: float
 
 def load_corpus(folder: Path | str, sample_rate: int = 48000, trim_top_db: float = 50.0, peak_dbfs: float = -1.0,
                 min_seconds: float = 0.05, normalise: bool = True,
-                log: Callable[[str], None] | None = print) -> Corpus:
+                log: Callable[[str], None] | None = print, spool: AudioSpool | None = None) -> Corpus:
     """Load every usable audio file under ``folder`` (or the single file ``folder``), sequentially.
 
-    Skipped files are reported through ``log`` as they happen and kept in ``Corpus.skipped``.
+    Skipped files are reported through ``log`` as they happen and kept in ``Corpus.skipped``. With a ``spool``,
+    each file's audio goes to the spool as soon as it is loaded and ``CorpusFile.audio`` is a read-only memmap of
+    it (the same values), so memory does not grow with the corpus; without one the audio is held in memory.
     Raises CorpusError if the folder is missing or empty, or if no file is usable.
     """
     folder = Path(folder)
@@ -257,6 +266,8 @@ def load_corpus(folder: Path | str, sample_rate: int = 48000, trim_top_db: float
             if log is not None:
                 log(f"skipped {result.path}: {result.reason}")
         else:
+            if spool is not None:
+                result.audio = spool.write(result.audio, result.path.stem)
             files.append(result)
     if not files:
         listing = "\n".join(f"  {s.path}: {s.reason}" for s in skipped)

@@ -3,6 +3,12 @@
 An example is one piece of audio with its features (frame k at sample k * hop). A training window of F frames
 uses F * hop samples and F + 1 feature frames (the synth renders interval k from frame k to frame k + 1).
 Examples shorter than a window are joined with other short examples, then padded: never dropped.
+
+An example's audio may be a read-only memmap of a spool file (training.spool): nothing here copies a whole
+example (trimming and splitting take views, validation padding is added per window, windows are copied out one
+at a time), so memory holds the windows being read, not the corpus. Only short examples (under a window) are
+joined or padded in memory. The datasets are read in the training process (``num_workers=0``): a worker process
+started by pickling would copy every memmap's audio into the pickle.
 """
 from __future__ import annotations
 
@@ -38,12 +44,26 @@ def _concat_features(items: list[Features]) -> Features:
 
 
 def trim_to_frames(example: Example, hop_size: int) -> Example:
-    """Make len(audio) == n_frames * hop exactly (features define the frame count)."""
+    """Make len(audio) == n_frames * hop exactly (features define the frame count).
+
+    A view of the audio (no copy) unless it is short of that and has to be padded."""
     n = example.n_frames
     audio = example.audio[: n * hop_size]
     if len(audio) < n * hop_size:
         audio = np.pad(audio, (0, n * hop_size - len(audio)))
-    return Example(example.name, audio.astype(np.float32), example.features)
+    return Example(example.name, audio.astype(np.float32, copy=False), example.features)
+
+
+def pad_features(features: Features, n_frames: int) -> Features:
+    """Features padded with silence (f0 held, loudness at the floor, unvoiced) to at least n_frames frames."""
+    extra = n_frames - features.n_frames
+    if extra <= 0:
+        return features
+    last_f0 = features.f0_hz[-1] if features.n_frames else np.float32(220.0)
+    pad = Features(
+        f0_hz=np.full(extra, last_f0, np.float32), voiced_prob=np.zeros(extra, np.float32),
+        voiced=np.zeros(extra, bool), loudness_db=np.full(extra, SILENCE_DB, np.float32))
+    return _concat_features([features, pad])
 
 
 def pad_example(example: Example, n_frames: int, hop_size: int) -> Example:
@@ -52,12 +72,7 @@ def pad_example(example: Example, n_frames: int, hop_size: int) -> Example:
     extra = n_frames - ex.n_frames
     if extra <= 0:
         return ex
-    f = ex.features
-    last_f0 = f.f0_hz[-1] if f.n_frames else np.float32(220.0)
-    pad = Features(
-        f0_hz=np.full(extra, last_f0, np.float32), voiced_prob=np.zeros(extra, np.float32),
-        voiced=np.zeros(extra, bool), loudness_db=np.full(extra, SILENCE_DB, np.float32))
-    return Example(ex.name, np.pad(ex.audio, (0, extra * hop_size)), _concat_features([f, pad]))
+    return Example(ex.name, np.pad(ex.audio, (0, extra * hop_size)), pad_features(ex.features, n_frames))
 
 
 def join_short_examples(examples: list[Example], min_frames: int, hop_size: int) -> list[Example]:
@@ -110,9 +125,18 @@ def split_examples(examples: list[Example], val_fraction: float, seed: int, hop_
 
 
 def _window(ex: Example, start: int, n_frames: int, hop_size: int) -> dict[str, torch.Tensor]:
+    """One window, copied out of the example; audio past the example's end (a padded validation example) is
+    silence. A spooled example's pages are read here and let go of again (training.spool.release_pages), so
+    however long a run reads, the spooled audio resident in this process is about one window."""
+    from training.spool import release_pages
+
     f = ex.features
+    audio = np.zeros(n_frames * hop_size, np.float32)
+    chunk = ex.audio[start * hop_size:(start + n_frames) * hop_size]
+    audio[:len(chunk)] = chunk
+    release_pages(chunk)
     return {
-        "audio": torch.from_numpy(np.ascontiguousarray(ex.audio[start * hop_size:(start + n_frames) * hop_size])),
+        "audio": torch.from_numpy(audio),
         "f0_hz": torch.from_numpy(np.ascontiguousarray(f.f0_hz[start:start + n_frames + 1])),
         "loudness_db": torch.from_numpy(np.ascontiguousarray(f.loudness_db[start:start + n_frames + 1])),
     }
@@ -146,15 +170,18 @@ class RandomWindows(Dataset):
         start = int(rng.integers(0, ex.n_frames - self.window_frames))
         if self.gain_db_range > 0:
             from training.augment import random_gain
+            from training.spool import release_pages
             gain_db = float(rng.uniform(-self.gain_db_range, self.gain_db_range))
-            audio, feats = random_gain(ex.audio[start * self.hop_size:(start + self.window_frames) * self.hop_size],
-                                       ex.features.slice(start, start + self.window_frames + 1), gain_db)
+            window = ex.audio[start * self.hop_size:(start + self.window_frames) * self.hop_size]
+            audio, feats = random_gain(window, ex.features.slice(start, start + self.window_frames + 1), gain_db)
+            release_pages(window)
             return _window(Example(ex.name, audio, feats), 0, self.window_frames, self.hop_size)
         return _window(ex, start, self.window_frames, self.hop_size)
 
 
 class TiledWindows(Dataset):
-    """Every validation example cut into consecutive windows (the last one padded): fixed, deterministic."""
+    """Every validation example cut into consecutive windows (the last one padded): fixed, deterministic.
+    Only the features are padded up front; the last window's audio is padded as it is read."""
 
     def __init__(self, examples: list[Example], window_frames: int, hop_size: int):
         self.window_frames = window_frames
@@ -162,7 +189,8 @@ class TiledWindows(Dataset):
         self.items: list[tuple[Example, int]] = []
         for ex in examples:
             n_windows = max(1, int(np.ceil((ex.n_frames - 1) / window_frames)))
-            ex = pad_example(ex, n_windows * window_frames + 1, hop_size)
+            ex = trim_to_frames(ex, hop_size)
+            ex = Example(ex.name, ex.audio, pad_features(ex.features, n_windows * window_frames + 1))
             self.items += [(ex, i * window_frames) for i in range(n_windows)]
 
     def __len__(self) -> int:

@@ -478,8 +478,8 @@ def extract_features(audio: np.ndarray, settings: FeatureSettings) -> Features:
 
 
 def audio_hash(audio: np.ndarray) -> str:
-    """sha256 of the audio's float32 bytes."""
-    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
+    """sha256 of the audio's float32 bytes (read in place: a contiguous float32 array or memmap is not copied)."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(audio, dtype=np.float32))).hexdigest()
 
 
 def features_cache_path(cache_dir: Path, audio: np.ndarray, settings: FeatureSettings) -> Path:
@@ -618,9 +618,12 @@ def extract_corpus_features_reported(
 
     A corrupt cache entry (unreadable, truncated, wrong shape, NaN/inf) is never used: it is recomputed and
     rewritten (atomically), and listed in the report. Freshly computed features are checked the same way.
-    Worker processes die with this process (see _die_with_parent).
+    Worker processes die with this process (see _die_with_parent). Spooled audios (memmaps) are read one at a
+    time and their pages let go of after each (training.spool.release_pages).
     """
     from tqdm import tqdm
+
+    from training.spool import release_pages
 
     if names is not None and len(names) != len(audios):
         raise ValueError(f"{len(names)} names for {len(audios)} audios")
@@ -635,6 +638,7 @@ def extract_corpus_features_reported(
         if cache_dir is not None:
             paths[i] = features_cache_path(Path(cache_dir), audio, settings)
             results[i], why = read_cached_features(paths[i], audio.shape[0] // settings.hop_size)
+            release_pages(audio)
             if why is not None:
                 report.rejected.append(f"{labels[i]}: {why}")
         if results[i] is None:
@@ -647,6 +651,7 @@ def extract_corpus_features_reported(
         if why is not None:
             raise ValueError(f"computed features are unusable: {why}")
         results[i] = features
+        release_pages(audios[i])
         if paths[i] is not None:
             save_features(paths[i], features)
 

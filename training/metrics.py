@@ -122,7 +122,7 @@ def spectral_loss_module(sample_rate: int) -> torch.nn.Module:
 def _as_float32_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(audio, torch.Tensor):
         return audio.detach().to("cpu", torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    return torch.from_numpy(np.require(audio, np.float32, ["C", "W"]))   # copies a read-only (memmap) input
 
 
 def multires_spectral_distance(

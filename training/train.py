@@ -24,6 +24,7 @@ from training.corpus import Corpus, load_corpus
 from training.data import Example, RandomWindows, TiledWindows, split_examples
 from training.features import FeatureSettings, extract_corpus_features_reported
 from training.module import LossConfig
+from training.spool import AudioSpool, audio_spool
 
 
 @dataclass
@@ -138,8 +139,19 @@ class PreparedData:
     stats: CorpusInfo
 
 
-def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
-    corpus = load_corpus(cfg.corpus_dir, sample_rate=cfg.sample_rate, log=log)
+def spool_parent(cfg: TrainConfig) -> Path:
+    """Where a run's audio spool folders go (training.spool): <cache>/spool."""
+    return (cfg.cache_dir or default_cache_dir()) / "spool"
+
+
+def prepare_data(cfg: TrainConfig, log=print, spool: AudioSpool | None = None) -> PreparedData:
+    """Load the corpus, its features, the check, the validation split and the augmented variants.
+
+    With a ``spool`` (training.spool.audio_spool; run_training passes one) every decoded file and every variant
+    goes to disk as soon as it is made and the examples' audio are read-only memmaps of it: memory holds about one
+    file's audio at a time instead of the whole corpus. The spool must outlive the returned data. Without one,
+    the audio is held in memory (the same values)."""
+    corpus = load_corpus(cfg.corpus_dir, sample_rate=cfg.sample_rate, log=log, spool=spool)
     settings = FeatureSettings(sample_rate=cfg.sample_rate, hop_size=cfg.hop_size)
     cache = cfg.cache_dir or default_cache_dir()
     t0 = time.time()
@@ -159,7 +171,7 @@ def prepare_data(cfg: TrainConfig, log=print) -> PreparedData:
         t0 = time.time()
         variants, report = make_augmented_variants_reported(
             [e.audio for e in train], [e.features for e in train], cfg.augment_variants, cfg.seed, settings,
-            cache / "augment", progress=cfg.progress, enabled=augmentations(cfg))
+            cache / "augment", progress=cfg.progress, enabled=augmentations(cfg), spool=spool)
         train = train + [Example(f"{train[src].name}~aug{i}", audio, feats)
                          for i, (audio, feats, _params, src) in enumerate(variants)]
         log(f"augmentation: {len(variants)} pedalboard variants ({', '.join(augmentations(cfg)) or 'none'}; "
@@ -248,7 +260,15 @@ def _read_metrics_rows(path: Path, before_step: int) -> tuple[list[str], list[di
 
 
 def run_training(cfg: TrainConfig, log=print) -> dict:
-    """Train, export and evaluate. Returns a summary dict (also written to <out_dir>/summary.json)."""
+    """Train, export and evaluate. Returns a summary dict (also written to <out_dir>/summary.json).
+
+    The corpus's decoded audio and its augmented variants are spooled to a folder of this run under
+    <cache>/spool (training.spool), removed when the run ends, however it ends."""
+    with audio_spool(spool_parent(cfg)) as spool:
+        return _run_training(cfg, log, spool)
+
+
+def _run_training(cfg: TrainConfig, log, spool: AudioSpool) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
     from pytorch_lightning.loggers import CSVLogger
@@ -290,7 +310,13 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         torch.set_num_threads(cfg.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    data = prepare_data(cfg, log=log)
+    try:
+        data = prepare_data(cfg, log=log, spool=spool)
+    except OSError as exc:                # disk full while spooling the audio or writing the caches
+        raise TrainingError(f"could not prepare the training data: could not write {exc.filename or 'a file'}: "
+                            f"{exc.strerror or exc}. The decoded audio is spooled under {spool_parent(cfg)} "
+                            f"(about 0.2 MB per second of audio and of each augmented variant) and removed at the "
+                            f"end: free some space there, or choose another --cache-dir") from exc
     model_config = ModelConfig(sample_rate=cfg.sample_rate, hop_size=cfg.hop_size, latent_dim=cfg.latent_dim,
                                **cfg.model_overrides)
     loss_config = LossConfig(beta=cfg.beta, learning_rate=cfg.learning_rate, **cfg.loss_overrides)
@@ -488,7 +514,13 @@ def run_export_only(cfg: TrainConfig, log=print) -> dict:
     """Export again, with the current analysis, the weights of a run folder: its best validated checkpoint,
     else its last one (``sdga-train CORPUS -o RUN --export-only``). The corpus is prepared as training did
     (features and augmentation from the cache); nothing is trained. Writes the model file (the previous one,
-    if it holds further-trained weights, is kept as <stem>.prev) and <out>/summary.json."""
+    if it holds further-trained weights, is kept as <stem>.prev) and <out>/summary.json. The audio is spooled
+    as in run_training."""
+    with audio_spool(spool_parent(cfg)) as spool:
+        return _run_export_only(cfg, log, spool)
+
+
+def _run_export_only(cfg: TrainConfig, log, spool: AudioSpool) -> dict:
     from instrument.model.modelfile import write_atomically
     from training.export import export_model
     from training.module import SdgaModule
@@ -524,7 +556,7 @@ def run_export_only(cfg: TrainConfig, log=print) -> dict:
     module = SdgaModule(hparams["model_config"], hparams["loss_config"], make_mel_basis(model_config))
     module.load_state_dict(saved["state_dict"])
     module.eval()
-    data = prepare_data(cfg, log=log)
+    data = prepare_data(cfg, log=log, spool=spool)
     previous = {}
     if (out_dir / "summary.json").is_file():
         try:

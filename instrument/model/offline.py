@@ -71,7 +71,7 @@ def encode_means(encoder, audio: np.ndarray, f0_hz: np.ndarray | None = None, ch
     c = encoder.config
     step = int(chunk_seconds * c.sample_rate) // (c.hop_size * c.encoder_stride) * c.hop_size * c.encoder_stride
     means, logvars = [], []
-    x = torch.as_tensor(np.asarray(audio, np.float32))
+    x = torch.from_numpy(np.require(audio, np.float32, ["C", "W"]))   # copies a read-only (memmap) input
     f0 = None
     if f0_hz is not None:
         f0 = torch.as_tensor(np.asarray(f0_hz, np.float32)).flatten()
