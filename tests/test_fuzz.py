@@ -40,8 +40,8 @@ from instrument.controls.mapping import parse_mapping
 from instrument.controls.patches import PatchError, load_patch
 from instrument.controls.router import load_router
 from instrument.controls.targets import MappingError
-from instrument.engine.events import (PARAMS, ControlChange, EventQueue, LatentSet, NoteOff, NoteOn, Panic, ParamSet,
-                                      PitchBend)
+from instrument.engine.events import (PARAMS, ChannelPressure, ChannelTimbre, ControlChange, EventQueue, LatentSet,
+                                      NoteOff, NoteOn, Panic, ParamSet, PitchBend)
 from instrument.io.midi import MidiInput
 from instrument.io.osc import OscServer
 from instrument.model.bundle import load_bundle, random_bundle, save_bundle
@@ -118,6 +118,8 @@ def check_event(event, bundle) -> None:
     elif isinstance(event, ParamSet):
         spec = PARAMS[event.param]
         assert min(spec.low, spec.high) <= event.value <= max(spec.low, spec.high), event
+    elif isinstance(event, (ChannelPressure, ChannelTimbre)):      # MPE: a member channel's pressure / CC 74
+        assert 0.0 <= event.value <= 1.0 and 0 <= event.channel <= 15, event
     else:
         assert isinstance(event, Panic), event
 
