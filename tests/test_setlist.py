@@ -176,3 +176,20 @@ def test_the_page_lists_the_songs_and_switches_through_the_set_router(router):
         server.close()
     assert hello["state"]["set"] == {"songs": ["opening", "long", "coda"], "current": 0}
     assert list(queue.drain())[0] == SongSelect(2) and server.stats.errors == 0
+
+
+def test_an_mpe_zone_set_by_the_controller_carries_over_to_the_next_song(router):
+    """An MPE controller sends its configuration message once, when it connects: every song plays in its zone."""
+    cc = lambda n, v: mido.Message("control_change", channel=15, control=n, value=v)     # noqa: E731
+    for n, v in ((101, 0), (100, 6), (6, 5)):                      # upper zone, 5 members
+        router.midi(cc(n, v))
+    events = router.midi(mido.Message("program_change", program=1))
+    assert events[0] == SongSelect(1)
+    assert ParamSet(int(Param.MPE_ZONE), 2.0) in events and ParamSet(int(Param.MPE_MEMBERS), 5.0) in events
+    assert router.routers[1].mpe_zone == 2 and router.routers[1].mpe_member(10)
+    (pressure,) = router.midi(mido.Message("aftertouch", channel=12, value=127))
+    assert type(pressure).__name__ == "ChannelPressure"
+    again = router.midi(mido.Message("program_change", program=2))        # the next song: carried on
+    assert ParamSet(int(Param.MPE_ZONE), 2.0) in again
+    assert not any(isinstance(e, ParamSet) and e.param == Param.MPE_ZONE
+                   for e in router.midi(mido.Message("program_change", program=1)))   # already in that zone

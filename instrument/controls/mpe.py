@@ -33,6 +33,7 @@ class MpeInput:
     def __init__(self):
         self.zone = 0                     # 0 off, 1 lower (master channel 0), 2 upper (master channel 15)
         self.members = 15
+        self.bend_range_semitones = 48.0  # the member channels' bend range the engine was told
         self._rpn = [[127, 127] for _ in range(16)]      # the RPN each channel selected; 127: none
         self._bend_range = [[2, 0] for _ in range(16)]   # RPN 0's data entry per channel (semitones, cents)
 
@@ -101,3 +102,17 @@ class MpeInput:
                     self.zone = int(round(event.value))
                 elif event.param == Param.MPE_MEMBERS:
                     self.members = int(round(event.value))
+                elif event.param == Param.MPE_BEND_RANGE_SEMITONES:
+                    self.bend_range_semitones = float(event.value)
+
+    def carry_to(self, other: "MpeInput") -> list[Event]:
+        """The ParamSets that give ``other`` (the next song's input, in a set list) this zone, member count and
+        bend range, which a controller sends once, when it connects; [] when they already agree."""
+        if (self.zone, self.members, self.bend_range_semitones) == (other.zone, other.members,
+                                                                    other.bend_range_semitones):
+            return []
+        events: list[Event] = [ParamSet(Param.MPE_ZONE, float(self.zone)),
+                               ParamSet(Param.MPE_MEMBERS, float(self.members)),
+                               ParamSet(Param.MPE_BEND_RANGE_SEMITONES, float(self.bend_range_semitones))]
+        other.track(events)
+        return events

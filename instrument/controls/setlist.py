@@ -254,15 +254,19 @@ class SetRouter:
         return router.recall(song.patch.resolve(router.bundle.latents), glide_ms=0)
 
     def select(self, which: str | int) -> list[Event]:
-        """Switch to a song (number or name): a SongSelect, then the song's patch recall. ValueError for a song
-        that does not exist; [] for the song already playing."""
+        """Switch to a song (number or name): a SongSelect, the MPE zone carried over from the song before,
+        then the song's patch recall. ValueError for a song that does not exist; [] for the song already playing."""
         index = self.setlist.index(which)
         with self._lock:
             if index == self.active:
                 return []
+            was, now = getattr(self.routers[self.active], "mpe", None), getattr(self.routers[index], "mpe", None)
             self.active = index
             self.switches += 1
-            events = [SongSelect(index), *self.start_events(index)]
+            # an MPE controller configures its zone once: the next song plays in the same zone (its patch may
+            # still set its own, after this)
+            carried = was.carry_to(now) if was is not None and now is not None else []
+            events = [SongSelect(index), *carried, *self.start_events(index)]
         self._log(f"song {index}: {self.setlist.songs[index].name}")
         return events
 
