@@ -23,7 +23,7 @@ SR = 48000
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import make_engine, one_torch_thread, render  # noqa: E402,F401  (its helpers; the fixture is autouse)
+from test_engine import make_engine, one_torch_thread, render, traced_allocations  # noqa: E402,F401  (its helpers; the fixture is autouse)
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +233,6 @@ def test_the_zone_set_by_param_or_osc_reaches_the_router(router):
 def test_mpe_playing_allocates_nothing_that_grows(bundle):
     """Bends, pressure and CC 74 on four member channels every few blocks (per-voice latents changing all the
     time): no Python allocation left behind, and no large transient one."""
-    import tracemalloc
-
     engine = make_engine(bundle, voices=4, mpe_zone=1, mpe_pressure_latent=1)
     out = np.zeros(128, dtype=np.float32)
     engine.process([NoteOn(48 + 7 * k, 100, 1 + k) for k in range(4)], out)
@@ -244,16 +242,13 @@ def test_mpe_playing_allocates_nothing_that_grows(bundle):
         script.append([PitchBend(x - 0.5, ch), ChannelPressure(x, ch), ChannelTimbre(1 - x, ch)] if k % 2 else [])
     for events in script[:60]:                       # warm-up: every path taken once
         engine.process(events, out)
-    tracemalloc.start()
-    before = tracemalloc.take_snapshot()
-    tracemalloc.reset_peak()
-    traced_before = tracemalloc.get_traced_memory()[0]
-    for events in script:
-        engine.process(events, out)
-    peak = tracemalloc.get_traced_memory()[1] - traced_before
-    after = tracemalloc.take_snapshot()
-    tracemalloc.stop()
-    assert sum(stat.size_diff for stat in after.compare_to(before, "filename")) < 16 * 1024
+
+    def play() -> None:
+        for events in script:
+            engine.process(events, out)
+
+    grown, peak = traced_allocations(play)
+    assert grown < 16 * 1024
     assert peak < 4096, peak
     assert engine.stats.errors == 0 and np.isfinite(out).all()
 

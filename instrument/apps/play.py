@@ -142,7 +142,9 @@ def _initial_latents(bundle, items: Sequence[str]) -> list[LatentSet]:
         raise UsageError(str(exc)) from None
 
 
-def _initial_params(items: Sequence[str]) -> list[tuple[str, float]]:
+def _initial_params(args) -> list[tuple[str, float]]:
+    """--mpe (as mpe_zone), then every --param, as (name, value) in the parameter's unit."""
+    items = ([f"mpe_zone={args.mpe}"] if args.mpe else []) + list(args.param)
     out = []
     for name, text in _assignments(items, "param"):
         try:
@@ -427,7 +429,7 @@ def _load_set(args, log) -> _Instrument:
     from instrument.model.modelfile import ModelFileError
 
     feedback = _feedback(args.osc_feedback)
-    params = _initial_params(([f"mpe_zone={args.mpe}"] if args.mpe else []) + args.param)
+    params = _initial_params(args)
     try:
         setlist = load_setlist(args.set)
     except MappingError as exc:
@@ -480,7 +482,7 @@ def _load_instrument(args, log) -> _Instrument:
     except (ModelFileError, OSError) as exc:
         raise UsageError(str(exc)) from None
     latents = _initial_latents(bundle, args.latent)
-    params = _initial_params(([f"mpe_zone={args.mpe}"] if args.mpe else []) + args.param)
+    params = _initial_params(args)
     from instrument.engine.effects import EffectsChain
 
     effects = EffectsChain()            # empty: a no-op; patch recall swaps effects in

@@ -198,7 +198,6 @@ class MappingRouter:
             event = from_mido(message, offset)
             if event is not None:
                 out.append(event)
-        self._track_mpe(out)
         return out
 
     # ------------------------------------------------------------------------------------------ MPE
@@ -209,9 +208,6 @@ class MappingRouter:
 
     def mpe_member(self, channel: int) -> bool:
         return self.mpe.member(channel)
-
-    def _track_mpe(self, events: Iterable[Event]) -> None:
-        self.mpe.track(events)
 
     def _each(self, bindings, channel: int, x: float, offset: int, out: list) -> bool:
         used = False
@@ -241,7 +237,7 @@ class MappingRouter:
         self.values[t.key] = value
         event = self._inbox.move(t, value, ms, channel)
         if event is not None:
-            self._track_mpe((event,))
+            self.mpe.track((event,))
             out.append(with_offset(event, offset) if offset else event)
         self._send_feedback(t, value, address)
 
@@ -355,7 +351,7 @@ class MappingRouter:
                 self._inbox.stop(t, value)
                 self.values[t.key] = t.clamp(value)
         elif isinstance(event, ParamSet):
-            self._track_mpe((event,))
+            self.mpe.track((event,))
             t = m.target_for(("param", event.param))
             if t is not None:
                 self._inbox.stop(t, event.value)

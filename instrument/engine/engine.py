@@ -167,10 +167,7 @@ class Engine:
             self._ramp_np = (np.arange(hop) / hop).astype(np.float32)
             self._tmp_a = np.zeros(hop, dtype=np.float32)
             self._tmp_b = np.zeros(hop, dtype=np.float32)
-            self._mpe_timbre = np.full(V, np.nan)     # what each voice's own latents were last set from (MPE)
-            self._mpe_pressure = np.full(V, np.nan)
-            self._mpe_global = np.full(2, np.nan)     # the shared knob of the pressure latent they were set on
-            self._mpe_own = False                     # any voice has its own latents
+            self._mpe_own = False                     # any voice has its own latents (MPE)
         self.state = EngineState(voices=voices, gru=gru, synth=self._synth.state, decoder_inputs=self._step.inputs,
                                  z=self._step.z, params=self.params, interval_audio=interval_np)
         for index, value in enumerate(self.params):
@@ -401,9 +398,6 @@ class Engine:
     def _clear_voice_latents(self) -> None:
         """Every voice back to the shared latents (the MPE latent targets changed); set again from the next frame."""
         self._step.clear_voice_z()
-        self._mpe_timbre.fill(np.nan)
-        self._mpe_pressure.fill(np.nan)
-        self._mpe_global.fill(np.nan)
         self._mpe_own = False
 
     def _voice_latents(self) -> None:
@@ -417,30 +411,20 @@ class Engine:
         pressure_info = ranked[int(s.mpe_pressure_latent)] if 0 <= s.mpe_pressure_latent < len(ranked) else None
         if timbre_info is None and pressure_info is None:
             return
-        shared = math.nan
-        if pressure_info is not None:
-            shared = pressure_info.z_to_knob(float(step.z_np[pressure_info.index]))
-            if shared != self._mpe_global[1]:       # the shared knob moved: every pressed voice follows
-                self._mpe_global[1] = shared
-                self._mpe_pressure.fill(-1.0)
+        shared = pressure_info.z_to_knob(float(step.z_np[pressure_info.index])) if pressure_info is not None else 0.0
         own = False
-        for v in range(self.max_voices):
+        for v in range(self.max_voices):           # set_voice_z passes on changes only
             if timbre_info is not None:
                 knob = voices.voice_timbre[v]
-                last = self._mpe_timbre[v]
-                if not (knob == last or (knob != knob and last != last)):
-                    self._mpe_timbre[v] = knob
-                    step.set_voice_z(v, timbre_info.index, timbre_info.knob_to_z(knob) if knob == knob else math.nan)
-                own = own or knob == knob
+                mine = knob == knob                 # NaN: no CC 74 on its channel, the shared knob
+                step.set_voice_z(v, timbre_info.index, timbre_info.knob_to_z(knob) if mine else math.nan)
+                own = own or mine
             if pressure_info is not None:
                 press = voices.voice_pressure[v]
-                last = self._mpe_pressure[v]
-                if not (press == last or (press != press and last != last)):
-                    self._mpe_pressure[v] = press
-                    value = (pressure_info.knob_to_z(shared + press * (1.0 - shared)) if press == press and press > 0.0
-                             else math.nan)
-                    step.set_voice_z(v, pressure_info.index, value)
-                own = own or (press == press and press > 0.0)
+                mine = press == press and press > 0.0
+                step.set_voice_z(v, pressure_info.index,
+                                 pressure_info.knob_to_z(shared + press * (1.0 - shared)) if mine else math.nan)
+                own = own or mine
         self._mpe_own = own
 
     def output_peak_db(self) -> float:
