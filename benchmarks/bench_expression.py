@@ -16,6 +16,9 @@ same calibrated velocity -> level map: only the shape over the note differs from
 
     python benchmarks/bench_expression.py cello=runs/cello/model.sdga:data/cello clarinet=...:... \\
         --phrases 3 --out benchmarks/results/expression_48k.json
+    # each model against held-out phrases of the sample set it was trained on
+    python benchmarks/bench_expression.py cello@fluidr3=runs/cello/model.sdga:data/cello \
+        clarinet@freepats=runs/clarinet-freepats/model.sdga:data/clarinet-freepats --out ...
 
 Given a corpus folder, the articulation is (re)fitted from it (the time is reported), else the model file's is used.
 """
@@ -225,7 +228,8 @@ def summary(values: list[float]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+", metavar="INSTRUMENT=MODEL[:CORPUS]")
+    p.add_argument("models", nargs="+", metavar="INSTRUMENT[@SET]=MODEL[:CORPUS]",
+                   help="@fluidr3 or @freepats: measure on that sample set only (a model trained on it) [both]")
     p.add_argument("--phrases", type=int, default=3, help="held-out phrases per instrument and sample set [3]")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each phrase [10]")
     p.add_argument("--seed", type=int, default=1000, help="phrase seeds start here (the corpora used 0) [1000]")
@@ -245,7 +249,8 @@ def main(argv=None) -> int:
     work = Path(args.keep or tempfile.mkdtemp(prefix="sdga-bench-expression-"))
     work.mkdir(parents=True, exist_ok=True)
     for item in args.models:
-        name, _, spec = item.partition("=")
+        label, _, spec = item.partition("=")
+        name, _, only_set = label.partition("@")     # cello@freepats: a model of the freepats cello, its set only
         model_path, _, corpus_dir = spec.partition(":")
         bundle = load_bundle(model_path)
         sr = bundle.config.sample_rate
@@ -272,6 +277,11 @@ def main(argv=None) -> int:
         uncalibrated = replace(bundle, expression=replace(bundle.expression, level_input_db=()))
         program, low, high = INSTRUMENTS[name]
         sets = [("fluidr3", fluidsynth_render)] + ([("freepats", timidity_render)] if timidity_has(program) else [])
+        if only_set:
+            sets = [s for s in sets if s[0] == only_set]
+            if not sets:
+                raise SystemExit(f"{label}: no sample set {only_set!r} for {name} (fluidr3, or freepats with timidity)")
+            entry["sample_set"] = only_set
         rows = []
         for set_name, renderer in sets:
             for k in range(args.phrases):
@@ -318,7 +328,7 @@ def main(argv=None) -> int:
             grids[mode] = g
         entry["grid"] = grids
         print(f"{name} grid: {json.dumps(grids)}", flush=True)
-        result["instruments"][name] = entry
+        result["instruments"][label] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"written {args.out} (WAVs in {work})")

@@ -188,7 +188,7 @@ def test_table_drives_draws_and_names():
     fields = {f.name for f in dataclasses.fields(AugmentParams)}
     drawn = [d.field for a in A.AUGMENTATIONS for d in a.draws]
     assert len(drawn) == len(set(drawn)) and set(drawn) == fields
-    assert A.DEFAULT_AUGMENTATIONS == ("gain", "eq", "compress", "reverb", "pitch")
+    assert A.DEFAULT_AUGMENTATIONS == ("gain", "eq", "compress", "reverb", "pitch", "tilt", "breath", "hollow")
     all_on = [draw_params(np.random.default_rng(s), enabled=A.AUGMENTATION_NAMES) for s in range(40)]
     for aug in A.AUGMENTATIONS:
         for d in aug.draws:
@@ -201,8 +201,10 @@ def test_table_drives_draws_and_names():
         on = draw_params(np.random.default_rng(3), enabled=A.AUGMENTATION_NAMES)
         assert off == dataclasses.replace(on, **dict(aug.off))
     assert A.parse_augmentations("default") == A.DEFAULT_AUGMENTATIONS
-    assert A.parse_augmentations("noise, default") == A.DEFAULT_AUGMENTATIONS + ("noise",)
-    assert A.parse_augmentations("all,-reverb,-noise") == ("gain", "eq", "compress", "pitch", "stretch", "distort")
+    assert A.parse_augmentations("noise, default") == ("gain", "eq", "compress", "reverb", "pitch", "noise", "tilt",
+                                                       "breath", "hollow")
+    assert A.parse_augmentations("all,-reverb,-noise,-breath") == ("gain", "eq", "compress", "pitch", "stretch",
+                                                                   "distort", "tilt", "hollow")
     assert A.parse_augmentations("none") == () == A.parse_augmentations("")
     with pytest.raises(ValueError, match="unknown augmentation 'strech'.*stretch"):
         A.parse_augmentations("default,strech")
@@ -331,3 +333,47 @@ def test_all_variants_deterministic_and_cache_keyed_on_settings(tmp_path, monkey
     monkeypatch.setattr(A, "AUGMENT_VERSION", A.AUGMENT_VERSION + 1)
     with pytest.raises(pytest.fail.Exception):
         make(A.AUGMENTATION_NAMES)
+
+
+def harmonic_levels_db(audio: np.ndarray, f0_hz: float, n: int = 8) -> np.ndarray:
+    """dB of harmonics 1..n of a steady tone (1 s Hann window in the middle of ``audio``, 1 Hz bins)."""
+    mid = audio[len(audio) // 2 - SR // 2: len(audio) // 2 + SR // 2]
+    spec = np.abs(np.fft.rfft(mid * np.hanning(len(mid))))
+    return 20 * np.log10(np.array([spec[int(round(k * f0_hz))] for k in range(1, n + 1)]) + 1e-12)
+
+
+def test_timbre_factors_move_their_own_attribute():
+    """hollow moves odd against even harmonics by (1 -+ g), tilt turns the spectrum around its pivot, breath adds
+    noise at its level relative to the playing and only while it plays; at their identity they change nothing."""
+    f0 = 220.0
+    t = np.arange(int(2.0 * SR)) / SR
+    x = (0.3 * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 11))).astype(np.float32)
+    frames = len(x) // HOP
+    f0s, voiced = np.full(frames, f0, np.float32), np.ones(frames, np.float32)
+    off = draw_params(np.random.default_rng(0), enabled=())
+    assert np.array_equal(A.apply_timbre_factors(x, f0s, voiced, HOP, SR, off), x)
+    base = harmonic_levels_db(x, f0)
+
+    for g in (-0.6, 0.6):
+        y = A.apply_timbre_factors(x, f0s, voiced, HOP, SR, dataclasses.replace(off, hollow_gain=g))
+        change = harmonic_levels_db(y, f0) - base
+        np.testing.assert_allclose(change[0::2], 20 * np.log10(1 - g), atol=0.3)     # odd harmonics 1, 3, ...
+        np.testing.assert_allclose(change[1::2], 20 * np.log10(1 + g), atol=0.3)     # even harmonics 2, 4, ...
+    unvoiced = A.apply_timbre_factors(x, f0s, np.zeros_like(voiced), HOP, SR,
+                                      dataclasses.replace(off, hollow_gain=0.6))
+    np.testing.assert_allclose(unvoiced, x, atol=1e-6)                              # the comb needs a pitch
+
+    for tilt in (-12.0, 12.0):
+        y = A.apply_timbre_factors(x, f0s, voiced, HOP, SR, dataclasses.replace(off, tilt_db=tilt))
+        change = harmonic_levels_db(y, f0, 10) - harmonic_levels_db(x, f0, 10)
+        assert np.sign(tilt) * (change[-1] - change[0]) > 9.0                       # harmonic 10 vs the fundamental
+
+    silence = np.zeros(SR // 2, np.float32)
+    gapped = np.concatenate([x[:SR], silence])
+    for level in (-40.0, -10.0):
+        y = A.apply_timbre_factors(gapped, f0s[: len(gapped) // HOP], voiced[: len(gapped) // HOP], HOP, SR,
+                                   dataclasses.replace(off, breath_level_db=level))
+        added = (y - gapped)[int(0.1 * SR): int(0.9 * SR)]
+        ratio_db = 10 * np.log10(np.mean(added.astype(np.float64) ** 2) / np.mean(x[int(0.1 * SR): int(0.9 * SR)] ** 2))
+        assert abs(ratio_db - level) < 0.5
+        assert np.max(np.abs(y[SR + int(0.05 * SR):])) < 1e-4                       # gone in the silence

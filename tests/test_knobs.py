@@ -183,6 +183,47 @@ def test_knob_range_puts_the_corpus_in_the_middle_and_extrapolates_an_eighth_eac
     assert clipped.high - clipped.low < r.high - r.low and clipped.corpus_low == 0.0
 
 
+def test_the_knob_reaches_over_the_variants_and_shows_where_the_recordings_lie():
+    """The band (what the knob reaches) is over every training frame, the corpus marks and the centre are the
+    recordings' own: augmented variants that reach past the recordings widen the knob, not its default."""
+    rng = np.random.default_rng(0)
+    recorded_u = rng.normal(0.0, 0.5, 4000)
+    variant_u = rng.normal(1.5, 1.0, 4000)
+    u = np.concatenate([recorded_u, variant_u])
+    recorded = np.arange(len(u)) < len(recorded_u)
+    lo, hi, r_lo, r_hi = knobs.corpus_band(u, np.array([0.1]), recorded)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(u, [5, 95])))
+    assert (r_lo, r_hi) == pytest.approx(tuple(np.percentile(recorded_u, [5, 95])))
+    r = knobs.knob_range((lo, hi, r_lo, r_hi))
+    assert 0.0 < r.corpus_low < r.corpus_high < 0.6                  # the variants reach past the recordings
+    corpus = knobs.CorpusLatents(np.stack([u, u], 1), np.array([0.5, 0.5]), recorded)
+    assert corpus.centre == pytest.approx([recorded_u.mean()] * 2)
+    assert corpus.span == pytest.approx([hi - lo] * 2)
+
+
+def test_corpus_latents_spread_over_recordings_and_variants():
+    from types import SimpleNamespace
+
+    from training.features import Features
+
+    bundle = random_bundle(SMALL, seed=2)
+    sr, hop = SMALL.sample_rate, SMALL.hop_size
+    examples = []
+    for i, name in enumerate(["a", "b", "a~aug0", "a~aug1", "b~aug2", "b~aug3"]):
+        n = (3 + i) * sr // 2 // hop * hop
+        t = np.arange(n) / sr
+        f0 = np.full(n // hop + 1, 110.0 * (i + 1), np.float32)
+        feats = Features(f0, np.ones_like(f0), np.ones_like(f0, dtype=bool), np.full_like(f0, -20.0))
+        examples.append(SimpleNamespace(name=name, audio=(0.2 * np.sin(2 * np.pi * 110.0 * (i + 1) * t)).astype(
+            np.float32), features=feats))
+    corpus = knobs.corpus_latents(bundle.encoder, examples, max_seconds=12.0)
+    assert corpus.recorded is not None and corpus.recorded.any() and not corpus.recorded.all()
+    block = hop * SMALL.encoder_stride                                 # 2 s (or all) of each of the 6 examples
+    lengths = [min(len(e.audio), 2 * sr // block * block) for e in examples]
+    assert len(corpus.means) == sum(n // hop + 1 for n in lengths)
+    assert corpus.recorded.sum() == sum(n // hop + 1 for n in lengths[:2])
+
+
 # ---------------------------------------------------------------------------------------------- the file
 def test_latent_info_round_trips_the_new_fields_and_older_entries_load_unchanged(tmp_path):
     info = LatentInfo(0, "brightness", True, 0.4, -1.5, 2.5, 0.1, 0.7, {"centroid_octaves": 0.5},

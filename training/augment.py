@@ -49,6 +49,10 @@ COMPRESSOR_ATTACK_MS = 10.0
 COMPRESSOR_RELEASE_MS = 100.0
 REVERB_DRY_LEVEL = 0.5  # JUCE's reverb scales dry by 2: 0.5 is unity gain
 NOISE_LOW_CUTOFF_HZ = 20.0  # coloured noise is flat below this (no DC, no rumble that swamps the render)
+TILT_PIVOT_HZ = 1000.0  # the tilt: a high shelf up and a low shelf down by half the tilt each, here
+BREATH_HIGHPASS_HZ = 300.0  # breath noise is coloured noise above this, following the playing's envelope ...
+BREATH_ENVELOPE_S = 0.02  # ... its RMS over this window
+HOLLOW_F0_RANGE_HZ = (30.0, 4000.0)  # the half-period comb follows f0 clipped to this
 ACTIVE_BLOCK_S = 0.02  # active RMS: 20 ms blocks ...
 ACTIVE_RANGE_DB = 40.0  # ... within this of the loudest block
 
@@ -71,6 +75,11 @@ class AugmentParams:
     noise_slope: float = 0.0            # noise power ~ 1/f^slope: 0 white, 1 pink, 2 brown
     noise_level_db: float = -math.inf   # noise RMS relative to the render's active RMS; -inf = off
     noise_seed: int = 0
+    tilt_db: float = 0.0                # high shelf +tilt/2, low shelf -tilt/2 at TILT_PIVOT_HZ
+    breath_level_db: float = -math.inf  # envelope-following noise power relative to the playing; -inf = off
+    breath_slope: float = 1.0
+    breath_seed: int = 0
+    hollow_gain: float = 0.0            # x(t) + g x(t - T/2): g < 0 raises odd over even harmonics, g > 0 even
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,6 +142,19 @@ AUGMENTATIONS: tuple[Augmentation, ...] = (
                  "mixed under the render's active RMS", (
         Draw("noise_slope", 0.0, 2.0), Draw("noise_level_db", -45.0, -30.0), Draw("noise_seed", 0, 2**31, "int")),
         (("noise_level_db", -math.inf),), False),
+    # Timbre factors (issue 14): independent, wide changes of brightness, breath and odd/even balance, each
+    # drawn per variant, so that a small corpus of one instrument varies along more than one timbre direction
+    # and the attribute-regularised latents (training.attributes: brightness, breath, hollowness) have
+    # something to order. The decoder learns to render them; the knob analysis finds them as knobs.
+    Augmentation("tilt", f"spectral tilt around {TILT_PIVOT_HZ:g} Hz (shelves up and down by half each)", (
+        Draw("tilt_db", -12.0, 12.0),), (("tilt_db", 0.0),), True),
+    Augmentation("breath", f"breath: coloured noise above {BREATH_HIGHPASS_HZ:g} Hz following the playing's "
+                 f"{BREATH_ENVELOPE_S * 1000:g} ms RMS envelope", (
+        Draw("breath_level_db", -40.0, -10.0), Draw("breath_slope", 0.0, 1.5), Draw("breath_seed", 0, 2**31, "int")),
+        (("breath_level_db", -math.inf),), True),
+    Augmentation("hollow", "odd/even balance: the signal plus itself half a period (from f0) later, scaled "
+                 "(a comb that moves odd and even harmonics apart by up to +-12 dB)", (
+        Draw("hollow_gain", -0.6, 0.6),), (("hollow_gain", 0.0),), True),
 )
 AUGMENTATION_NAMES = tuple(a.name for a in AUGMENTATIONS)
 DEFAULT_AUGMENTATIONS = tuple(a.name for a in AUGMENTATIONS if a.default)
@@ -282,6 +304,56 @@ def active_rms(audio: np.ndarray, sample_rate: int) -> float:
     return float(np.sqrt(active.mean()))
 
 
+def _moving_rms(audio: np.ndarray, n: int) -> np.ndarray:
+    import scipy.signal
+
+    window = np.ones(max(1, n), np.float64) / max(1, n)
+    return np.sqrt(np.maximum(scipy.signal.fftconvolve(np.square(audio, dtype=np.float64), window, mode="same"),
+                              0.0))
+
+
+def apply_timbre_factors(audio: np.ndarray, f0_hz: np.ndarray, voiced_prob: np.ndarray, hop_size: int,
+                         sample_rate: int, params: AugmentParams) -> np.ndarray:
+    """The timbre-factor rows (hollow, tilt, breath) on mono audio whose control frames (``hop_size`` apart)
+    carry ``f0_hz`` and ``voiced_prob``: same length, finite float32. Stages at their identity are skipped.
+
+    - hollow: ``x(t) + g v(t) x(t - 1 / (2 f0(t)))`` with v the voicing; half a period flips the sign of the odd
+      harmonics only, so the even ones are scaled by ``1 + g``, the odd ones by ``1 - g``.
+    - tilt: pedalboard shelves at TILT_PIVOT_HZ, +tilt/2 above and -tilt/2 below.
+    - breath: noise power ``breath_level_db`` relative to the playing, following its RMS envelope (so it is
+      there while a note sounds and gone in the silences), coloured 1/f^slope and high-passed."""
+    import pedalboard
+
+    audio = np.asarray(audio, dtype=np.float32)
+    n = audio.shape[0]
+    if n == 0:
+        return audio.copy()
+    out = audio.astype(np.float64)
+    if params.hollow_gain != 0.0 and len(f0_hz):
+        t = np.arange(n, dtype=np.float64)
+        frames_t = np.arange(len(f0_hz), dtype=np.float64) * hop_size
+        f0 = np.clip(np.interp(t, frames_t, np.nan_to_num(f0_hz, nan=100.0)), *HOLLOW_F0_RANGE_HZ)
+        voiced = np.clip(np.interp(t, frames_t, np.nan_to_num(voiced_prob, nan=0.0)), 0.0, 1.0)
+        delayed = np.interp(t - 0.5 * sample_rate / f0, t, out, left=0.0)
+        out = out + params.hollow_gain * voiced * delayed
+    if params.tilt_db != 0.0:
+        half = params.tilt_db / 2.0
+        out = pedalboard.Pedalboard([
+            pedalboard.HighShelfFilter(cutoff_frequency_hz=TILT_PIVOT_HZ, gain_db=half),
+            pedalboard.LowShelfFilter(cutoff_frequency_hz=TILT_PIVOT_HZ, gain_db=-half),
+        ])(out.astype(np.float32)[None], sample_rate)[0].astype(np.float64)
+    if math.isfinite(params.breath_level_db):
+        import scipy.signal
+
+        noise = coloured_noise(n, sample_rate, params.breath_slope, params.breath_seed).astype(np.float64)
+        sos = scipy.signal.butter(2, BREATH_HIGHPASS_HZ, "highpass", fs=sample_rate, output="sos")
+        noise = scipy.signal.sosfilt(sos, noise)
+        noise /= max(float(np.sqrt(np.mean(noise ** 2))), 1e-12)
+        envelope = _moving_rms(out, int(BREATH_ENVELOPE_S * sample_rate))
+        out = out + 10.0 ** (params.breath_level_db / 20.0) * envelope * noise
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
 def apply_effects(audio: np.ndarray, sample_rate: int, params: AugmentParams) -> np.ndarray:
     """Render params onto mono audio: stretch, gain, EQ, compressor, distortion, reverb, pitch shift, noise.
     Finite float32, peak <= 1.0, time-aligned, stretched_length(len(audio), params.duration_factor) samples.
@@ -362,6 +434,8 @@ def render_variant(audio: np.ndarray, features: Features, params: AugmentParams,
         audio = time_stretch(audio, settings.sample_rate, params.duration_factor)
         features = extract_features(audio, settings)
         params = dataclasses.replace(params, duration_factor=1.0)
+    audio = apply_timbre_factors(audio, features.f0_hz, features.voiced_prob, settings.hop_size,
+                                 settings.sample_rate, params)
     rendered = apply_effects(audio, settings.sample_rate, params)
     return rendered, augment_features(features, rendered, params, settings)
 

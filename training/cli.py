@@ -32,6 +32,11 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--invariance", type=float, default=None, metavar="WEIGHT",
                    help="weight of the loudness-invariance term that keeps the latents from changing loudness "
                         "(0 = off) [0.1]")
+    p.add_argument("--knob-response", type=float, default=None, metavar="WEIGHT",
+                   help="weight of the knob-response term that makes latents 0-2 move the rendered brightness, "
+                        "breath and odd/even balance, each its own (0 = off) [1]")
+    p.add_argument("--knob-response-gain", type=float, default=None, metavar="SCALE",
+                   help="scales the knob-response gains (0.3 octave, 5 dB, 4 dB per unit of latent) [1]")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--window", type=float, default=1.0, help="training window in seconds [1.0]")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate [2e-3]")
@@ -106,7 +111,9 @@ def train_main(argv: list[str] | None = None) -> int:
         seed=args.seed, resume=args.resume, accelerator=args.accelerator, devices=devices,
         num_threads=args.threads, learning_rate=args.lr, progress=not args.no_progress,
         loss_overrides={**({} if args.attributes is None else {"attribute_weight": args.attributes}),
-                        **({} if args.invariance is None else {"invariance_weight": args.invariance})},
+                        **({} if args.invariance is None else {"invariance_weight": args.invariance}),
+                        **({} if args.knob_response is None else {"response_weight": args.knob_response}),
+                        **({} if args.knob_response_gain is None else {"response_gain": args.knob_response_gain})},
         knobs=args.knobs)
     if args.export_only:
         try:

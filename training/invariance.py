@@ -31,7 +31,7 @@ import torch
 
 from instrument.model import dsp
 
-__all__ = ["a_weighting_db", "controls_loudness_db", "loudness_invariance_loss", "swap_latents"]
+__all__ = ["a_weighting_db", "controls_loudness_db", "loudness_change_loss", "loudness_invariance_loss", "swap_latents"]
 
 LOUD_WINDOW_DB = 30.0      # frames within this of the window's loudest (input loudness) count
 LOUD_FLOOR_DB = -70.0
@@ -89,8 +89,14 @@ def loudness_invariance_loss(decoder, f0_hz: torch.Tensor, loudness_db: torch.Te
                              ) -> torch.Tensor:
     """Mean smooth-L1 (dB) between the loudness of ``controls`` (the batch's own z; a fixed target) and of the
     batch decoded with swapped latents, over loud frames (by the input loudness)."""
-    target = controls_loudness_db(controls, sample_rate).detach()
     swapped, _ = decoder.controls(f0_hz, loudness_db, swap_latents(z.detach(), generator))
+    return loudness_change_loss(controls, swapped, loudness_db, sample_rate)
+
+
+def loudness_change_loss(controls: dsp.SynthControls, swapped: dsp.SynthControls, loudness_db: torch.Tensor,
+                         sample_rate: float) -> torch.Tensor:
+    """The loss of :func:`loudness_invariance_loss` from the two decodes (``swapped`` already decoded)."""
+    target = controls_loudness_db(controls, sample_rate).detach()
     estimate = controls_loudness_db(swapped, sample_rate)
     mask = (loudness_db >= loudness_db.amax(1, keepdim=True) - LOUD_WINDOW_DB) & (loudness_db >= LOUD_FLOOR_DB)
     if not bool(mask.any()):

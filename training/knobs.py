@@ -185,14 +185,26 @@ def descriptor_units() -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- corpus
 @dataclass
 class CorpusLatents:
-    """Posterior means of corpus frames (N, D) and the per-latent average KL (D,)."""
+    """Posterior means of training frames (N, D), the per-latent average KL (D,), and which frames come from the
+    recordings themselves (``recorded``, N bools; None: all of them) rather than from augmented variants.
+
+    The spans (what a knob may reach) are over every frame: the model learnt to render the augmented variants
+    too, whose timbre factors (training.augment: tilt, breath, hollow) reach past the recordings. The centre (the
+    default sound) and the corpus band shown on each knob are the recordings'."""
 
     means: np.ndarray
     kl_nats: np.ndarray
+    recorded: np.ndarray | None = None
+
+    @property
+    def recorded_means(self) -> np.ndarray:
+        if self.recorded is None or not self.recorded.any():
+            return self.means
+        return self.means[self.recorded]
 
     @property
     def centre(self) -> np.ndarray:
-        return self.means.mean(0)
+        return self.recorded_means.mean(0)
 
     @property
     def span(self) -> np.ndarray:
@@ -204,17 +216,34 @@ class CorpusLatents:
         return np.flatnonzero((self.kl_nats >= ACTIVE_KL_NATS) & (self.span > 0))
 
 
-def corpus_latents(encoder, examples: list, max_seconds: float = 120.0) -> CorpusLatents:
+AUGMENTED_MARK = "~aug"           # training.train names an augmented variant <source>~aug<i>
+
+
+def corpus_latents(encoder, examples: list, max_seconds: float = 120.0, min_chunk_seconds: float = 2.0
+                   ) -> CorpusLatents:
+    """Posterior means over at most ``max_seconds`` of ``examples``, spread evenly over them: the middle
+    ``max(min_chunk_seconds, max_seconds / len(examples))`` of each of evenly spaced examples (recordings and
+    augmented variants alike, so that neither the first files nor the recordings alone decide the spans)."""
     c = encoder.config
-    means, kls, seconds = [], [], 0.0
-    for ex in examples:
-        m, lv = encode_means(encoder, ex.audio, ex.features.f0_hz)
+    if not examples:
+        raise ValueError("no examples to encode")
+    chunk_s = max(min_chunk_seconds, max_seconds / len(examples))
+    count = max(1, min(len(examples), int(max_seconds // chunk_s)))
+    picked = sorted({int(i) for i in np.linspace(0, len(examples) - 1, count).round()})
+    means, kls, recorded = [], [], []
+    block = c.hop_size * c.encoder_stride
+    for i in picked:
+        ex = examples[i]
+        n = len(ex.audio)
+        length = min(n, int(chunk_s * c.sample_rate) // block * block)
+        start = (n - length) // 2 // block * block
+        frames = slice(start // c.hop_size, (start + length) // c.hop_size + 1)
+        m, lv = encode_means(encoder, np.asarray(ex.audio[start:start + length]), ex.features.f0_hz[frames])
         means.append(m)
         kls.append(0.5 * (m ** 2 + np.exp(lv) - 1.0 - lv))
-        seconds += len(ex.audio) / c.sample_rate
-        if seconds >= max_seconds:
-            break
-    return CorpusLatents(np.concatenate(means).astype(np.float64), np.concatenate(kls).mean(0).astype(np.float64))
+        recorded.append(np.full(len(m), AUGMENTED_MARK not in getattr(ex, "name", ""), bool))
+    return CorpusLatents(np.concatenate(means).astype(np.float64), np.concatenate(kls).mean(0).astype(np.float64),
+                         np.concatenate(recorded))
 
 
 # ---------------------------------------------------------------------------------------------- response
@@ -305,15 +334,18 @@ class KnobRange:
         return self.low + (self.high - self.low) * knob
 
 
-def corpus_band(u: np.ndarray, direction: np.ndarray) -> tuple[float, float, float, float]:
-    """(low, high) of a knob's corpus band: the 5th..95th percentile of its coordinate ``u`` over the corpus,
-    clipped so that no active latent leaves the centre by more than ``MAX_SPANS`` of its corpus span
-    (``direction``: the knob's column in span units; an ill-conditioned direction would otherwise reach far
-    outside the corpus), and the unclipped percentiles."""
+def corpus_band(u: np.ndarray, direction: np.ndarray, recorded: np.ndarray | None = None
+                ) -> tuple[float, float, float, float]:
+    """(low, high) of a knob's band: the 5th..95th percentile of its coordinate ``u`` over the training frames,
+    clipped so that no active latent leaves the centre by more than ``MAX_SPANS`` of its span (``direction``:
+    the knob's column in span units; an ill-conditioned direction would otherwise reach far outside the
+    corpus), and the 5th..95th percentile over the recordings' frames (``recorded``; None: all frames), unclipped."""
     p_lo, p_hi = (float(x) for x in np.percentile(u, PERCENTILES))
+    rec = u if recorded is None or not np.any(recorded) else u[recorded]
+    r_lo, r_hi = (float(x) for x in np.percentile(rec, PERCENTILES))
     reach = float(np.abs(direction).max(initial=0.0))
     limit = MAX_SPANS / reach if reach > 0 else math.inf
-    return max(p_lo, -limit), min(p_hi, limit), p_lo, p_hi
+    return max(p_lo, -limit), min(p_hi, limit), r_lo, r_hi
 
 
 def knob_range(band: tuple[float, float, float, float], extrapolation: float = EXTRAPOLATION,
@@ -461,7 +493,7 @@ def _try_set(decoder, grid, corpus: CorpusLatents, J: Response, chosen: tuple[st
     folded = fold_decoder(decoder, basis)
     ranges, figs, notes = {}, {}, []
     for k, key in enumerate(chosen):
-        band = corpus_band(u[:, k], B[:, k])
+        band = corpus_band(u[:, k], B[:, k], corpus.recorded)
         for ext, narrow in SHRINK_STEPS:
             rng = knob_range(band, ext, narrow)
             fig = sweep_figures(measure_grid(folded, grid, knob_grid_zs(basis, rng, k)))
@@ -543,6 +575,7 @@ def analyse_knobs(decoder, encoder, examples: list, corpus_info: CorpusInfo, log
     old = best["basis"]
     basis = KnobBasis(old.centre, old.matrix[:, order])
     u = best["u"][:, order]
+    u_rec = u if corpus.recorded is None or not corpus.recorded.any() else u[corpus.recorded]
     kl = corpus.kl_nats
     latents = []
     for new, col in enumerate(order):
@@ -555,17 +588,17 @@ def analyse_knobs(decoder, encoder, examples: list, corpus_info: CorpusInfo, log
             name = DESCRIPTORS[key][0]
             deltas = {k: round(v, 4) for k, v in fig["deltas"].items()}
             latents.append(LatentInfo(index=new, name=name, active=True, kl_nats=round(kl_col, 5), low=rng.low,
-                                      high=rng.high, mean=float(u[:, new].mean()), std=float(u[:, new].std()),
+                                      high=rng.high, mean=float(u_rec[:, new].mean()), std=float(u_rec[:, new].std()),
                                       descriptor_deltas=deltas, corpus_low=rng.corpus_low,
                                       corpus_high=rng.corpus_high, descriptor=key))
         else:
-            rng = knob_range(corpus_band(u[:, new], np.zeros(1)), 0.0)
+            rng = knob_range(corpus_band(u[:, new], np.zeros(1), corpus.recorded), 0.0)
             why = best["reasons"].get(col) if col < len(best["chosen"]) else None
             if why:
                 lines.append(f"not offered: {best['chosen'][col]} knob ({why})")
             latents.append(LatentInfo(index=new, name=f"inactive{new}", active=False, kl_nats=round(kl_col, 5),
-                                      low=rng.low, high=rng.high, mean=float(u[:, new].mean()),
-                                      std=float(u[:, new].std())))
+                                      low=rng.low, high=rng.high, mean=float(u_rec[:, new].mean()),
+                                      std=float(u_rec[:, new].std())))
     lines += best["notes"]
     for line in lines:
         log(f"knobs: {line}")

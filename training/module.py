@@ -13,7 +13,8 @@ from instrument.model import dsp
 from instrument.model.networks import Decoder, Encoder, ModelConfig, kl_divergence
 
 from training.attributes import attribute_loss, frame_attributes
-from training.invariance import loudness_invariance_loss
+from training.invariance import loudness_change_loss, swap_latents
+from training.response import RESPONSE_GAINS, knob_response_loss
 from training.metrics import spectral_loss_module
 
 
@@ -39,6 +40,10 @@ class LossConfig:
     # and of the batch decoded with latents swapped between examples; 0 = off. Without it the FluidR3
     # flute's brightness and noisiness knobs move loudness by 2.1 dB (limit 1.5); with it at most 0.9 dB (README).
     invariance_weight: float = 0.1
+    # Knob response (training.response): on the same swapped decode, latents 0, 1, 2 must move the rendered
+    # brightness, breath and odd/even balance by a fixed gain each, and only their own; 0 = off.
+    response_weight: float = 1.0
+    response_gain: float = 1.0        # multiplies training.response.RESPONSE_GAINS
 
 
 class SdgaModule(pl.LightningModule):
@@ -89,9 +94,17 @@ class SdgaModule(pl.LightningModule):
             out["attributes"] = attribute_loss(z_frames, attributes[:, :z_frames.shape[1]],
                                                mask[:, :z_frames.shape[1]], self.loss_config.attribute_delta,
                                                noise_generator)
-        if self.loss_config.invariance_weight > 0:
-            out["invariance"] = loudness_invariance_loss(self.decoder, f0_hz, loudness_db, controls, z,
-                                                         self.model_config.sample_rate, noise_generator)
+        lc = self.loss_config
+        if lc.invariance_weight > 0 or lc.response_weight > 0:
+            # one decode with the latents swapped between examples serves both terms (only the decoder learns)
+            z_swapped = swap_latents(z.detach(), noise_generator)
+            swapped, _ = self.decoder.controls(f0_hz, loudness_db, z_swapped)
+            if lc.invariance_weight > 0:
+                out["invariance"] = loudness_change_loss(controls, swapped, loudness_db, self.model_config.sample_rate)
+            if lc.response_weight > 0:
+                out["response"] = knob_response_loss(controls, swapped, z, z_swapped, loudness_db,
+                                                     self.model_config.sample_rate,
+                                                     tuple(lc.response_gain * g for g in RESPONSE_GAINS))
         return out
 
     def _posterior_eps(self, mean: torch.Tensor) -> torch.Tensor:
@@ -111,6 +124,9 @@ class SdgaModule(pl.LightningModule):
         if "invariance" in out:
             loss = loss + self.loss_config.invariance_weight * out["invariance"]
             self.log("train/invariance_db", out["invariance"], batch_size=bs)
+        if "response" in out:
+            loss = loss + self.loss_config.response_weight * out["response"]
+            self.log("train/response", out["response"], batch_size=bs)
         self.log_dict({"train/loss": loss, "train/spectral": out["spectral"], "train/kl": out["kl"],
                        "train/beta": beta}, prog_bar=False, batch_size=bs)
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=bs)
@@ -129,6 +145,8 @@ class SdgaModule(pl.LightningModule):
             self.log("val/attributes", out["attributes"], batch_size=bs, sync_dist=True)
         if "invariance" in out:
             self.log("val/invariance_db", out["invariance"], batch_size=bs, sync_dist=True)
+        if "response" in out:
+            self.log("val/response", out["response"], batch_size=bs, sync_dist=True)
         self.log_dict({"val/loss": val_loss, "val/spectral": out["spectral"], "val/kl": out["kl"],
                        "val/active_latents": active,
                        "val/harmonic_db": _energy_db(out["harmonic"]), "val/noise_db": _energy_db(out["noise"])},

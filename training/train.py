@@ -486,7 +486,9 @@ def _run_training(cfg: TrainConfig, log, spool: AudioSpool) -> dict:
                                           / max(fit_seconds, 1e-9), 2),
         "best_val_loss": model_val_loss,
         "interrupted": interrupted, "beta": cfg.beta, "latent_dim": cfg.latent_dim, "seed": cfg.seed,
-        "attribute_weight": loss_config.attribute_weight, "invariance_weight": loss_config.invariance_weight, "augment": cfg.augment, "augment_variants": cfg.augment_variants if cfg.augment else 0,
+        "attribute_weight": loss_config.attribute_weight, "invariance_weight": loss_config.invariance_weight,
+        "response_weight": loss_config.response_weight, "response_gain": loss_config.response_gain,
+        "augment": cfg.augment, "augment_variants": cfg.augment_variants if cfg.augment else 0,
         "augmentations": list(augmentations(cfg)) if cfg.augment else [],
         "window_seconds": window_s, "batch_size": cfg.batch_size, "split": data.split,
         "max_time_s": cfg.max_time_s, "torch_threads": torch.get_num_threads(),
@@ -568,6 +570,7 @@ def _run_export_only(cfg: TrainConfig, log, spool: AudioSpool) -> dict:
                             steps=previous.get("steps", int(saved["global_step"])),
                             beta=loss.beta, latent_dim=model_config.latent_dim,
                             attribute_weight=loss.attribute_weight, invariance_weight=loss.invariance_weight,
+                            response_weight=hparams["loss_config"].get("response_weight", 0.0),
                             exported_from=str(path), export_date=time.strftime("%Y-%m-%d %H:%M:%S"))
     model_file = Path(cfg.model_file) if cfg.model_file else out_dir / "model.sdga"
     backup = keep_further_trained_model(model_file, int(saved["global_step"]), log=log)
