@@ -217,7 +217,8 @@ def fit_from_corpus(corpus_dir: Path, bundle, cache_dir: Path | None):
     t0 = time.perf_counter()
     art = fit_articulation([(f.f0_hz, f.voiced, f.loudness_db) for f in feats], 1000.0 * c.hop_size / c.sample_rate,
                            log=print)
-    art = calibrate_levels(art, bundle.decoder, bundle.corpus.reference_f0_hz, bundle.default_z().numpy())
+    art = calibrate_levels(art, bundle.decoder, bundle.corpus.reference_f0_hz, bundle.default_z().numpy(),
+                           f0_range_hz=bundle.corpus.f0_range_hz)
     return art, time.perf_counter() - t0, [(f.f0_hz, f.voiced, f.loudness_db) for f in feats]
 
 
@@ -241,10 +242,13 @@ def main(argv=None) -> int:
     p.add_argument("--gru-units", type=int, default=24, help="hidden units of the expression GRU [24]")
     p.add_argument("--gru-seconds", type=float, default=45.0, help="training time limit of the GRU [45]")
     p.add_argument("--modes", default=",".join(MODES), help="modes to play [all]")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="an engine parameter set before playing, in every mode (repeatable)")
     args = p.parse_args(argv)
+    extra = [param_event(k, float(v)) for k, _, v in (a.partition("=") for a in args.param)]
     torch.set_num_threads(1)
     measure = load_measure(args.measure)
-    result = {"machine": platform.platform(), "budget": args.budget, "phrases": args.phrases,
+    result = {"machine": platform.platform(), "budget": args.budget, "params": args.param, "phrases": args.phrases,
               "seconds": args.seconds, "measure": str(args.measure), "instruments": {}}
     work = Path(args.keep or tempfile.mkdtemp(prefix="sdga-bench-expression-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -274,7 +278,8 @@ def main(argv=None) -> int:
         if "gru" in modes and gru is None:
             raise SystemExit("the gru mode trains on the corpus: give it as INSTRUMENT=MODEL:CORPUS")
         entry["articulation"] = bundle.expression.to_dict()
-        uncalibrated = replace(bundle, expression=replace(bundle.expression, level_input_db=()))
+        uncalibrated = replace(bundle, expression=replace(bundle.expression, level_input_db=(), calibration_midi=(),
+                                                                       level_input_by_pitch_db=()))
         program, low, high = INSTRUMENTS[name]
         sets = [("fluidr3", fluidsynth_render)] + ([("freepats", timidity_render)] if timidity_has(program) else [])
         if only_set:
@@ -299,7 +304,7 @@ def main(argv=None) -> int:
                         audio = gru_render(bundle, gru, midi_path, sr)
                     else:
                         audio, _ = model_render(played, midi_path, sr,
-                                                initial_events=[param_event("expression", expression)])
+                                                initial_events=[param_event("expression", expression)] + extra)
                     out_path = Path(f"{stem}.{mode}.wav")
                     sf.write(str(out_path), np.clip(audio, -1, 1), sr, subtype="FLOAT")
                     row[mode] = figures(measure, ref_path, out_path)
@@ -320,7 +325,7 @@ def main(argv=None) -> int:
             if mode == "gru":
                 audio = gru_render(bundle, gru, grid_path, sr)
             else:
-                audio, _ = model_render(bundle, grid_path, sr, initial_events=[param_event("expression", mode)])
+                audio, _ = model_render(bundle, grid_path, sr, initial_events=[param_event("expression", mode)] + extra)
             out_path = work / f"{name}_grid.{mode}.wav"
             sf.write(str(out_path), np.clip(audio, -1, 1), sr, subtype="FLOAT")
             g = measure.grid(str(grid_path), str(out_path))

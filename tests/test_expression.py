@@ -79,7 +79,8 @@ def test_fit_recovers_a_known_articulation(corpus):
     assert art.vibrato_cents == pytest.approx(TRUE.vibrato_cents, rel=0.3)
     assert art.tremolo_db == pytest.approx(TRUE.tremolo_db, rel=0.4)
     assert art.vibrato_delay_ms == pytest.approx(TRUE.vibrato_delay_ms, abs=200.0)
-    assert art.level_db[0] >= -42.0 and art.level_db[-1] <= -19.0 and art.level_db[-1] - art.level_db[0] > 10.0
+    # (velocities under ~50 play below TRUE's softest level, at a quarter of the slope: down to -43 dB)
+    assert art.level_db[0] >= -45.0 and art.level_db[-1] <= -19.0 and art.level_db[-1] - art.level_db[0] > 10.0
     assert list(art.level_db) == sorted(art.level_db)
 
 

@@ -171,7 +171,8 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
     log(f"knob analysis ({knobs}): {knob_s:.1f} s")
     t0 = time.perf_counter()
     z_mean = np.array([l.mean for l in sorted(latents, key=lambda l: l.index)], np.float32)
-    expression = calibrate_levels(articulation, decoder, data.stats.reference_f0_hz, z_mean)   # folded: z = u
+    expression = calibrate_levels(articulation, decoder, data.stats.reference_f0_hz, z_mean,   # folded: z = u
+                                  f0_range_hz=data.stats.f0_range_hz)
     expression_s += time.perf_counter() - t0
     inputs = expression.level_input_db or expression.level_db
     log(f"expression: {expression.notes} notes segmented, attack {expression.attack_ms:.0f} ms, release "

@@ -25,7 +25,8 @@ import numpy as np
 
 from instrument.model.bundle import Articulation
 
-__all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels", "MIN_NOTES",
+__all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels",
+           "calibration_pitches", "MIN_NOTES",
            "LEVEL_QUANTILES"]
 
 MIN_NOTES = 10                 # fewer usable notes: say so, and fit only what there is
@@ -130,7 +131,15 @@ def segment_notes(f0_hz: np.ndarray, voiced: np.ndarray, loudness_db: np.ndarray
                     if below.size:
                         release_stop = release_start + int(below[0])
                     else:
-                        release_start = None
+                        # cut by the next note before it fell RELEASE_DEPTH_DB: the fall up to the trough
+                        # still counts (only full-depth releases made the fit 2x too fast: the slow
+                        # ones are the ones the next note cuts)
+                        seg = loudness_db[release_start:next_run]
+                        trough = int(np.argmin(seg)) if seg.size else 0
+                        if trough >= min_frames and seg[0] - seg[trough] >= ATTACK_RISE_DB:
+                            release_stop = release_start + trough
+                        else:
+                            release_start = None
                 if release_start is not None:
                     body_stop = max(body_from + 1, release_start)
                     level = float(np.median(loudness_db[body_from:body_stop]))
@@ -244,7 +253,10 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     if t_s:
         t_s, rel = np.concatenate(t_s), np.concatenate(rel)
         candidates = np.geomspace(10.0, 3000.0, 200)
-        cost = np.abs(rel[None, :] + candidates[:, None] * t_s[None, :]).mean(axis=1)
+        # each with its own best start offset (the L1 median): the releases begin up to RELEASE_FROM_DB
+        # under the note level, and a line held to 0 dB at the start was 40 % too steep to reach them
+        fall = rel[None, :] + candidates[:, None] * t_s[None, :]
+        cost = np.abs(fall - np.median(fall, axis=1, keepdims=True)).mean(axis=1)
         fit["release_db_per_s"] = float(candidates[int(np.argmin(cost))])
     # Pitch approach into fresh notes: median cents from the note over the first 150 ms.
     n_approach = int(150.0 / frame_ms)
@@ -334,12 +346,23 @@ def corpus_articulation(examples: Sequence, frame_ms: float, log=print) -> Artic
                             frame_ms, log=log)
 
 
-def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float = 3.0,
-                     seconds: float = 0.6) -> Articulation:
-    """The articulation with ``level_input_db``: the decoder inputs that make ``decoder`` sound at the corpus's
-    note levels, measured on held notes at ``f0_hz`` and latent ``z`` (the same A-weighted loudness the corpus
-    was measured with), inverted by interpolation. A model that renders quieter or louder than its input (a
-    short training) then still plays notes at the recordings' levels."""
+CALIBRATION_STEP_SEMITONES = 3.0     # per-pitch level calibration: a row every minor third over the corpus's range
+
+
+def calibration_pitches(f0_range_hz: tuple[float, float] | None) -> tuple[float, ...]:
+    """MIDI pitches a row apart by CALIBRATION_STEP_SEMITONES over ``f0_range_hz`` (ends included); () without one."""
+    if not f0_range_hz:
+        return ()
+    lo, hi = (69.0 + 12.0 * np.log2(max(f, 1.0) / 440.0) for f in f0_range_hz)
+    if hi - lo < 1.0:
+        return ()
+    steps = max(1, int(np.ceil((hi - lo) / CALIBRATION_STEP_SEMITONES)))
+    return tuple(float(x) for x in np.linspace(lo, hi, steps + 1))
+
+
+def _measured_inputs(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float,
+                     seconds: float) -> tuple[float, ...] | None:
+    """The decoder inputs that make ``decoder`` sound at ``art.level_db`` on a note held at ``f0_hz``."""
     from instrument.model.offline import render_controls
     from training.features import a_weighted_loudness_db
 
@@ -355,6 +378,25 @@ def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, st
     outputs = np.maximum.accumulate(np.asarray(outputs))
     keep = np.concatenate([[True], np.diff(outputs) > 1e-3])        # strictly rising for the inversion
     if keep.sum() < 2:
-        return art
+        return None
     wanted = np.interp(art.level_db, outputs[keep], inputs[keep])
-    return replace(art, level_input_db=tuple(float(x) for x in np.maximum.accumulate(wanted)))
+    return tuple(float(x) for x in np.maximum.accumulate(wanted))
+
+
+def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float = 3.0,
+                     seconds: float = 0.6, f0_range_hz: tuple[float, float] | None = None) -> Articulation:
+    """The articulation with ``level_input_db``: the decoder inputs that make ``decoder`` sound at the corpus's
+    note levels, measured on held notes at ``f0_hz`` and latent ``z`` (the same A-weighted loudness the corpus
+    was measured with), inverted by interpolation. A model that renders quieter or louder than its input (a
+    short training) then still plays notes at the recordings' levels. With ``f0_range_hz`` the same is
+    measured at each of :func:`calibration_pitches` (``level_input_by_pitch_db``): a decoder's level at a
+    given input drifts by several dB over its range (measured: 4-7 dB over three octaves at 10 minutes)."""
+    row = _measured_inputs(art, decoder, f0_hz, z, step_db, seconds)
+    if row is None:
+        return art
+    art = replace(art, level_input_db=row, calibration_midi=(), level_input_by_pitch_db=())
+    pitches = calibration_pitches(f0_range_hz)
+    rows = [_measured_inputs(art, decoder, 440.0 * 2.0 ** ((p - 69.0) / 12.0), z, step_db, seconds) for p in pitches]
+    if not pitches or any(r is None for r in rows):
+        return art
+    return replace(art, calibration_midi=pitches, level_input_by_pitch_db=tuple(x for r in rows for x in r))

@@ -188,8 +188,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("decay_ms", "ms", 200.0, 0.0, 10000.0, 3.0, doc="envelope decay, peak to sustain"),
     ParamSpec("sustain_db", "dB", -6.0, -60.0, 0.0, doc="envelope sustain level below the peak"),
     ParamSpec("release_ms", "ms", 300.0, 1.0, 10000.0, 3.0, doc="envelope release, peak to floor"),
-    ParamSpec("velocity_sensitivity", "", 0.75, 0.0, 1.0,
-              doc="1: velocity spans the corpus loudness range; 0: every note at the top of it"),
+    ParamSpec("velocity_sensitivity", "", 1.0, 0.0, 1.0,
+              doc="1: velocity spans the corpus loudness range (learned: MIDI's 40 dB per decade below the "
+                  "corpus's loudest notes); 0: every note at the top of it"),
     ParamSpec("voice_mode", "", 0.0, 0.0, 2.0, choices=("poly", "mono", "legato")),
     ParamSpec("midi_channel", "channel", -1.0, -1.0, 15.0, doc="-1: omni; else only this channel (0..15)"),
     ParamSpec("expression", "", 1.0, 0.0, 1.0, choices=("envelope", "learned"),

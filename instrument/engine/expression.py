@@ -25,19 +25,56 @@ ENVELOPE, LEARNED = range(2)
 TWO_PI = 2.0 * math.pi
 
 
-def velocity_level_db(art: Articulation, velocity: float, sensitivity: float = 1.0) -> float:
-    """A velocity 0..127 -> the note level the decoder is given (dB): the decoder input that sounds at the
-    corpus's note-level quantile ``velocity / 127`` (``sensitivity`` < 1 narrows the range towards the loudest
-    notes). Monotonic."""
-    v = min(max(float(velocity) / 127.0, 0.0), 1.0)
-    q = 1.0 - sensitivity * (1.0 - v)
-    qs, levels = art.level_quantiles, art.level_input_db or art.level_db
-    q = min(max(q, qs[0]), qs[-1])
-    for k in range(1, len(qs)):
-        if q <= qs[k]:
-            a, b = qs[k - 1], qs[k]
-            return levels[k - 1] + (levels[k] - levels[k - 1]) * (q - a) / (b - a)
-    return levels[-1]
+# Velocity -> level follows MIDI's own curve (GM2 / DLS: gain proportional to (velocity / 127) ** 2, i.e.
+# 40 dB per decade of velocity: what keyboards and sample players assume), from the corpus's loudest notes
+# down; below the corpus's softest notes it goes on at a quarter of that slope (still monotonic, without
+# driving the decoder far below the levels it learnt).
+VELOCITY_DB_PER_DECADE = 40.0
+BELOW_CORPUS_SLOPE = 0.25
+
+
+def velocity_level_db(art: Articulation, velocity: float, sensitivity: float = 1.0,
+                      pitch_midi: float | None = None) -> float:
+    """A velocity 1..127 -> the note level the decoder is given (dB). The output level is the corpus's loudest
+    note level (``level_db[-1]``) plus ``sensitivity * VELOCITY_DB_PER_DECADE * log10(velocity / 127)``, bent
+    to a quarter of the slope below the softest (``level_db[0]``); the model's calibration (measured at
+    export) turns it into the decoder input that sounds there: at ``pitch_midi`` where the file has a
+    per-pitch calibration, else at the corpus's median pitch. ``sensitivity`` 0: every note at the top.
+    Strictly rising in velocity where ``sensitivity`` > 0."""
+    v = min(max(float(velocity), 1.0), 127.0)
+    levels = art.level_db
+    top, floor = levels[-1], levels[0]
+    level = top + sensitivity * VELOCITY_DB_PER_DECADE * math.log10(v / 127.0)
+    if level < floor:
+        level = floor - BELOW_CORPUS_SLOPE * (floor - level)
+    pitches, table = art.calibration_midi, art.level_input_by_pitch_db
+    if pitch_midi is not None and pitches:
+        n = len(levels)
+        if pitch_midi <= pitches[0] or len(pitches) == 1:
+            return _level_input(levels, table, 0, level)
+        for r in range(1, len(pitches)):
+            if pitch_midi <= pitches[r]:
+                w = (pitch_midi - pitches[r - 1]) / (pitches[r] - pitches[r - 1])
+                return ((1.0 - w) * _level_input(levels, table, (r - 1) * n, level)
+                        + w * _level_input(levels, table, r * n, level))
+        return _level_input(levels, table, (len(pitches) - 1) * n, level)
+    if not art.level_input_db:
+        return level
+    return _level_input(levels, art.level_input_db, 0, level)
+
+
+def _level_input(levels, inputs, offset: int, level: float) -> float:
+    """``level`` through the measured (output level -> decoder input) row ``inputs[offset:offset + len(levels)]``;
+    1:1 below the softest level."""
+    if level <= levels[0]:
+        return inputs[offset] + (level - levels[0])
+    for k in range(1, len(levels)):
+        if level <= levels[k]:
+            a, b = levels[k - 1], levels[k]
+            if b <= a:
+                return inputs[offset + k]
+            return inputs[offset + k - 1] + (inputs[offset + k] - inputs[offset + k - 1]) * (level - a) / (b - a)
+    return inputs[offset + len(levels) - 1]
 
 
 def held_level_db(art: Articulation, t_on_ms: float, attack_from_db: float, attack_scale: float = 1.0) -> float:

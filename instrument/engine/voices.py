@@ -53,7 +53,7 @@ class VoiceSettings:
     release_ms: float = 300.0
     floor_db: float = -60.0            # envelope bottom, relative to the note's peak
     glide_ms: float = 0.0
-    velocity_sensitivity: float = 0.75
+    velocity_sensitivity: float = 1.0
     bend_range_semitones: float = 2.0
     pitch_shift_semitones: float = 0.0
     mode: int = POLY
@@ -218,9 +218,9 @@ class VoiceBank:
     def mpe_on(self) -> bool:
         return self.settings.mpe_zone != 0
 
-    def _peak_db(self, velocity: float) -> float:
+    def _peak_db(self, velocity: float, pitch_midi: float | None = None) -> float:
         if self._learn:
-            return velocity_level_db(self.articulation, velocity, self.settings.velocity_sensitivity)
+            return velocity_level_db(self.articulation, velocity, self.settings.velocity_sensitivity, pitch_midi)
         low, high = self.loudness_range_db
         v = min(max(float(velocity) / 127.0, 0.0), 1.0)
         return high - self.settings.velocity_sensitivity * (1.0 - v) * (high - low)
@@ -340,7 +340,7 @@ class VoiceBank:
         v.stage = ATTACK
         v.note, v.channel, v.velocity = float(note), int(channel), float(velocity)
         v.key_down, v.sustained = True, False
-        v.peak_db = self._peak_db(velocity)
+        v.peak_db = self._peak_db(velocity, v.target)
         v.age = self._next()
         v.on_samples = v.off_samples = 0
         v.approach = True

@@ -159,8 +159,10 @@ class Articulation:
     transitions glide over ``legato_ms``; vibrato of ``vibrato_cents`` (amplitude) at ``vibrato_hz`` fades in
     around ``vibrato_delay_ms``. Velocity 1..127 maps onto the corpus's note levels at ``level_quantiles``
     (``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels); ``level_input_db[k]`` is the
-    decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export; empty: the
-    same as ``level_db``). ``notes`` is how many
+    decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export at the
+    corpus's median pitch; empty: the same as ``level_db``); ``level_input_by_pitch_db`` holds the same measured
+    at each pitch of ``calibration_midi`` (MIDI notes, rising), one row of ``len(level_db)`` per pitch, flat
+    (empty: ``level_input_db`` at every pitch; a decoder does not sound equally loud over its range). ``notes`` is how many
     notes the fit used; ``fallback`` says there were too few (then only what could be fitted differs from
     the defaults, and the engine plays the envelope unless asked for ``learned``)."""
 
@@ -185,6 +187,10 @@ class Articulation:
     level_quantiles: tuple[float, ...] = (0.0, 1.0)
     level_db: tuple[float, ...] = (-40.0, -15.0)
     level_input_db: tuple[float, ...] = ()
+    calibration_midi: tuple[float, ...] = ()
+    level_input_by_pitch_db: tuple[float, ...] = ()
+
+    OPTIONAL = ("level_input_db", "calibration_midi", "level_input_by_pitch_db")   # absent in older files
 
     def __post_init__(self):
         if len(self.level_quantiles) != len(self.level_db) or len(self.level_db) < 2:
@@ -195,6 +201,14 @@ class Articulation:
         if self.level_input_db and (len(self.level_input_db) != len(self.level_db) or any(
                 b < a for a, b in zip(self.level_input_db, self.level_input_db[1:]))):
             raise ValueError("level_input_db must be empty or as long as level_db, and not fall")
+        n = len(self.level_db)
+        if len(self.level_input_by_pitch_db) != n * len(self.calibration_midi) or \
+                any(b <= a for a, b in zip(self.calibration_midi, self.calibration_midi[1:])):
+            raise ValueError("calibration_midi must rise, and level_input_by_pitch_db hold one row of "
+                             "len(level_db) per pitch")
+        rows = self.level_input_by_pitch_db
+        if any(rows[r * n + k + 1] < rows[r * n + k] for r in range(len(self.calibration_midi)) for k in range(n - 1)):
+            raise ValueError("each row of level_input_by_pitch_db must not fall")
         for name in ("attack_ms", "attack_shape", "decay_ms", "release_db_per_s", "approach_ms", "legato_ms",
                      "vibrato_hz", "tremolo_hz"):
             if not getattr(self, name) > 0.0:
@@ -204,12 +218,14 @@ class Articulation:
         d = asdict(self)
         d["level_quantiles"], d["level_db"] = list(self.level_quantiles), list(self.level_db)
         d["level_input_db"] = list(self.level_input_db)
+        d["calibration_midi"] = list(self.calibration_midi)
+        d["level_input_by_pitch_db"] = list(self.level_input_by_pitch_db)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Articulation":
         """The stored record; TypeError / KeyError / ValueError on anything else (every field present but
-        ``level_input_db``)."""
+        the ``OPTIONAL`` ones)."""
         if not isinstance(d, dict):
             raise TypeError(f"expression record is a {type(d).__name__}, not an object")
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
@@ -217,14 +233,14 @@ class Articulation:
             raise KeyError(f"expression record has unknown field(s) {unknown}")
         values = {}
         for name in cls.__dataclass_fields__:
-            if name == "level_input_db" and name not in d:        # an uncalibrated articulation
+            if name in cls.OPTIONAL and name not in d:        # uncalibrated, or calibrated at one pitch
                 continue
             value = d[name]
             if name == "notes":
                 values[name] = int(value)
             elif name == "fallback":
                 values[name] = bool(value)
-            elif name in ("level_quantiles", "level_db", "level_input_db"):
+            elif name in ("level_quantiles", "level_db") + cls.OPTIONAL:
                 values[name] = tuple(_number(x) for x in value)
             else:
                 values[name] = _number(value)
@@ -250,8 +266,15 @@ def _upgrade_v2(metadata: dict) -> dict:
     return dict(metadata, expression=None)
 
 
+def _upgrade_v3(metadata: dict) -> dict:
+    """Version 3's expression record had no per-pitch level calibration (``calibration_midi``,
+    ``level_input_by_pitch_db``): absent, the one-pitch ``level_input_db`` serves every pitch. The layout is
+    otherwise the same."""
+    return metadata
+
+
 # Format version -> metadata as that version wrote it, turned into what the next version writes.
-METADATA_UPGRADES = {1: _upgrade_v1, 2: _upgrade_v2}
+METADATA_UPGRADES = {1: _upgrade_v1, 2: _upgrade_v2, 3: _upgrade_v3}
 assert sorted(METADATA_UPGRADES) == list(range(1, FORMAT_VERSION))
 
 
