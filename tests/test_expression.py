@@ -4,13 +4,16 @@ with the ADSR; the engine plays it causally (any block size gives the same outpu
 held notes stay centred on their pitch, and the expression parameters and the mod wheel do what they say."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from instrument.engine.engine import Engine
 from instrument.engine.events import ControlChange, NoteOff, NoteOn, param_spec
-from instrument.engine.expression import note_curve, velocity_level_db
+from instrument.engine.expression import (VELOCITY_DB_PER_DECADE, note_curve, output_input_db, velocity_level_db,
+                                          velocity_output_db)
 from instrument.model import modelfile
 from instrument.model.bundle import Articulation, ModelBundle, load_bundle, random_bundle, save_bundle
 from instrument.model.modelfile import save_model_file
@@ -95,13 +98,75 @@ def test_too_few_notes_is_said_and_falls_back(corpus):
 
 
 # ---------------------------------------------------------------------------------------------- storage
-def test_articulation_round_trips_in_a_version_3_file(tmp_path):
+def test_articulation_round_trips_in_a_version_4_file(tmp_path):
     b = random_bundle(seed=0)
     b.expression = TRUE
     loaded = load_bundle(save_bundle(tmp_path / "m.sdga", b))
     assert loaded.expression == TRUE and "expression" not in loaded.metadata
+    b.expression = PITCHED
+    assert load_bundle(save_bundle(tmp_path / "p.sdga", b)).expression == PITCHED
     with pytest.raises(ValueError):
         Articulation(level_quantiles=(0.0, 1.0), level_db=(-10.0, -20.0))
+    with pytest.raises(ValueError, match="one row"):            # a table that does not match its axes
+        replace(PITCHED, level_input_by_pitch_db=PITCHED.level_input_by_pitch_db[:-1])
+    with pytest.raises(ValueError, match="must not fall"):
+        replace(PITCHED, level_input_by_pitch_db=(0.0, -1.0) + PITCHED.level_input_by_pitch_db[2:])
+    # a version-3 record (no per-pitch calibration) still reads
+    record = {k: v for k, v in PITCHED.to_dict().items()
+              if k not in ("calibration_midi", "calibration_level_db", "level_input_by_pitch_db")}
+    assert Articulation.from_dict(record) == replace(PITCHED, calibration_midi=(), calibration_level_db=(),
+                                                    level_input_by_pitch_db=())
+
+
+# A calibration that asks the decoder for 6 dB more at MIDI 48 than at MIDI 72 (and 2 dB more at every level
+# below -40 dB, as a decoder that falls faster than its input in a tail would): rows over output levels.
+PITCHED = replace(TRUE, calibration_midi=(48.0, 72.0), calibration_level_db=(-60.0, -40.0, -20.0),
+                  level_input_by_pitch_db=(-52.0, -34.0, -14.0, -58.0, -40.0, -20.0))
+
+
+def test_velocity_follows_the_midi_curve_below_the_corpus_loudest_notes():
+    top, floor = TRUE.level_db[-1], TRUE.level_db[0]
+    assert velocity_output_db(TRUE, 127) == pytest.approx(top)
+    # 40 dB per decade of velocity (GM2: gain ~ velocity squared), then a quarter of that under the softest
+    assert velocity_output_db(TRUE, 127 / 10 ** 0.25) == pytest.approx(top - 10.0)
+    v_floor = 127 * 10 ** ((floor - top) / VELOCITY_DB_PER_DECADE)
+    assert velocity_output_db(TRUE, v_floor / 10) == pytest.approx(floor - 0.25 * VELOCITY_DB_PER_DECADE)
+    levels = [velocity_output_db(TRUE, v) for v in range(1, 128)]
+    assert all(b > a for a, b in zip(levels, levels[1:]))
+    assert velocity_output_db(TRUE, 30, sensitivity=0.0) == pytest.approx(top)
+    assert velocity_output_db(TRUE, 0) == velocity_output_db(TRUE, 1)
+
+
+def test_the_per_pitch_calibration_interpolates_over_pitch_and_level():
+    assert output_input_db(PITCHED, -40.0, 48.0) == pytest.approx(-34.0)
+    assert output_input_db(PITCHED, -40.0, 72.0) == pytest.approx(-40.0)
+    assert output_input_db(PITCHED, -40.0, 60.0) == pytest.approx(-37.0)
+    assert output_input_db(PITCHED, -30.0, 60.0) == pytest.approx(-27.0)
+    assert output_input_db(PITCHED, -50.0, 30.0) == pytest.approx(-43.0)      # below the lowest pitch: its row
+    assert output_input_db(PITCHED, -70.0, 72.0) == pytest.approx(-68.0)      # 1:1 past the table's ends
+    assert output_input_db(PITCHED, -10.0, 72.0) == pytest.approx(-10.0)
+    assert output_input_db(PITCHED, -30.0) == output_input_db(replace(PITCHED, calibration_midi=(),
+                                                                      calibration_level_db=(),
+                                                                      level_input_by_pitch_db=()), -30.0)
+
+
+def test_the_voice_bank_maps_every_frame_through_the_calibration():
+    """Learned: the decoder's loudness each frame is the note's output level plus its envelope, through the
+    calibration at the voice's pitch (not the note level's input plus the envelope: a decoder's gain differs
+    over its levels, most in a release tail)."""
+    plain, pitched = random_bundle(seed=0), random_bundle(seed=0)
+    plain.expression, pitched.expression = TRUE, PITCHED
+    script = [(0, NoteOn(60, 100)), (20000, NoteOff(60))]
+    frames = {}
+    for name, b in (("plain", plain), ("pitched", pitched)):
+        engine = make_engine(b, block=HOP, voices=1, vibrato_depth=0.0)
+        out = []
+        render(engine, script, 40000, frames=out)
+        frames[name] = np.array([f[1][0] for f in out])
+    sounding = frames["plain"] > -100.0
+    expected = np.array([output_input_db(PITCHED, x, 60.0) for x in frames["plain"][sounding]])
+    assert np.allclose(frames["pitched"][sounding], expected, atol=1e-4)
+    assert (frames["pitched"][sounding] - frames["plain"][sounding]).max() > 4.0     # the tail gets its +5 dB
 
 
 def _as_version_2(path, bundle: ModelBundle) -> None:
@@ -235,6 +300,30 @@ def test_levels_are_calibrated_to_what_the_model_sounds_at():
         ld = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
         assert float(np.median(ld[len(ld) // 2:])) == pytest.approx(target, abs=1.0)
     assert velocity_level_db(art, 127) == pytest.approx(art.level_input_db[-1])
+
+
+def test_levels_are_calibrated_at_every_pitch_of_the_corpus_range():
+    """The per-pitch rows: at a pitch of the range, the inputs found make the model sound at the corpus's note
+    levels, and they differ from another pitch's (this untrained model is monotonic in its input only around
+    220 Hz, MIDI 57: it spans about -30..-25 dB at MIDI 45)."""
+    from instrument.model.offline import render_controls
+    from training.expression import calibrate_levels
+    from training.features import a_weighted_loudness_db
+
+    b = random_bundle(seed=0)
+    art = calibrate_levels(replace(TRUE, level_db=(-32.0, -29.0, -27.0)), b.decoder, 220.0, b.default_z().numpy(),
+                           f0_range_hz=(110.0, 220.0))
+    assert art.calibration_midi[0] == pytest.approx(45.0) and art.calibration_midi[-1] == pytest.approx(57.0)
+    assert len(art.level_input_by_pitch_db) == len(art.calibration_midi) * len(art.calibration_level_db)
+    c = b.config
+    n = int(0.6 * c.sample_rate / c.hop_size) + 1
+    for target in art.level_db:
+        given = output_input_db(art, target, 57.0)
+        audio = render_controls(b.decoder, np.full(n, 220.0, np.float32), np.full(n, given, np.float32),
+                                b.default_z().numpy(), seed=0)
+        ld = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
+        assert float(np.median(ld[len(ld) // 2:])) == pytest.approx(target, abs=1.0)
+    assert abs(output_input_db(art, -27.0, 45.0) - output_input_db(art, -27.0, 57.0)) > 3.0
 
 
 def test_sdga_render_plays_the_learnt_expression_by_default(learned_bundle):

@@ -26,7 +26,7 @@ import numpy as np
 from instrument.model.bundle import Articulation
 
 __all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels",
-           "calibration_pitches", "MIN_NOTES",
+           "calibration_pitches", "calibration_levels", "MIN_NOTES",
            "LEVEL_QUANTILES"]
 
 MIN_NOTES = 10                 # fewer usable notes: say so, and fit only what there is
@@ -360,15 +360,29 @@ def calibration_pitches(f0_range_hz: tuple[float, float] | None) -> tuple[float,
     return tuple(float(x) for x in np.linspace(lo, hi, steps + 1))
 
 
-def _measured_inputs(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float,
+CALIBRATION_BELOW_DB = 30.0         # the per-pitch calibration reaches this far under the softest notes (tails)
+CALIBRATION_LEVEL_STEP_DB = 3.0
+
+
+def calibration_levels(art: Articulation) -> tuple[float, ...]:
+    """Output levels of the per-pitch calibration: CALIBRATION_LEVEL_STEP_DB apart from CALIBRATION_BELOW_DB
+    under the corpus's softest note level to its loudest (ends included)."""
+    lo, hi = art.level_db[0] - CALIBRATION_BELOW_DB, art.level_db[-1]
+    steps = max(1, int(np.ceil((hi - lo) / CALIBRATION_LEVEL_STEP_DB)))
+    return tuple(float(x) for x in np.linspace(lo, hi, steps + 1))
+
+
+def _measured_inputs(targets, decoder, f0_hz: float, z: np.ndarray, step_db: float,
                      seconds: float) -> tuple[float, ...] | None:
-    """The decoder inputs that make ``decoder`` sound at ``art.level_db`` on a note held at ``f0_hz``."""
+    """The decoder inputs that make ``decoder`` sound at the output levels ``targets`` (dB, rising) on a note
+    held at ``f0_hz``: held notes rendered at inputs ``step_db`` apart, measured with the A-weighted loudness
+    the corpus was measured with, inverted by interpolation."""
     from instrument.model.offline import render_controls
     from training.features import a_weighted_loudness_db
 
     c = decoder.config
     n = int(seconds * c.sample_rate / c.hop_size) + 1
-    inputs = np.arange(art.level_db[0] - 24.0, art.level_db[-1] + 24.0 + step_db, step_db)
+    inputs = np.arange(targets[0] - 24.0, targets[-1] + 24.0 + step_db, step_db)
     outputs = []
     for level in inputs:
         audio = render_controls(decoder, np.full(n, f0_hz, np.float32), np.full(n, level, np.float32),
@@ -379,24 +393,27 @@ def _measured_inputs(art: Articulation, decoder, f0_hz: float, z: np.ndarray, st
     keep = np.concatenate([[True], np.diff(outputs) > 1e-3])        # strictly rising for the inversion
     if keep.sum() < 2:
         return None
-    wanted = np.interp(art.level_db, outputs[keep], inputs[keep])
+    wanted = np.interp(targets, outputs[keep], inputs[keep])
     return tuple(float(x) for x in np.maximum.accumulate(wanted))
 
 
 def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float = 3.0,
                      seconds: float = 0.6, f0_range_hz: tuple[float, float] | None = None) -> Articulation:
     """The articulation with ``level_input_db``: the decoder inputs that make ``decoder`` sound at the corpus's
-    note levels, measured on held notes at ``f0_hz`` and latent ``z`` (the same A-weighted loudness the corpus
-    was measured with), inverted by interpolation. A model that renders quieter or louder than its input (a
-    short training) then still plays notes at the recordings' levels. With ``f0_range_hz`` the same is
-    measured at each of :func:`calibration_pitches` (``level_input_by_pitch_db``): a decoder's level at a
-    given input drifts by several dB over its range (measured: 4-7 dB over three octaves at 10 minutes)."""
-    row = _measured_inputs(art, decoder, f0_hz, z, step_db, seconds)
+    note levels, measured on held notes at ``f0_hz`` and latent ``z`` (:func:`_measured_inputs`). A model
+    that renders quieter or louder than its input (a short training) then still plays notes at the
+    recordings' levels. With ``f0_range_hz`` the same is measured at each of :func:`calibration_pitches`, at
+    the output levels :func:`calibration_levels` (``level_input_by_pitch_db``): a decoder's level at a given
+    input drifts by 4-7 dB over three octaves (10-minute models), and falls faster than its input in a
+    release tail; the engine maps every frame through it."""
+    row = _measured_inputs(art.level_db, decoder, f0_hz, z, step_db, seconds)
     if row is None:
         return art
-    art = replace(art, level_input_db=row, calibration_midi=(), level_input_by_pitch_db=())
-    pitches = calibration_pitches(f0_range_hz)
-    rows = [_measured_inputs(art, decoder, 440.0 * 2.0 ** ((p - 69.0) / 12.0), z, step_db, seconds) for p in pitches]
+    art = replace(art, level_input_db=row, calibration_midi=(), calibration_level_db=(), level_input_by_pitch_db=())
+    pitches, levels = calibration_pitches(f0_range_hz), calibration_levels(art)
+    rows = [_measured_inputs(levels, decoder, 440.0 * 2.0 ** ((p - 69.0) / 12.0), z, step_db, seconds)
+            for p in pitches]
     if not pitches or any(r is None for r in rows):
         return art
-    return replace(art, calibration_midi=pitches, level_input_by_pitch_db=tuple(x for r in rows for x in r))
+    return replace(art, calibration_midi=pitches, calibration_level_db=levels,
+                   level_input_by_pitch_db=tuple(x for r in rows for x in r))

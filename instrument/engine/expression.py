@@ -17,7 +17,7 @@ import numpy as np
 
 from instrument.model.bundle import Articulation
 
-__all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "held_level_db", "release_level_db",
+__all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "velocity_output_db", "output_input_db", "held_level_db", "release_level_db",
            "release_ms_to_floor", "tremolo_db", "pitch_offset_cents", "fade_in", "note_curve"]
 
 EXPRESSION_MODES = ("envelope", "learned")
@@ -33,39 +33,50 @@ VELOCITY_DB_PER_DECADE = 40.0
 BELOW_CORPUS_SLOPE = 0.25
 
 
-def velocity_level_db(art: Articulation, velocity: float, sensitivity: float = 1.0,
-                      pitch_midi: float | None = None) -> float:
-    """A velocity 1..127 -> the note level the decoder is given (dB). The output level is the corpus's loudest
-    note level (``level_db[-1]``) plus ``sensitivity * VELOCITY_DB_PER_DECADE * log10(velocity / 127)``, bent
-    to a quarter of the slope below the softest (``level_db[0]``); the model's calibration (measured at
-    export) turns it into the decoder input that sounds there: at ``pitch_midi`` where the file has a
-    per-pitch calibration, else at the corpus's median pitch. ``sensitivity`` 0: every note at the top.
-    Strictly rising in velocity where ``sensitivity`` > 0."""
+def velocity_output_db(art: Articulation, velocity: float, sensitivity: float = 1.0) -> float:
+    """A velocity 1..127 -> the level the note should sound at (dB, as the corpus was measured): the corpus's
+    loudest note level (``level_db[-1]``) plus ``sensitivity * VELOCITY_DB_PER_DECADE * log10(velocity / 127)``,
+    bent to a quarter of the slope below the softest (``level_db[0]``). ``sensitivity`` 0: every note at the
+    top. Strictly rising in velocity where ``sensitivity`` > 0."""
     v = min(max(float(velocity), 1.0), 127.0)
-    levels = art.level_db
-    top, floor = levels[-1], levels[0]
+    top, floor = art.level_db[-1], art.level_db[0]
     level = top + sensitivity * VELOCITY_DB_PER_DECADE * math.log10(v / 127.0)
     if level < floor:
         level = floor - BELOW_CORPUS_SLOPE * (floor - level)
+    return level
+
+
+def output_input_db(art: Articulation, level_db: float, pitch_midi: float | None = None) -> float:
+    """The decoder input that makes the model sound at ``level_db``, by its calibration (measured at export):
+    at ``pitch_midi`` where the file has the per-pitch table, else at the corpus's median pitch
+    (``level_input_db``); 1:1 past either end of the table; ``level_db`` itself for an uncalibrated file."""
     pitches, table = art.calibration_midi, art.level_input_by_pitch_db
     if pitch_midi is not None and pitches:
+        levels = art.calibration_level_db
         n = len(levels)
         if pitch_midi <= pitches[0] or len(pitches) == 1:
-            return _level_input(levels, table, 0, level)
+            return _level_input(levels, table, 0, level_db)
         for r in range(1, len(pitches)):
             if pitch_midi <= pitches[r]:
                 w = (pitch_midi - pitches[r - 1]) / (pitches[r] - pitches[r - 1])
-                return ((1.0 - w) * _level_input(levels, table, (r - 1) * n, level)
-                        + w * _level_input(levels, table, r * n, level))
-        return _level_input(levels, table, (len(pitches) - 1) * n, level)
+                return ((1.0 - w) * _level_input(levels, table, (r - 1) * n, level_db)
+                        + w * _level_input(levels, table, r * n, level_db))
+        return _level_input(levels, table, (len(pitches) - 1) * n, level_db)
     if not art.level_input_db:
-        return level
-    return _level_input(levels, art.level_input_db, 0, level)
+        return level_db
+    return _level_input(art.level_db, art.level_input_db, 0, level_db)
+
+
+def velocity_level_db(art: Articulation, velocity: float, sensitivity: float = 1.0,
+                      pitch_midi: float | None = None) -> float:
+    """The decoder input of a note played at ``velocity`` (:func:`velocity_output_db` through
+    :func:`output_input_db`)."""
+    return output_input_db(art, velocity_output_db(art, velocity, sensitivity), pitch_midi)
 
 
 def _level_input(levels, inputs, offset: int, level: float) -> float:
     """``level`` through the measured (output level -> decoder input) row ``inputs[offset:offset + len(levels)]``;
-    1:1 below the softest level."""
+    1:1 past either end."""
     if level <= levels[0]:
         return inputs[offset] + (level - levels[0])
     for k in range(1, len(levels)):
@@ -74,7 +85,7 @@ def _level_input(levels, inputs, offset: int, level: float) -> float:
             if b <= a:
                 return inputs[offset + k]
             return inputs[offset + k - 1] + (inputs[offset + k] - inputs[offset + k - 1]) * (level - a) / (b - a)
-    return inputs[offset + len(levels) - 1]
+    return inputs[offset + len(levels) - 1] + (level - levels[-1])
 
 
 def held_level_db(art: Articulation, t_on_ms: float, attack_from_db: float, attack_scale: float = 1.0) -> float:
@@ -129,10 +140,10 @@ def pitch_offset_cents(art: Articulation, t_on_ms: float, approach: bool, vibrat
 
 
 def note_curve(art: Articulation, velocity: float, held_ms: float, frame_ms: float, tail_ms: float = 1000.0,
-               floor_db: float = -60.0) -> tuple[np.ndarray, np.ndarray]:
+               floor_db: float = -60.0, pitch_midi: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(loudness_db, pitch_offset_cents) per frame of one fresh note held ``held_ms`` then released, as the
     voice bank plays it with default amounts (for plots, tests and the benchmark; allocates)."""
-    level = velocity_level_db(art, velocity)
+    level = velocity_output_db(art, velocity)
     n = int(round((held_ms + tail_ms) / frame_ms))
     loudness = np.empty(n)
     cents = np.empty(n)
@@ -143,6 +154,6 @@ def note_curve(art: Articulation, velocity: float, held_ms: float, frame_ms: flo
             rel = held_level_db(art, t, art.attack_start_db) + tremolo_db(art, t)
         else:
             rel = release_level_db(art, t - held_ms, off_level)
-        loudness[i] = level + max(rel, floor_db)
+        loudness[i] = output_input_db(art, level + max(rel, floor_db), pitch_midi)
         cents[i] = pitch_offset_cents(art, t, True)
     return loudness, cents

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from instrument.engine.expression import (LEARNED, held_level_db, pitch_offset_cents, release_level_db,
-                                          release_ms_to_floor, tremolo_db, velocity_level_db)
+                                          release_ms_to_floor, tremolo_db, velocity_output_db,
+                                          output_input_db)
 from instrument.engine.tuning import a4_offset_semitones
 from instrument.model.bundle import Articulation
 
@@ -218,9 +219,11 @@ class VoiceBank:
     def mpe_on(self) -> bool:
         return self.settings.mpe_zone != 0
 
-    def _peak_db(self, velocity: float, pitch_midi: float | None = None) -> float:
+    def _peak_db(self, velocity: float) -> float:
+        """The note's level: learned, the output level it should sound at (every frame's level goes through
+        the model's calibration to the decoder input in ``end_interval``); envelope, the decoder input."""
         if self._learn:
-            return velocity_level_db(self.articulation, velocity, self.settings.velocity_sensitivity, pitch_midi)
+            return velocity_output_db(self.articulation, velocity, self.settings.velocity_sensitivity)
         low, high = self.loudness_range_db
         v = min(max(float(velocity) / 127.0, 0.0), 1.0)
         return high - self.settings.velocity_sensitivity * (1.0 - v) * (high - low)
@@ -340,7 +343,7 @@ class VoiceBank:
         v.stage = ATTACK
         v.note, v.channel, v.velocity = float(note), int(channel), float(velocity)
         v.key_down, v.sustained = True, False
-        v.peak_db = self._peak_db(velocity, v.target)
+        v.peak_db = self._peak_db(velocity)
         v.age = self._next()
         v.on_samples = v.off_samples = 0
         v.approach = True
@@ -543,6 +546,8 @@ class VoiceBank:
                 loudness[i] = v.peak_db + v.env_db + offset_db
                 if member:
                     loudness[i] += pressure_db * pressure[ch]
+                if learn:
+                    loudness[i] = output_input_db(art, loudness[i], pitch[i])
                 gain[i] = 1.0
                 v.linger = 2            # the frame it goes idle fades out; one more zeroes the other buffer
                 rows = i + 1

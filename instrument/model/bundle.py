@@ -160,9 +160,11 @@ class Articulation:
     around ``vibrato_delay_ms``. Velocity 1..127 maps onto the corpus's note levels at ``level_quantiles``
     (``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels); ``level_input_db[k]`` is the
     decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export at the
-    corpus's median pitch; empty: the same as ``level_db``); ``level_input_by_pitch_db`` holds the same measured
-    at each pitch of ``calibration_midi`` (MIDI notes, rising), one row of ``len(level_db)`` per pitch, flat
-    (empty: ``level_input_db`` at every pitch; a decoder does not sound equally loud over its range). ``notes`` is how many
+    corpus's median pitch; empty: the same as ``level_db``); ``level_input_by_pitch_db`` holds the decoder
+    inputs that sound at the output levels ``calibration_level_db`` (from 30 dB under the softest notes to the
+    loudest), measured at each pitch of ``calibration_midi`` (MIDI notes, rising): one row per pitch, flat
+    (empty: ``level_input_db`` at every pitch; a decoder does not sound equally loud over its range, nor
+    equally far from its input at every level, so the engine maps every frame's level through it). ``notes`` is how many
     notes the fit used; ``fallback`` says there were too few (then only what could be fitted differs from
     the defaults, and the engine plays the envelope unless asked for ``learned``)."""
 
@@ -188,9 +190,10 @@ class Articulation:
     level_db: tuple[float, ...] = (-40.0, -15.0)
     level_input_db: tuple[float, ...] = ()
     calibration_midi: tuple[float, ...] = ()
+    calibration_level_db: tuple[float, ...] = ()
     level_input_by_pitch_db: tuple[float, ...] = ()
 
-    OPTIONAL = ("level_input_db", "calibration_midi", "level_input_by_pitch_db")   # absent in older files
+    OPTIONAL = ("level_input_db", "calibration_midi", "calibration_level_db", "level_input_by_pitch_db")  # older files
 
     def __post_init__(self):
         if len(self.level_quantiles) != len(self.level_db) or len(self.level_db) < 2:
@@ -201,11 +204,12 @@ class Articulation:
         if self.level_input_db and (len(self.level_input_db) != len(self.level_db) or any(
                 b < a for a, b in zip(self.level_input_db, self.level_input_db[1:]))):
             raise ValueError("level_input_db must be empty or as long as level_db, and not fall")
-        n = len(self.level_db)
-        if len(self.level_input_by_pitch_db) != n * len(self.calibration_midi) or \
-                any(b <= a for a, b in zip(self.calibration_midi, self.calibration_midi[1:])):
-            raise ValueError("calibration_midi must rise, and level_input_by_pitch_db hold one row of "
-                             "len(level_db) per pitch")
+        n = len(self.calibration_level_db)
+        if len(self.level_input_by_pitch_db) != n * len(self.calibration_midi) or (n == 1) or \
+                any(b <= a for a, b in zip(self.calibration_midi, self.calibration_midi[1:])) or \
+                any(b <= a for a, b in zip(self.calibration_level_db, self.calibration_level_db[1:])):
+            raise ValueError("calibration_midi and calibration_level_db must rise, and level_input_by_pitch_db "
+                             "hold one row of len(calibration_level_db) per pitch")
         rows = self.level_input_by_pitch_db
         if any(rows[r * n + k + 1] < rows[r * n + k] for r in range(len(self.calibration_midi)) for k in range(n - 1)):
             raise ValueError("each row of level_input_by_pitch_db must not fall")
@@ -219,6 +223,7 @@ class Articulation:
         d["level_quantiles"], d["level_db"] = list(self.level_quantiles), list(self.level_db)
         d["level_input_db"] = list(self.level_input_db)
         d["calibration_midi"] = list(self.calibration_midi)
+        d["calibration_level_db"] = list(self.calibration_level_db)
         d["level_input_by_pitch_db"] = list(self.level_input_by_pitch_db)
         return d
 
