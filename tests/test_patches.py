@@ -88,6 +88,8 @@ ERRORS = {
     "effects not a list": ("effects: {type: reverb}\n", 1, "effects", ["must be a list"]),
     "unknown key": ("name: x\nlatent: {brightness: 0.5}\n", 2, "latent", ["did you mean 'latents'", "valid choices:"]),
     "glide": ("glide_ms: -1\n", 1, "glide_ms", ["out of range"]),
+    # a Unicode digit that is not a decimal (hypothesis found it: '²'.isdigit() but int('²') raises)
+    "superscript rank": ("latents: {0: 0.9, \u00b22: 0.8}\n", 1, "latents.\u00b22", ["no latent", "valid choices:"]),
 }
 
 

@@ -101,7 +101,7 @@ def train_main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sdga-train: --augment: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
+    devices: int | str = int(args.devices) if args.devices.isdecimal() else args.devices
     cfg = TrainConfig(
         corpus_dir=args.corpus, out_dir=args.out, model_file=args.model_file, cache_dir=args.cache_dir,
         sample_rate=args.sample_rate, latent_dim=args.latents, beta=args.beta, window_seconds=args.window,

@@ -70,7 +70,7 @@ def remove_stale_spools(parent: Path) -> list[Path]:
     host = _host_tag()
     for folder in Path(parent).glob(f"{SPOOL_PREFIX}*"):
         parts = folder.name[len(SPOOL_PREFIX):].rsplit("-", 2)     # host, pid, mkdtemp's suffix (no '-')
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or not folder.is_dir():
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdecimal() or not folder.is_dir():
             continue
         pid = int(parts[1])
         if pid != os.getpid() and not _pid_alive(pid):

@@ -186,7 +186,7 @@ def _osc_allow(text: str):
 def _device(text: str | None):
     if text is None:
         return None
-    return int(text) if text.strip().lstrip("-").isdigit() else text
+    return int(text) if text.strip().lstrip("-").isdecimal() else text
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -194,7 +194,7 @@ def _feedback(text: str | None) -> tuple[str, int] | None:
     if text is None:
         return None
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not port.isdecimal() or not 1 <= int(port) <= 65535:
         raise UsageError(f"--osc-feedback expects HOST:PORT (port 1..65535), got {text!r}")
     return host, int(port)
 

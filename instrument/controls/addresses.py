@@ -131,7 +131,7 @@ def _latent(name, args, latents) -> Event:
 
 
 def _z(name, args, latents) -> Event:
-    if not name.isdigit() or (latents and int(name) >= len(latents)):
+    if not name.isdecimal() or (latents and int(name) >= len(latents)):
         raise OscError(f"bad latent index {name!r}")
     return LatentSet(int(name), max(-RAW_Z_MAX, min(RAW_Z_MAX, _number(args[0], "value"))))
 
@@ -148,14 +148,14 @@ def _param(knob: bool):
 def _patch(name, args, latents) -> Command:
     which = args[0]
     if isinstance(which, str):
-        return RecallPatch(int(which) if which.isdigit() else which)
+        return RecallPatch(int(which) if which.isdecimal() else which)
     return RecallPatch(int(_number(which, "patch")))
 
 
 def _song(name, args, latents) -> Command:
     which = args[0]
     if isinstance(which, str):
-        return SelectSong(int(which) if which.isdigit() else which)
+        return SelectSong(int(which) if which.isdecimal() else which)
     return SelectSong(int(_number(which, "song")))
 
 

@@ -86,7 +86,7 @@ class Patch:
         out: list[tuple[int, float]] = []
         seen: dict[int, str] = {}
         for key, knob, line in self.latent_keys:
-            if key.isdigit() and int(key) < len(latents):
+            if key.isdecimal() and int(key) < len(latents):
                 info = latents[int(key)]
             elif key in names:
                 info = latents[names.index(key)]

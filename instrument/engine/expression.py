@@ -17,7 +17,7 @@ import numpy as np
 
 from instrument.model.bundle import Articulation
 
-__all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "velocity_output_db", "output_input_db", "held_level_db", "release_level_db",
+__all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "velocity_output_db", "output_input_db", "midi_velocity_db", "held_level_db", "release_level_db",
            "release_ms_to_floor", "tremolo_db", "pitch_offset_cents", "fade_in", "note_curve"]
 
 EXPRESSION_MODES = ("envelope", "learned")
@@ -33,17 +33,22 @@ VELOCITY_DB_PER_DECADE = 40.0
 BELOW_CORPUS_SLOPE = 0.25
 
 
-def velocity_output_db(art: Articulation, velocity: float, sensitivity: float = 1.0) -> float:
-    """A velocity 1..127 -> the level the note should sound at (dB, as the corpus was measured): the corpus's
-    loudest note level (``level_db[-1]``) plus ``sensitivity * VELOCITY_DB_PER_DECADE * log10(velocity / 127)``,
-    bent to a quarter of the slope below the softest (``level_db[0]``). ``sensitivity`` 0: every note at the
-    top. Strictly rising in velocity where ``sensitivity`` > 0."""
+def midi_velocity_db(velocity: float, top_db: float, floor_db: float, sensitivity: float = 1.0) -> float:
+    """MIDI's velocity curve from ``top_db`` (velocity 127) down: ``sensitivity * VELOCITY_DB_PER_DECADE *
+    log10(velocity / 127)`` dB, bent to a quarter of the slope under ``floor_db``. Strictly rising in
+    velocity 1..127 where ``sensitivity`` > 0; 0: every velocity at ``top_db``."""
     v = min(max(float(velocity), 1.0), 127.0)
-    top, floor = art.level_db[-1], art.level_db[0]
-    level = top + sensitivity * VELOCITY_DB_PER_DECADE * math.log10(v / 127.0)
-    if level < floor:
-        level = floor - BELOW_CORPUS_SLOPE * (floor - level)
+    level = top_db + sensitivity * VELOCITY_DB_PER_DECADE * math.log10(v / 127.0)
+    if level < floor_db:
+        level = floor_db - BELOW_CORPUS_SLOPE * (floor_db - level)
     return level
+
+
+def velocity_output_db(art: Articulation, velocity: float, sensitivity: float = 1.0) -> float:
+    """A velocity 1..127 -> the level the note should sound at (dB, as the corpus was measured): MIDI's curve
+    (:func:`midi_velocity_db`) from the corpus's loudest note level (``level_db[-1]``), bent under the softest
+    (``level_db[0]``)."""
+    return midi_velocity_db(velocity, art.level_db[-1], art.level_db[0], sensitivity)
 
 
 def output_input_db(art: Articulation, level_db: float, pitch_midi: float | None = None) -> float:

@@ -83,7 +83,7 @@ def port_holders(port: int, proto: str = "udp", proc: Path | str = "/proc") -> l
     found: dict[int, PortHolder] = {}
     seen: set[str] = set()
     try:
-        pid_dirs = [d for d in proc.iterdir() if d.name.isdigit()]
+        pid_dirs = [d for d in proc.iterdir() if d.name.isdecimal()]
     except OSError:
         pid_dirs = []
     for pid_dir in pid_dirs:

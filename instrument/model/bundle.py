@@ -333,7 +333,7 @@ def parse_latent_knobs(bundle: ModelBundle, items: Sequence[str]) -> list[tuple[
         except ValueError:
             raise ValueError(f"--latent {item!r}: {text!r} is not a number") from None
         try:
-            info = bundle.latent(int(name) if name.isdigit() else name)
+            info = bundle.latent(int(name) if name.isdecimal() else name)
         except KeyError as exc:
             raise ValueError(f"--latent {item!r}: {exc.args[0]}") from None
         except IndexError:
