@@ -23,6 +23,9 @@ from training.features import Features
 SILENCE_DB = -100.0
 
 
+AUGMENTED_MARK = "~aug"     # an augmented variant of a recording is named <source>~aug<i> (training.train)
+
+
 @dataclass
 class Example:
     name: str
@@ -32,6 +35,15 @@ class Example:
     @property
     def n_frames(self) -> int:
         return self.features.n_frames
+
+    @property
+    def recorded(self) -> bool:
+        """A recording of the corpus, not an augmented variant of one."""
+        return AUGMENTED_MARK not in self.name
+
+    @staticmethod
+    def variant_name(source: str, i: int) -> str:
+        return f"{source}{AUGMENTED_MARK}{i}"
 
 
 def _concat_features(items: list[Features]) -> Features:

@@ -142,7 +142,7 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
         log(f"held-out audio too short for metrics ({seconds:.2f} s); resyntheses written to {heldout_dir}")
     examples = data.train if data.train else data.val
     t0 = time.perf_counter()
-    originals = [e for e in list(data.train) + list(data.val) if "~aug" not in e.name]   # no pedalboard copies
+    originals = [e for e in list(data.train) + list(data.val) if e.recorded]   # no pedalboard copies
     articulation = corpus_articulation(originals, 1000.0 * c.hop_size / c.sample_rate, log=log)
     expression_s = time.perf_counter() - t0
     decoder, encoder, knob_record = module.decoder, module.encoder, None

@@ -39,6 +39,7 @@ from instrument.model import dsp
 from instrument.model.bundle import CorpusInfo, LatentInfo
 from instrument.model.offline import encode_means
 
+from training.data import AUGMENTED_MARK
 from training.descriptors import ACTIVE_KL_NATS, DESCRIPTORS, KNOB_PERCENTILES as PERCENTILES, describe
 
 # Named descriptors a knob can be made for, in the order knobs are numbered (the same knob number means the
@@ -183,6 +184,13 @@ def descriptor_units() -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- corpus
+def recorded_rows(values: np.ndarray, recorded: np.ndarray | None) -> np.ndarray:
+    """The rows of ``values`` from the recordings (``recorded``), else all of them (no mask, or no recording)."""
+    if recorded is None or not np.any(recorded):
+        return values
+    return values[recorded]
+
+
 @dataclass
 class CorpusLatents:
     """Posterior means of training frames (N, D), the per-latent average KL (D,), and which frames come from the
@@ -198,9 +206,7 @@ class CorpusLatents:
 
     @property
     def recorded_means(self) -> np.ndarray:
-        if self.recorded is None or not self.recorded.any():
-            return self.means
-        return self.means[self.recorded]
+        return recorded_rows(self.means, self.recorded)
 
     @property
     def centre(self) -> np.ndarray:
@@ -216,7 +222,6 @@ class CorpusLatents:
         return np.flatnonzero((self.kl_nats >= ACTIVE_KL_NATS) & (self.span > 0))
 
 
-AUGMENTED_MARK = "~aug"           # training.train names an augmented variant <source>~aug<i>
 
 
 def corpus_latents(encoder, examples: list, max_seconds: float = 120.0, min_chunk_seconds: float = 2.0
@@ -341,7 +346,7 @@ def corpus_band(u: np.ndarray, direction: np.ndarray, recorded: np.ndarray | Non
     the knob's column in span units; an ill-conditioned direction would otherwise reach far outside the
     corpus), and the 5th..95th percentile over the recordings' frames (``recorded``; None: all frames), unclipped."""
     p_lo, p_hi = (float(x) for x in np.percentile(u, PERCENTILES))
-    rec = u if recorded is None or not np.any(recorded) else u[recorded]
+    rec = recorded_rows(u, recorded)
     r_lo, r_hi = (float(x) for x in np.percentile(rec, PERCENTILES))
     reach = float(np.abs(direction).max(initial=0.0))
     limit = MAX_SPANS / reach if reach > 0 else math.inf
@@ -575,7 +580,7 @@ def analyse_knobs(decoder, encoder, examples: list, corpus_info: CorpusInfo, log
     old = best["basis"]
     basis = KnobBasis(old.centre, old.matrix[:, order])
     u = best["u"][:, order]
-    u_rec = u if corpus.recorded is None or not corpus.recorded.any() else u[corpus.recorded]
+    u_rec = recorded_rows(u, corpus.recorded)
     kl = corpus.kl_nats
     latents = []
     for new, col in enumerate(order):

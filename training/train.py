@@ -172,7 +172,7 @@ def prepare_data(cfg: TrainConfig, log=print, spool: AudioSpool | None = None) -
         variants, report = make_augmented_variants_reported(
             [e.audio for e in train], [e.features for e in train], cfg.augment_variants, cfg.seed, settings,
             cache / "augment", progress=cfg.progress, enabled=augmentations(cfg), spool=spool)
-        train = train + [Example(f"{train[src].name}~aug{i}", audio, feats)
+        train = train + [Example(Example.variant_name(train[src].name, i), audio, feats)
                          for i, (audio, feats, _params, src) in enumerate(variants)]
         log(f"augmentation: {len(variants)} pedalboard variants ({', '.join(augmentations(cfg)) or 'none'}; "
             f"{report.describe()}) in {time.time() - t0:.1f} s")
