@@ -189,8 +189,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("sustain_db", "dB", -6.0, -60.0, 0.0, doc="envelope sustain level below the peak"),
     ParamSpec("release_ms", "ms", 300.0, 1.0, 10000.0, 3.0, doc="envelope release, peak to floor"),
     ParamSpec("velocity_sensitivity", "", 1.0, 0.0, 1.0,
-              doc="1: MIDI's velocity curve, 40 dB per decade below the corpus's loudest notes (a quarter of "
-                  "that under its softest); 0: every note at the top"),
+              doc="learned, 1: MIDI's velocity curve, 40 dB per decade below the corpus's loudest notes (a "
+                  "quarter of that under its softest); envelope, 1: the top 3/4 of the corpus loudness range; "
+                  "0: every note at the top"),
     ParamSpec("voice_mode", "", 0.0, 0.0, 2.0, choices=("poly", "mono", "legato")),
     ParamSpec("midi_channel", "channel", -1.0, -1.0, 15.0, doc="-1: omni; else only this channel (0..15)"),
     ParamSpec("expression", "", 1.0, 0.0, 1.0, choices=("envelope", "learned"),

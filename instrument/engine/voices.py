@@ -31,7 +31,7 @@ import numpy as np
 
 from instrument.engine.expression import (LEARNED, held_level_db, pitch_offset_cents, release_level_db,
                                           release_ms_to_floor, tremolo_db, velocity_output_db,
-                                          midi_velocity_db, output_input_db)
+                                          output_input_db)
 from instrument.engine.tuning import a4_offset_semitones
 from instrument.model.bundle import Articulation
 
@@ -42,6 +42,9 @@ IDLE, ATTACK, DECAY, SUSTAIN, RELEASE = range(5)
 STAGE_NAMES = ("idle", "attack", "decay", "sustain", "release")
 POLY, MONO, LEGATO = range(3)
 MAX_NOTE_STACK = 32
+
+
+ENVELOPE_VELOCITY_SPAN = 0.75   # envelope: velocity 0..127 spans the top 3/4 of the corpus range at sensitivity 1
 
 
 @dataclass
@@ -220,13 +223,15 @@ class VoiceBank:
         return self.settings.mpe_zone != 0
 
     def _peak_db(self, velocity: float) -> float:
-        """The note's level by MIDI's velocity curve: learned, the output level it should sound at below the
+        """The note's level: learned, by MIDI's velocity curve, the output level it should sound at below the
         corpus's loudest notes (every frame's level goes through the model's calibration to the decoder
-        input in ``end_interval``); envelope, the decoder input below the top of the corpus loudness range."""
+        input in ``end_interval``); envelope, the decoder input, linear in dB over the top
+        ENVELOPE_VELOCITY_SPAN of the corpus loudness range (the ADSR as it always played)."""
         if self._learn:
             return velocity_output_db(self.articulation, velocity, self.settings.velocity_sensitivity)
         low, high = self.loudness_range_db
-        return midi_velocity_db(velocity, high, low, self.settings.velocity_sensitivity)
+        v = min(max(float(velocity) / 127.0, 0.0), 1.0)
+        return high - ENVELOPE_VELOCITY_SPAN * self.settings.velocity_sensitivity * (1.0 - v) * (high - low)
 
     def _check_range(self, note: float) -> None:
         pitch = self.tuned(note) + self.settings.pitch_shift_semitones + self._a4_shift
