@@ -135,6 +135,10 @@ def expression_summary(bundle) -> list[str]:
              f"{art.vibrato_delay_ms:.0f} ms; tremolo {art.tremolo_db:.2f} dB at {art.tremolo_hz:.2f} Hz",
              f"    pitch approach {art.approach_cents:+.1f} cents settling over {art.approach_ms:.0f} ms; legato "
              f"glide {art.legato_ms:.0f} ms",
-             f"    velocity 1..127 -> the corpus's note levels {art.level_db[0]:.1f}..{art.level_db[-1]:.1f} dB "
-             f"(decoder input {levels[0]:.1f}..{levels[-1]:.1f} dB)"]
+             f"    velocity 1..127 -> MIDI's curve below the corpus's loudest notes, note levels "
+             f"{art.level_db[0]:.1f}..{art.level_db[-1]:.1f} dB (decoder input {levels[0]:.1f}..{levels[-1]:.1f} dB)"]
+    if art.calibration_midi:
+        lines.append(f"    level calibration: {len(art.calibration_midi)} pitches (MIDI {art.calibration_midi[0]:.0f}.."
+                     f"{art.calibration_midi[-1]:.0f}) x {len(art.calibration_level_db)} levels "
+                     f"({art.calibration_level_db[0]:.0f}..{art.calibration_level_db[-1]:.0f} dB), every frame")
     return lines
