@@ -1,6 +1,6 @@
 """Note expression: a model played from MIDI with the ADSR vs with the articulation learnt from its corpus, against
 the recording of the same MIDI, with resynthesis (the recording's own f0 and loudness through the same model) as
-the floor.
+the floor, also with each frame's loudness through the model's level calibration (``resynthesis_calibrated``).
 
 Held-out phrases are new random phrases (evaluation.demo_corpus.write_phrase_midi, seeds the training corpus did
 not use) rendered by fluidsynth with FluidR3 and, where ``timidity`` and freepats are installed and have the
@@ -56,6 +56,7 @@ from training.expression import calibrate_levels, fit_articulation  # noqa: E402
 from training.expression_gru import (FEATURES, RELEASE_FRAMES_MS, NumpyGru, frame_features,  # noqa: E402
                                      note_sequences, train_gru)
 from training.features import FeatureSettings, extract_corpus_features, extract_features  # noqa: E402
+from training.transfer import calibrated_loudness_db  # noqa: E402
 
 MEASURE = Path("/work/shared/measure/measure.py")
 # envelope: the ADSR (what the instrument played before); learned: the articulation; uncalibrated: the
@@ -179,8 +180,10 @@ def figures(measure, ref_path: Path, out_path: Path) -> dict:
     return {"loudness_db_l1": float(np.mean(np.abs(la[:m2][act] - lb[:m2][act]))), "mss": float(measure.mss(a, b))}
 
 
-def resynthesis(bundle, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The recording's own f0 and loudness (and its posterior-mean z) through the model."""
+def resynthesis(bundle, audio: np.ndarray, sample_rate: int, calibrated: bool = False) -> np.ndarray:
+    """The recording's own f0 and loudness (and its posterior-mean z) through the model; ``calibrated``: each
+    frame's loudness through the model's level calibration first (what the engine does to the articulation's
+    levels), so the model sounds at the recording's loudness rather than at its own gain."""
     c = bundle.config
     feats = extract_features(audio, FeatureSettings(sample_rate=c.sample_rate, hop_size=c.hop_size))
     mean, _ = encode_means(bundle.encoder, audio, feats.f0_hz)
@@ -190,6 +193,8 @@ def resynthesis(bundle, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         z = np.concatenate([z, np.repeat(z[-1:], n + 1 - z.shape[0], axis=0)])
     f0 = np.concatenate([feats.f0_hz, feats.f0_hz[-1:]])
     ld = np.concatenate([feats.loudness_db, feats.loudness_db[-1:]])
+    if calibrated:
+        ld = calibrated_loudness_db(bundle, ld, f0)
     return render_controls(bundle.decoder, f0, ld, z, seed=0)[: len(audio)]
 
 
@@ -311,13 +316,17 @@ def main(argv=None) -> int:
                 resyn_path = Path(f"{stem}.resynthesis.wav")
                 sf.write(str(resyn_path), np.clip(resynthesis(bundle, ref, sr), -1, 1), sr, subtype="FLOAT")
                 row["resynthesis"] = figures(measure, ref_path, resyn_path)
+                resyn_path = Path(f"{stem}.resynthesis_calibrated.wav")
+                sf.write(str(resyn_path), np.clip(resynthesis(bundle, ref, sr, calibrated=True), -1, 1), sr,
+                         subtype="FLOAT")
+                row["resynthesis_calibrated"] = figures(measure, ref_path, resyn_path)
                 rows.append(row)
                 print(f"{name} {set_name} phrase {k}: loudness L1 dB / MSS  " + "   ".join(
                     f"{mode} {row[mode]['loudness_db_l1']:.2f} / {row[mode]['mss']:.2f}"
-                    for mode in modes + ("resynthesis",)), flush=True)
+                    for mode in modes + ("resynthesis", "resynthesis_calibrated")), flush=True)
         entry["phrases"] = rows
         entry["summary"] = {mode: {fig: summary([r[mode][fig] for r in rows]) for fig in ("loudness_db_l1", "mss")}
-                            for mode in modes + ("resynthesis",)}
+                            for mode in modes + ("resynthesis", "resynthesis_calibrated")}
         grid_path = work / f"{name}_grid.mid"
         grid_midi(grid_path, program, low, high)
         grids = {}

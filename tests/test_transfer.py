@@ -47,3 +47,23 @@ def test_transfer_writes_24_bit_and_reports_the_shift(tmp_path, tone_hz, expecte
     assert ("no shift" if expected_st == 0 else "shifted 1 octave down") in report
     info = sf.info(str(tmp_path / "out.wav"))
     assert info.subtype == "PCM_24" and info.samplerate == sr
+
+
+def test_transfer_maps_each_frame_through_the_models_level_calibration():
+    """A calibrated model gets, per frame, the decoder input that sounds at the input's loudness at that
+    frame's pitch; an uncalibrated one (or a file without expression) its loudness unchanged."""
+    from instrument.model.bundle import Articulation
+    from training.transfer import calibrated_loudness_db
+
+    bundle = random_bundle(seed=0)
+    ld = np.array([-50.0, -40.0, -30.0], np.float32)
+    f0 = np.array([130.81, 261.63, 523.25], np.float32)             # MIDI 48, 60, 72
+    assert calibrated_loudness_db(bundle, ld, f0) is ld                 # no expression: as it is
+    art = Articulation(level_quantiles=(0.0, 1.0), level_db=(-40.0, -20.0), calibration_midi=(48.0, 72.0),
+                       calibration_level_db=(-60.0, -20.0), level_input_by_pitch_db=(-54.0, -14.0, -60.0, -20.0))
+    bundle.expression = art
+    out = calibrated_loudness_db(bundle, ld, f0)
+    assert out.dtype == ld.dtype
+    assert np.allclose(out, [-44.0, -37.0, -30.0], atol=1e-3)         # +6 dB at 48, +3 at 60, 0 at 72
+    bundle.expression = replace(art, calibration_midi=(), calibration_level_db=(), level_input_by_pitch_db=())
+    assert calibrated_loudness_db(bundle, ld, f0) is ld                 # uncalibrated
