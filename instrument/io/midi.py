@@ -363,7 +363,6 @@ class _Ports:
         self.on_bytes, self.on_change = on_bytes, on_change
         self.inputs: dict[int, object] = {}           # source index -> rtmidi.MidiIn
         self.missing: set[int] = set()
-        self.probe = None                             # an rtmidi input that only lists names (sources only)
 
     def _new_input(self, source: int):
         import rtmidi
@@ -406,19 +405,16 @@ class _Ports:
         for source, name in enumerate(self.sources, 1):
             self._connect(source)
             opened.append(name)
-        if self.sources:
-            try:
-                self.probe = rtmidi.MidiIn(_rtapi(self.api), f"{self.client_name}-watch")
-            except rtmidi.RtMidiError as exc:
-                raise MidiPortError(f"cannot open MIDI: {exc}") from None
         return opened
 
     def poll(self) -> None:
         """Compare the source names present now with the connected ones: report each that went away, reconnect
         each that is back (one failed reconnection is tried again at the next poll)."""
-        if self.probe is None:
+        # The names are listed by one of our own inputs (each rtmidi input is a JACK client that runs every
+        # cycle: a separate client only to list names put one more real-time wake-up in front of the audio)
+        if not self.sources or not self.inputs:
             return
-        names = set(self.probe.get_ports())
+        names = set(next(iter(self.inputs.values())).get_ports())
         for source, name in enumerate(self.sources, 1):
             if source not in self.missing and name not in names:
                 self.missing.add(source)
@@ -432,9 +428,8 @@ class _Ports:
                 self.on_change(source, True)
 
     def close(self) -> None:
-        _close_ports([*self.inputs.values(), *([self.probe] if self.probe is not None else [])])
+        _close_ports(list(self.inputs.values()))
         self.inputs.clear()
-        self.probe = None
 
 
 def _close_ports(ports) -> None:
