@@ -137,6 +137,9 @@ def expression_summary(bundle) -> list[str]:
              f"glide {art.legato_ms:.0f} ms",
              f"    velocity 1..127 -> MIDI's curve below the corpus's loudest notes, note levels "
              f"{art.level_db[0]:.1f}..{art.level_db[-1]:.1f} dB (decoder input {levels[0]:.1f}..{levels[-1]:.1f} dB)"]
+    if art.level_db_per_semitone:
+        lines.append(f"    register: {art.level_db_per_semitone:+.2f} dB per semitone around MIDI "
+                     f"{art.level_reference_midi:.0f}")
     if art.calibration_midi:
         lines.append(f"    level calibration: {len(art.calibration_midi)} pitches (MIDI {art.calibration_midi[0]:.0f}.."
                      f"{art.calibration_midi[-1]:.0f}) x {len(art.calibration_level_db)} levels "

@@ -39,13 +39,16 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def synthetic_file(art: Articulation, velocities, rng, held_ms: float = 1200.0, note0: int = 55):
-    """Frames of a phrase played by ``art`` (f0 Hz, voiced, loudness dB): notes separated by silences."""
+def synthetic_file(art: Articulation, velocities, rng, held_ms: float = 1200.0, note0: int = 55,
+                   register_db_per_semitone: float = 0.0):
+    """Frames of a phrase played by ``art`` (f0 Hz, voiced, loudness dB): notes separated by silences; each note
+    ``register_db_per_semitone`` louder per semitone above MIDI 60."""
     f0, voiced, loudness = [], [], []
     silence = int(400.0 / FRAME_MS)
     for k, velocity in enumerate(velocities):
         ld, cents = note_curve(art, velocity, held_ms, FRAME_MS, tail_ms=500.0)
         note = note0 + (3 * k) % 12
+        ld = ld + register_db_per_semitone * (note - 60)
         level = velocity_level_db(art, velocity)
         f0 += [np.full(silence, 100.0), 440.0 * 2.0 ** ((note - 69.0 + cents / 100.0) / 12.0)]
         loudness += [np.full(silence, -90.0) + rng.normal(0, 0.3, silence), ld]
@@ -122,6 +125,25 @@ def test_articulation_round_trips_in_a_version_4_file(tmp_path):
 # below -40 dB, as a decoder that falls faster than its input in a tail would): rows over output levels.
 PITCHED = replace(TRUE, calibration_midi=(48.0, 72.0), calibration_level_db=(-60.0, -40.0, -20.0),
                   level_input_by_pitch_db=(-52.0, -34.0, -14.0, -58.0, -40.0, -20.0))
+
+
+def test_fit_finds_the_register_and_takes_it_out_of_the_velocity_levels(corpus):
+    """Notes played at 90-110 (a narrow dynamic), 0.4 dB louder per semitone: the line is found; at random
+    velocities 20-127 over a flat register the chance correlation (0.38 dB per semitone over 40 notes) is not
+    taken for one."""
+    rng = np.random.default_rng(0)
+    sloped = [synthetic_file(TRUE, rng.integers(90, 111, 8), rng, register_db_per_semitone=0.4) for _ in range(8)]
+    flat, art = fit_articulation(corpus, FRAME_MS, log=lambda *a: None), fit_articulation(sloped, FRAME_MS,
+                                                                                           log=lambda *a: None)
+    assert art.level_db_per_semitone == pytest.approx(0.4, abs=0.1)
+    assert flat.level_db_per_semitone == 0.0
+    # the velocity levels with the register out: velocities 90-110 span 3.5 dB, not 3.5 + 0.4 x 9 semitones
+    assert art.level_db[-1] - art.level_db[0] < 5.0
+    # played: a note 6 semitones up is 0.4 * 6 dB louder at the same velocity
+    up = velocity_output_db(art, 100, pitch_midi=art.level_reference_midi + 6.0)
+    assert up - velocity_output_db(art, 100, pitch_midi=art.level_reference_midi) == pytest.approx(
+        6.0 * art.level_db_per_semitone)
+    assert velocity_output_db(art, 100) == velocity_output_db(art, 100, pitch_midi=art.level_reference_midi)
 
 
 def test_velocity_follows_the_midi_curve_below_the_corpus_loudest_notes():

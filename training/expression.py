@@ -40,6 +40,9 @@ RELEASE_DEPTH_DB = 20.0
 CURVE_MS = 2000.0              # level curves are medianed over the first 2 s of notes
 VIBRATO_BAND_HZ = (3.0, 9.0)
 LEVEL_QUANTILES = tuple(np.round(np.linspace(0.0, 1.0, 11), 3))
+REGISTER_MIN_SEMITONES = 5.0   # the register line needs notes over at least this range (5th..95th percentile)
+REGISTER_MAX_DB = 0.5          # dB per semitone, at most
+REGISTER_SIGNIFICANCE = 3.0    # the slope is kept when it is this many standard errors from 0
 
 
 @dataclass(frozen=True)
@@ -305,8 +308,25 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
         fit["tremolo_hz"], fit["tremolo_db"] = float(rate), float(np.clip(depth, 0.0, 6.0))
     if fit.get("vibrato_cents", 0.0) > 0.0:
         fit["vibrato_delay_ms"] = _vibrato_delay_ms(files, notes, frame_ms, fit["vibrato_hz"])
-    # Velocity -> level: the notes' levels at fixed quantiles (non-decreasing by construction).
-    # (2nd..98th percentile: one mis-segmented note does not set the softest velocity)
+    # Register: the notes' level against their pitch, a least-squares line over the notes above the softest 2 %
+    # (where there are enough notes over enough of a range; the corpus's own velocities, whatever they were, are
+    # independent of pitch only on average). Measured: cello 0.20, clarinet 0.17, trumpet 0.16, violin 0.02 dB
+    # per semitone on the demo corpora.
+    midis = np.array([n.midi for _, n in notes])
+    if n_notes >= MIN_NOTES and np.ptp(np.percentile(midis, [5, 95])) >= REGISTER_MIN_SEMITONES:
+        upper = levels > np.quantile(levels, 0.02)
+        x, y = midis[upper], levels[upper]
+        line = np.polyfit(x, y, 1)
+        slope = float(line[0])
+        # kept where it stands out of its own noise (the notes' levels also vary with how they were played:
+        # 40 notes at random velocities gave 0.38 dB per semitone from nothing)
+        stderr = float(np.std(y - np.polyval(line, x)) / (np.sqrt(len(x)) * max(float(np.std(x)), 1e-9)))
+        if abs(slope) > REGISTER_SIGNIFICANCE * stderr:
+            fit["level_db_per_semitone"] = float(np.clip(slope, -REGISTER_MAX_DB, REGISTER_MAX_DB))
+            fit["level_reference_midi"] = float(np.median(midis))
+            levels = levels - fit["level_db_per_semitone"] * (midis - fit["level_reference_midi"])
+    # Velocity -> level: the notes' levels (with the register taken out) at fixed quantiles (non-decreasing by
+    # construction). (2nd..98th percentile: one mis-segmented note does not set the softest velocity)
     quantile_levels = np.maximum.accumulate(np.quantile(levels, 0.02 + 0.96 * np.asarray(LEVEL_QUANTILES)))
     if quantile_levels[-1] - quantile_levels[0] < 1.0:          # one dynamic: still a usable velocity range
         quantile_levels = quantile_levels + np.linspace(-6.0, 0.0, len(quantile_levels))

@@ -44,11 +44,15 @@ def midi_velocity_db(velocity: float, top_db: float, floor_db: float, sensitivit
     return level
 
 
-def velocity_output_db(art: Articulation, velocity: float, sensitivity: float = 1.0) -> float:
+def velocity_output_db(art: Articulation, velocity: float, sensitivity: float = 1.0,
+                       pitch_midi: float | None = None) -> float:
     """A velocity 1..127 -> the level the note should sound at (dB, as the corpus was measured): MIDI's curve
     (:func:`midi_velocity_db`) from the corpus's loudest note level (``level_db[-1]``), bent under the softest
-    (``level_db[0]``)."""
-    return midi_velocity_db(velocity, art.level_db[-1], art.level_db[0], sensitivity)
+    (``level_db[0]``), plus the corpus's register slope at ``pitch_midi`` (none without a pitch)."""
+    level = midi_velocity_db(velocity, art.level_db[-1], art.level_db[0], sensitivity)
+    if pitch_midi is not None:
+        level += art.level_db_per_semitone * (pitch_midi - art.level_reference_midi)
+    return level
 
 
 def output_input_db(art: Articulation, level_db: float, pitch_midi: float | None = None) -> float:
@@ -76,7 +80,7 @@ def velocity_level_db(art: Articulation, velocity: float, sensitivity: float = 1
                       pitch_midi: float | None = None) -> float:
     """The decoder input of a note played at ``velocity`` (:func:`velocity_output_db` through
     :func:`output_input_db`)."""
-    return output_input_db(art, velocity_output_db(art, velocity, sensitivity), pitch_midi)
+    return output_input_db(art, velocity_output_db(art, velocity, sensitivity, pitch_midi), pitch_midi)
 
 
 def _level_input(levels, inputs, offset: int, level: float) -> float:

@@ -222,13 +222,13 @@ class VoiceBank:
     def mpe_on(self) -> bool:
         return self.settings.mpe_zone != 0
 
-    def _peak_db(self, velocity: float) -> float:
+    def _peak_db(self, velocity: float, pitch_midi: float | None = None) -> float:
         """The note's level: learned, by MIDI's velocity curve, the output level it should sound at below the
-        corpus's loudest notes (every frame's level goes through the model's calibration to the decoder
-        input in ``end_interval``); envelope, the decoder input, linear in dB over the top
+        corpus's loudest notes, with the corpus's register slope at ``pitch_midi`` (every frame's level goes
+        through the model's calibration to the decoder input in ``end_interval``); envelope, the decoder input, linear in dB over the top
         ENVELOPE_VELOCITY_SPAN of the corpus loudness range (the ADSR as it always played)."""
         if self._learn:
-            return velocity_output_db(self.articulation, velocity, self.settings.velocity_sensitivity)
+            return velocity_output_db(self.articulation, velocity, self.settings.velocity_sensitivity, pitch_midi)
         low, high = self.loudness_range_db
         v = min(max(float(velocity) / 127.0, 0.0), 1.0)
         return high - ENVELOPE_VELOCITY_SPAN * self.settings.velocity_sensitivity * (1.0 - v) * (high - low)
@@ -348,7 +348,7 @@ class VoiceBank:
         v.stage = ATTACK
         v.note, v.channel, v.velocity = float(note), int(channel), float(velocity)
         v.key_down, v.sustained = True, False
-        v.peak_db = self._peak_db(velocity)
+        v.peak_db = self._peak_db(velocity, v.target)
         v.age = self._next()
         v.on_samples = v.off_samples = 0
         v.approach = True

@@ -159,7 +159,8 @@ class Articulation:
     transitions glide over ``legato_ms``; vibrato of ``vibrato_cents`` (amplitude) at ``vibrato_hz`` fades in
     around ``vibrato_delay_ms``. ``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels;
     velocity 1..127 follows MIDI's curve down from ``level_db[-1]`` (``instrument.engine.expression``,
-    ``velocity_output_db``), bent under ``level_db[0]``; ``level_input_db[k]`` is the
+    ``velocity_output_db``), bent under ``level_db[0]``, plus the register: ``level_db_per_semitone`` times the
+    note's distance from ``level_reference_midi`` (the levels are quantiles with it taken out); ``level_input_db[k]`` is the
     decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export at the
     corpus's median pitch; empty: the same as ``level_db``); ``level_input_by_pitch_db`` holds the decoder
     inputs that sound at the output levels ``calibration_level_db`` (from 30 dB under the softest notes to the
@@ -193,8 +194,11 @@ class Articulation:
     calibration_midi: tuple[float, ...] = ()
     calibration_level_db: tuple[float, ...] = ()
     level_input_by_pitch_db: tuple[float, ...] = ()
+    level_db_per_semitone: float = 0.0
+    level_reference_midi: float = 60.0
 
-    OPTIONAL = ("level_input_db", "calibration_midi", "calibration_level_db", "level_input_by_pitch_db")  # older files
+    OPTIONAL = ("level_input_db", "calibration_midi", "calibration_level_db", "level_input_by_pitch_db",
+                "level_db_per_semitone", "level_reference_midi")       # absent in older files
 
     def __post_init__(self):
         if len(self.level_quantiles) != len(self.level_db) or len(self.level_db) < 2:
@@ -246,7 +250,8 @@ class Articulation:
                 values[name] = int(value)
             elif name == "fallback":
                 values[name] = bool(value)
-            elif name in ("level_quantiles", "level_db") + cls.OPTIONAL:
+            elif name in ("level_quantiles", "level_db", "level_input_db", "calibration_midi", "calibration_level_db",
+                          "level_input_by_pitch_db"):
                 values[name] = tuple(_number(x) for x in value)
             else:
                 values[name] = _number(value)
