@@ -17,7 +17,8 @@ import numpy as np
 
 from instrument.model.bundle import Articulation
 
-__all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "velocity_output_db", "output_input_db", "midi_velocity_db", "held_level_db", "release_level_db",
+__all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "velocity_output_db", "output_input_db",
+           "midi_velocity_db", "held_level_db", "release_level_db",
            "release_ms_to_floor", "tremolo_db", "pitch_offset_cents", "fade_in", "note_curve"]
 
 EXPRESSION_MODES = ("envelope", "learned")

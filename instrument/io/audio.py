@@ -64,6 +64,7 @@ class AudioStats:
 
 LOAD_BINS_PER_UNIT = 200           # load histogram: 0.5 % bins ...
 LOAD_MAX = 4.0                     # ... up to 400 % of the block budget (the last bin collects the rest)
+LOGGED_CALLBACKS = 4096            # underflow times and diagnosed callbacks kept (preallocated; 64: 11 s at block 64)
 
 
 class AudioOutput:
@@ -89,13 +90,13 @@ class AudioOutput:
         self._budget_s = engine.block_size / engine.sample_rate
         self._previous_start = math.nan                      # perf_counter at the previous callback's entry
         self._late_log = np.zeros((16, 2))                   # (stream seconds, compute ms) of the first late ones
-        self._underflow_log = np.zeros(64)                   # perf_counter at the first underflows (after start-up)
-        # diagnose (benchmarks only: getrusage allocates a small object twice per callback): for the first 64
+        self._underflow_log = np.zeros(LOGGED_CALLBACKS)     # perf_counter at the first underflows (after start-up)
+        # diagnose (benchmarks only: getrusage allocates a small object twice per callback): for the first 4096
         # callbacks that overran, began > half a block late or reported an underflow, the callback thread's
         # context switches before (since the previous callback ended) and during it: voluntary ones mean it
         # waited (for the GIL or a lock), involuntary ones that the kernel took the CPU away.
         self.diagnose = bool(diagnose) and RUSAGE_THREAD is not None     # benchmarks on Linux only
-        self._diag = np.zeros((64, 8))
+        self._diag = np.zeros((LOGGED_CALLBACKS, 8))
         self._diag_count = 0
         self._switches = (0, 0)                              # (voluntary, involuntary) at the previous callback's end
         self._blocks_per_second = max(1, math.ceil(engine.sample_rate / engine.block_size))
@@ -187,7 +188,8 @@ class AudioOutput:
 
     def underflow_times(self) -> list[float]:
         """time.perf_counter() (CLOCK_MONOTONIC on Linux: comparable across processes) of the callbacks that
-        reported the first 64 underflows after the first second; for matching them with other events."""
+        reported the first LOGGED_CALLBACKS underflows after the first second; for matching them with other
+        events."""
         n = min(self.stats.underflows - self.stats.startup_underflows, self._underflow_log.shape[0])
         return [round(float(t), 6) for t in self._underflow_log[:n]]
 

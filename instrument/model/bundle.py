@@ -3,8 +3,8 @@
 The file layout (see :mod:`instrument.model.modelfile` for the container): tensors ``decoder.*`` and ``encoder.*``;
 metadata keys ``model_config`` (ModelConfig fields), ``latents`` (one entry per latent dimension, ordered by
 importance), ``corpus`` (a :class:`CorpusInfo`: pitch and loudness ranges), ``training`` (summary and held-out
-metrics), ``expression`` (format version 3, per-pitch calibration since 4: an :class:`Articulation` fitted from the corpus, or null; older
-files load with ``expression`` None and play with the ADSR envelope).
+metrics), ``expression`` (format version 3, its per-pitch calibration since 4: an :class:`Articulation` fitted
+from the corpus, or null; older files load with ``expression`` None and play with the ADSR envelope).
 """
 from __future__ import annotations
 
@@ -160,8 +160,8 @@ class Articulation:
     around ``vibrato_delay_ms``. ``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels;
     velocity 1..127 follows MIDI's curve down from ``level_db[-1]`` (``instrument.engine.expression``,
     ``velocity_output_db``), bent under ``level_db[0]``, plus the register: ``level_db_per_semitone`` times the
-    note's distance from ``level_reference_midi`` (the levels are quantiles with it taken out); ``level_input_db[k]`` is the
-    decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export at the
+    note's distance from ``level_reference_midi`` (the levels are quantiles with it taken out);
+    ``level_input_db[k]`` is the decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export at the
     corpus's median pitch; empty: the same as ``level_db``); ``level_input_by_pitch_db`` holds the decoder
     inputs that sound at the output levels ``calibration_level_db`` (from 30 dB under the softest notes to the
     loudest), measured at each pitch of ``calibration_midi`` (MIDI notes, rising): one row per pitch, flat
