@@ -122,6 +122,8 @@ def corpus_contours(corpus_dir: Path | str, sample_rate: int, hop_size: int, cac
 def expression_summary(bundle) -> list[str]:
     """The model card's lines on note expression: what was learnt (vibrato and tremolo figures included), or
     that the file has none and plays the ADSR."""
+    from instrument.engine.expression import LOUDEST_NOTE_VELOCITY
+
     art = bundle.expression
     if art is None:
         return ["  expression: none in this file (written before format 3): notes play the ADSR envelope"]
@@ -135,7 +137,8 @@ def expression_summary(bundle) -> list[str]:
              f"{art.vibrato_delay_ms:.0f} ms; tremolo {art.tremolo_db:.2f} dB at {art.tremolo_hz:.2f} Hz",
              f"    pitch approach {art.approach_cents:+.1f} cents settling over {art.approach_ms:.0f} ms; legato "
              f"glide {art.legato_ms:.0f} ms",
-             f"    velocity 1..127 -> MIDI's curve below the corpus's loudest notes, note levels "
+             f"    velocity 1..127 -> MIDI's curve through the corpus's loudest notes at velocity "
+             f"{LOUDEST_NOTE_VELOCITY:.0f} (ff), note levels "
              f"{art.level_db[0]:.1f}..{art.level_db[-1]:.1f} dB (decoder input {levels[0]:.1f}..{levels[-1]:.1f} dB)"]
     if art.level_db_per_semitone:
         lines.append(f"    register: {art.level_db_per_semitone:+.2f} dB per semitone around MIDI "

@@ -12,8 +12,8 @@ import torch
 
 from instrument.engine.engine import Engine
 from instrument.engine.events import ControlChange, NoteOff, NoteOn, param_spec
-from instrument.engine.expression import (VELOCITY_DB_PER_DECADE, note_curve, output_input_db, velocity_level_db,
-                                          velocity_output_db)
+from instrument.engine.expression import (LOUDEST_NOTE_VELOCITY, VELOCITY_DB_PER_DECADE, note_curve, output_input_db,
+                                          velocity_level_db, velocity_output_db)
 from instrument.model import modelfile
 from instrument.model.bundle import Articulation, ModelBundle, load_bundle, random_bundle, save_bundle
 from instrument.model.modelfile import save_model_file
@@ -146,12 +146,14 @@ def test_fit_finds_the_register_and_takes_it_out_of_the_velocity_levels(corpus):
     assert velocity_output_db(art, 100) == velocity_output_db(art, 100, pitch_midi=art.level_reference_midi)
 
 
-def test_velocity_follows_the_midi_curve_below_the_corpus_loudest_notes():
+def test_velocity_follows_the_midi_curve_from_the_corpus_loudest_notes_at_ff():
     top, floor = TRUE.level_db[-1], TRUE.level_db[0]
-    assert velocity_output_db(TRUE, 127) == pytest.approx(top)
+    # the corpus's loudest notes at ff (velocity 112); fff (127) on the same curve past them
+    assert velocity_output_db(TRUE, LOUDEST_NOTE_VELOCITY) == pytest.approx(top)
+    assert velocity_output_db(TRUE, 127) == pytest.approx(top + 40.0 * np.log10(127 / 112))
     # 40 dB per decade of velocity (GM2: gain ~ velocity squared), then a quarter of that under the softest
-    assert velocity_output_db(TRUE, 127 / 10 ** 0.25) == pytest.approx(top - 10.0)
-    v_floor = 127 * 10 ** ((floor - top) / VELOCITY_DB_PER_DECADE)
+    assert velocity_output_db(TRUE, 112 / 10 ** 0.25) == pytest.approx(top - 10.0)
+    v_floor = 112 * 10 ** ((floor - top) / VELOCITY_DB_PER_DECADE)
     assert velocity_output_db(TRUE, v_floor / 10) == pytest.approx(floor - 0.25 * VELOCITY_DB_PER_DECADE)
     levels = [velocity_output_db(TRUE, v) for v in range(1, 128)]
     assert all(b > a for a, b in zip(levels, levels[1:]))
@@ -321,12 +323,12 @@ def test_levels_are_calibrated_to_what_the_model_sounds_at():
                                 b.default_z().numpy(), seed=0)
         ld = a_weighted_loudness_db(audio, c.sample_rate, c.hop_size, 2048)
         assert float(np.median(ld[len(ld) // 2:])) == pytest.approx(target, abs=1.0)
-    assert velocity_level_db(art, 127) == pytest.approx(art.level_input_db[-1])
+    assert velocity_level_db(art, LOUDEST_NOTE_VELOCITY) == pytest.approx(art.level_input_db[-1])
 
 
 def test_levels_are_calibrated_at_every_pitch_of_the_corpus_range():
-    """The per-pitch rows: at a pitch of the range, the inputs found make the model sound at the corpus's note
-    levels, and they differ from another pitch's (this untrained model is monotonic in its input only around
+    """The per-pitch rows: at a pitch of the range, the inputs found make the model sound at the table's levels
+    over the corpus's note levels, and they differ from another pitch's (this untrained model is monotonic in its input only around
     220 Hz, MIDI 57: it spans about -30..-25 dB at MIDI 45)."""
     from instrument.model.offline import render_controls
     from training.expression import calibrate_levels
@@ -339,7 +341,9 @@ def test_levels_are_calibrated_at_every_pitch_of_the_corpus_range():
     assert len(art.level_input_by_pitch_db) == len(art.calibration_midi) * len(art.calibration_level_db)
     c = b.config
     n = int(0.6 * c.sample_rate / c.hop_size) + 1
-    for target in art.level_db:
+    rows = [level for level in art.calibration_level_db if art.level_db[0] - 3.0 <= level <= art.level_db[-1]]
+    assert len(rows) >= 2 and art.level_db[-1] in rows      # a row at the loudest note level, 3 dB apart
+    for target in rows:
         given = output_input_db(art, target, 57.0)
         audio = render_controls(b.decoder, np.full(n, 220.0, np.float32), np.full(n, given, np.float32),
                                 b.default_z().numpy(), seed=0)

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from instrument.engine.expression import velocity_output_db
 from instrument.model.bundle import Articulation
 
 __all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels",
@@ -384,12 +385,18 @@ CALIBRATION_BELOW_DB = 30.0         # the per-pitch calibration reaches this far
 CALIBRATION_LEVEL_STEP_DB = 3.0
 
 
-def calibration_levels(art: Articulation) -> tuple[float, ...]:
-    """Output levels of the per-pitch calibration: CALIBRATION_LEVEL_STEP_DB apart from CALIBRATION_BELOW_DB
-    under the corpus's softest note level to its loudest (ends included)."""
-    lo, hi = art.level_db[0] - CALIBRATION_BELOW_DB, art.level_db[-1]
-    steps = max(1, int(np.ceil((hi - lo) / CALIBRATION_LEVEL_STEP_DB)))
-    return tuple(float(x) for x in np.linspace(lo, hi, steps + 1))
+def calibration_levels(art: Articulation, pitches_midi: Sequence[float] = ()) -> tuple[float, ...]:
+    """Output levels of the per-pitch calibration, CALIBRATION_LEVEL_STEP_DB apart through the corpus's loudest
+    note level, covering: from
+    CALIBRATION_BELOW_DB under the corpus's softest note level to the level of velocity 127 (above the
+    corpus's loudest notes: :func:`velocity_output_db`), each with the register at the lowest / highest of
+    ``pitches_midi``."""
+    register = [art.level_db_per_semitone * (p - art.level_reference_midi) for p in pitches_midi] or [0.0]
+    lo = art.level_db[0] + min(min(register), 0.0) - CALIBRATION_BELOW_DB
+    hi = velocity_output_db(art, 127.0) + max(max(register), 0.0)
+    top, step = art.level_db[-1], CALIBRATION_LEVEL_STEP_DB       # a row at the loudest note level itself
+    return tuple(float(top + k * step) for k in range(int(np.floor((lo - top) / step)),
+                                                      int(np.ceil((hi - top) / step - 1e-9)) + 1))
 
 
 def _measured_inputs(targets, decoder, f0_hz: float, z: np.ndarray, step_db: float,
@@ -430,7 +437,8 @@ def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, st
     if row is None:
         return art
     art = replace(art, level_input_db=row, calibration_midi=(), calibration_level_db=(), level_input_by_pitch_db=())
-    pitches, levels = calibration_pitches(f0_range_hz), calibration_levels(art)
+    pitches = calibration_pitches(f0_range_hz)
+    levels = calibration_levels(art, pitches)
     rows = [_measured_inputs(levels, decoder, 440.0 * 2.0 ** ((p - 69.0) / 12.0), z, step_db, seconds)
             for p in pitches]
     if not pitches or any(r is None for r in rows):

@@ -18,7 +18,7 @@ import numpy as np
 from instrument.model.bundle import Articulation
 
 __all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "velocity_output_db", "output_input_db",
-           "midi_velocity_db", "held_level_db", "release_level_db",
+           "held_level_db", "release_level_db",
            "release_ms_to_floor", "tremolo_db", "pitch_offset_cents", "fade_in", "note_curve"]
 
 EXPRESSION_MODES = ("envelope", "learned")
@@ -27,30 +27,30 @@ TWO_PI = 2.0 * math.pi
 
 
 # Velocity -> level follows MIDI's own curve (GM2 / DLS: gain proportional to (velocity / 127) ** 2, i.e.
-# 40 dB per decade of velocity: what keyboards and sample players assume), from the corpus's loudest notes
-# down; below the corpus's softest notes it goes on at a quarter of that slope (still monotonic, without
-# driving the decoder far below the levels it learnt).
+# 40 dB per decade of velocity: what keyboards and sample players assume). The corpus's loudest notes (the
+# top of ``level_db``, its 98th percentile) sound at velocity 112, ff in the dynamics -> velocity table of
+# notation programs and sequencers (pp 33, p 49, mf 80, f 96, ff 112, fff 127): a set of recordings seldom
+# holds a player's very hardest notes, and anchoring it at 127 played every note 1-2 dB under the recording
+# of the same MIDI (benchmarks/NOTES.md). Velocities above rise on the same curve past the corpus (2.1 dB at
+# 127); below the corpus's softest notes the curve goes on at a quarter of its slope (still monotonic,
+# without driving the decoder far below the levels it learnt).
 VELOCITY_DB_PER_DECADE = 40.0
+LOUDEST_NOTE_VELOCITY = 112.0
 BELOW_CORPUS_SLOPE = 0.25
-
-
-def midi_velocity_db(velocity: float, top_db: float, floor_db: float, sensitivity: float = 1.0) -> float:
-    """MIDI's velocity curve from ``top_db`` (velocity 127) down: ``sensitivity * VELOCITY_DB_PER_DECADE *
-    log10(velocity / 127)`` dB, bent to a quarter of the slope under ``floor_db``. Strictly rising in
-    velocity 1..127 where ``sensitivity`` > 0; 0: every velocity at ``top_db``."""
-    v = min(max(float(velocity), 1.0), 127.0)
-    level = top_db + sensitivity * VELOCITY_DB_PER_DECADE * math.log10(v / 127.0)
-    if level < floor_db:
-        level = floor_db - BELOW_CORPUS_SLOPE * (floor_db - level)
-    return level
 
 
 def velocity_output_db(art: Articulation, velocity: float, sensitivity: float = 1.0,
                        pitch_midi: float | None = None) -> float:
-    """A velocity 1..127 -> the level the note should sound at (dB, as the corpus was measured): MIDI's curve
-    (:func:`midi_velocity_db`) from the corpus's loudest note level (``level_db[-1]``), bent under the softest
-    (``level_db[0]``), plus the corpus's register slope at ``pitch_midi`` (none without a pitch)."""
-    level = midi_velocity_db(velocity, art.level_db[-1], art.level_db[0], sensitivity)
+    """A velocity 1..127 -> the level the note should sound at (dB, as the corpus was measured): the corpus's
+    loudest note level (``level_db[-1]``) at LOUDEST_NOTE_VELOCITY, ``sensitivity * VELOCITY_DB_PER_DECADE *
+    log10(velocity / LOUDEST_NOTE_VELOCITY)`` dB from there, bent to BELOW_CORPUS_SLOPE of that slope under
+    the softest (``level_db[0]``), plus the corpus's register slope at ``pitch_midi`` (none without a pitch).
+    Strictly rising in velocity 1..127 where ``sensitivity`` > 0; 0: every velocity at ``level_db[-1]``."""
+    v = min(max(float(velocity), 1.0), 127.0)
+    floor_db = art.level_db[0]
+    level = art.level_db[-1] + sensitivity * VELOCITY_DB_PER_DECADE * math.log10(v / LOUDEST_NOTE_VELOCITY)
+    if level < floor_db:
+        level = floor_db - BELOW_CORPUS_SLOPE * (floor_db - level)
     if pitch_midi is not None:
         level += art.level_db_per_semitone * (pitch_midi - art.level_reference_midi)
     return level

@@ -158,13 +158,13 @@ class Articulation:
     Pitch: a fresh note starts ``approach_cents`` off and settles with time constant ``approach_ms``; legato
     transitions glide over ``legato_ms``; vibrato of ``vibrato_cents`` (amplitude) at ``vibrato_hz`` fades in
     around ``vibrato_delay_ms``. ``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels;
-    velocity 1..127 follows MIDI's curve down from ``level_db[-1]`` (``instrument.engine.expression``,
-    ``velocity_output_db``), bent under ``level_db[0]``, plus the register: ``level_db_per_semitone`` times the
+    velocity 1..127 follows MIDI's curve through ``level_db[-1]`` at velocity 112, ff
+    (``instrument.engine.expression``, ``velocity_output_db``), bent under ``level_db[0]``, plus the register: ``level_db_per_semitone`` times the
     note's distance from ``level_reference_midi`` (the levels are quantiles with it taken out);
     ``level_input_db[k]`` is the decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export at the
     corpus's median pitch; empty: the same as ``level_db``); ``level_input_by_pitch_db`` holds the decoder
-    inputs that sound at the output levels ``calibration_level_db`` (from 30 dB under the softest notes to the
-    loudest), measured at each pitch of ``calibration_midi`` (MIDI notes, rising): one row per pitch, flat
+    inputs that sound at the output levels ``calibration_level_db`` (from 30 dB under the softest notes to
+    velocity 127, with the register), measured at each pitch of ``calibration_midi`` (MIDI notes, rising): one row per pitch, flat
     (empty: ``level_input_db`` at every pitch; a decoder does not sound equally loud over its range, nor
     equally far from its input at every level, so the engine maps every frame's level through it). ``notes`` is how many
     notes the fit used; ``fallback`` says there were too few (then only what could be fitted differs from
@@ -224,13 +224,7 @@ class Articulation:
                 raise ValueError(f"articulation {name} must be > 0, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["level_quantiles"], d["level_db"] = list(self.level_quantiles), list(self.level_db)
-        d["level_input_db"] = list(self.level_input_db)
-        d["calibration_midi"] = list(self.calibration_midi)
-        d["calibration_level_db"] = list(self.calibration_level_db)
-        d["level_input_by_pitch_db"] = list(self.level_input_by_pitch_db)
-        return d
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Articulation":
@@ -245,13 +239,12 @@ class Articulation:
         for name in cls.__dataclass_fields__:
             if name in cls.OPTIONAL and name not in d:        # uncalibrated, or calibrated at one pitch
                 continue
-            value = d[name]
-            if name == "notes":
-                values[name] = int(value)
-            elif name == "fallback":
+            value, default = d[name], cls.__dataclass_fields__[name].default
+            if isinstance(default, bool):                     # the field's default says its kind
                 values[name] = bool(value)
-            elif name in ("level_quantiles", "level_db", "level_input_db", "calibration_midi", "calibration_level_db",
-                          "level_input_by_pitch_db"):
+            elif isinstance(default, int):
+                values[name] = int(value)
+            elif isinstance(default, tuple):
                 values[name] = tuple(_number(x) for x in value)
             else:
                 values[name] = _number(value)
