@@ -90,6 +90,32 @@ def test_fit_recovers_a_known_articulation(corpus):
     assert list(art.level_db) == sorted(art.level_db)
 
 
+def test_the_attack_is_fitted_from_notes_that_begin_in_silence():
+    """Notes 150 ms after the previous one's note-off (unvoiced in between) start on its release tail, about
+    12 dB under their level, not where the instrument's attack starts: the attack comes from the notes after
+    silence (the first of each file)."""
+    rng = np.random.default_rng(1)
+    files = []
+    held, gap = int(700.0 / FRAME_MS), int(150.0 / FRAME_MS)
+    for _ in range(6):
+        at = int(400.0 / FRAME_MS)
+        power = np.full(at + 5 * (held + gap) + int(1000.0 / FRAME_MS), 1e-9)
+        voiced = np.zeros(len(power), bool)
+        for velocity in rng.integers(60, 120, 5):
+            ld, _ = note_curve(TRUE, velocity, 700.0, FRAME_MS, tail_ms=1000.0)
+            power[at:at + len(ld)] += 10.0 ** (ld / 10.0)
+            voiced[at:at + held] = True
+            at += held + gap
+        loudness = 10.0 * np.log10(power) + rng.normal(0, 0.2, len(power))
+        files.append((np.full(len(power), 220.0), voiced, loudness))
+    notes = [n for f0, v, ld in files for n in segment_notes(f0, v, ld, FRAME_MS)]
+    assert len(notes) == 30 and all(n.fresh for n in notes)
+    assert np.median([files[0][2][n.start] - n.level_db for n in notes[1:5]]) > -16.0     # on the tail
+    art = fit_articulation(files, FRAME_MS, log=lambda *a: None)
+    assert art.attack_start_db == pytest.approx(TRUE.attack_start_db, abs=4.0)
+    assert art.attack_ms == pytest.approx(TRUE.attack_ms, rel=0.35)
+
+
 def test_too_few_notes_is_said_and_falls_back(corpus):
     messages = []
     few = [(f0[:3000], v[:3000], ld[:3000]) for f0, v, ld in corpus[:1]]
