@@ -159,9 +159,11 @@ def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], row
     start to 20 ms after its end, as in _print_stalls); else by the diagnosed callbacks of the 20 ms before the
     one that reported it: ``overran`` (one computed longer than the block), ``preempted`` (one began late or ran
     after the kernel took the audio thread off the CPU), ``woken late`` (one began over half a block late
-    without being taken off the CPU: the server woke it late, or it waited for the GIL), else ``unexplained``."""
+    without being taken off the CPU: the server woke it late, or it waited for the GIL), ``finished late`` (one
+    began under half a block late but, with its compute time, ended past its cycle: the two together), else
+    ``unexplained`` (every callback near it began and ended in time: the server's side, or PortAudio's)."""
     stalls = [stall for _, found in probes for stall in found]
-    counts = {"stall": 0, "overran": 0, "preempted": 0, "woken late": 0, "unexplained": 0}
+    counts = {"stall": 0, "overran": 0, "preempted": 0, "woken late": 0, "finished late": 0, "unexplained": 0}
     for u in underflows:
         if any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls):
             counts["stall"] += 1
@@ -173,6 +175,8 @@ def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], row
             counts["preempted"] += 1
         elif any(r["start_delay_ms"] > 0.5 * budget_ms for r in before):
             counts["woken late"] += 1
+        elif any(r["start_delay_ms"] + r["compute_ms"] > budget_ms for r in before):
+            counts["finished late"] += 1
         else:
             counts["unexplained"] += 1
     return counts

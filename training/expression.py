@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from instrument.engine.expression import velocity_output_db
+from instrument.engine.expression import held_level_db, velocity_output_db
 from instrument.model.bundle import Articulation
 
 __all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels",
@@ -44,6 +44,7 @@ LEVEL_QUANTILES = tuple(np.round(np.linspace(0.0, 1.0, 11), 3))
 MIN_ATTACK_NOTES = 5           # the attack is fitted from notes that begin in silence where there are this many
 SILENT_BEFORE_MS = 100.0
 SILENT_BELOW_DB = 25.0
+ATTACK_FIT_MS = 800.0          # the attack's time and shape are fitted over this much of the median curve
 REGISTER_MIN_SEMITONES = 5.0   # the register line needs notes over at least this range (5th..95th percentile)
 REGISTER_MAX_DB = 0.5          # dB per semitone, at most
 REGISTER_SIGNIFICANCE = 3.0    # the slope is kept when it is this many standard errors from 0
@@ -233,13 +234,25 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
         attack_index = max(int(reach[0]) if reach.size else peak_index, first)
         fit["attack_ms"] = float(attack_index * frame_ms)
         fit["attack_peak_db"] = float(np.clip(peak, 0.0, 12.0))
-        half = median[max(attack_index // 2, 0)]
-        start, top = fit["attack_start_db"], median[attack_index]
-        fraction = float(np.clip((half - start) / (top - start), 0.05, 0.97)) if top > start else 0.5
-        fit["attack_shape"] = float(np.clip(-np.log2(1.0 - fraction), 0.3, 6.0))
         excess = median[attack_index:] - 0.0
         tau = _time_constant_ms(excess[: int(1000.0 / frame_ms)], frame_ms) if fit["attack_peak_db"] > 0.5 else None
         fit["decay_ms"] = float(np.clip(tau if tau else 100.0, 10.0, 2000.0))
+        # attack time and shape as played: the pair whose curve (held_level_db) has the least L1 against the
+        # median over the first ATTACK_FIT_MS (a rise from silence is steep at first: the time to within 1 dB
+        # of the peak and the level half-way there under-read it by 5-6 dB over the first 100 ms on the cello)
+        window = median[: min(length, int(ATTACK_FIT_MS / frame_ms))]
+        t_ms = np.arange(len(window)) * frame_ms
+        base = replace(defaults, attack_start_db=fit["attack_start_db"], attack_peak_db=fit["attack_peak_db"],
+                       decay_ms=fit["decay_ms"])
+        best = None
+        for attack_ms in np.geomspace(10.0, 2000.0, 47):
+            for shape in np.geomspace(0.3, 30.0, 41):
+                trial = replace(base, attack_ms=float(attack_ms), attack_shape=float(shape))
+                played = np.array([held_level_db(trial, t, trial.attack_start_db) for t in t_ms])
+                cost = float(np.mean(np.abs(played - window)))
+                if best is None or cost < best[0]:
+                    best = (cost, float(attack_ms), float(shape))
+        fit["attack_ms"], fit["attack_shape"] = best[1], best[2]
     # Sustain drift, as the engine plays it (a line from 0 dB at the end of the attack, relative to the note
     # level): the slope with the least L1 over the frames past 300 ms of every note's held part. (Each note's
     # own slope, medianed, drifted the level away from the note's median level, which is the reference:

@@ -154,6 +154,8 @@ class AudioOutput:
                 self._late_log[stats.late, 0] = stats.callbacks * self._budget_s
                 self._late_log[stats.late, 1] = elapsed * 1000.0
             stats.late += 1
+        elif delay + elapsed > budget:     # began a little late and ran a little long: done past its cycle
+            notable = True
         if elapsed * 1000.0 > stats.max_callback_ms:
             stats.max_callback_ms = elapsed * 1000.0
         if usage is not None:
