@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from instrument.engine.expression import held_level_db, velocity_output_db
+from instrument.engine.expression import held_level_db, output_input_db, velocity_output_db
 from instrument.model.bundle import Articulation
 
 __all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels",
@@ -454,21 +454,24 @@ def _measured_inputs(targets, decoder, f0_hz: float, z: np.ndarray, step_db: flo
 def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float = 3.0,
                      seconds: float = 0.6, f0_range_hz: tuple[float, float] | None = None) -> Articulation:
     """The articulation with ``level_input_db``: the decoder inputs that make ``decoder`` sound at the corpus's
-    note levels, measured on held notes at ``f0_hz`` and latent ``z`` (:func:`_measured_inputs`). A model
+    note levels at ``f0_hz`` and latent ``z``, measured on held notes (:func:`_measured_inputs`), or read from
+    the per-pitch table below where there is one. A model
     that renders quieter or louder than its input (a short training) then still plays notes at the
     recordings' levels. With ``f0_range_hz`` the same is measured at each of :func:`calibration_pitches`, at
     the output levels :func:`calibration_levels` (``level_input_by_pitch_db``): a decoder's level at a given
     input drifts by 4-7 dB over three octaves (10-minute models), and falls faster than its input in a
     release tail; the engine maps every frame through it."""
-    row = _measured_inputs(art.level_db, decoder, f0_hz, z, step_db, seconds)
-    if row is None:
-        return art
-    art = replace(art, level_input_db=row, calibration_midi=(), calibration_level_db=(), level_input_by_pitch_db=())
+    art = replace(art, level_input_db=(), calibration_midi=(), calibration_level_db=(), level_input_by_pitch_db=())
     pitches = calibration_pitches(f0_range_hz)
     levels = calibration_levels(art, pitches)
     rows = [_measured_inputs(levels, decoder, 440.0 * 2.0 ** ((p - 69.0) / 12.0), z, step_db, seconds)
             for p in pitches]
-    if not pitches or any(r is None for r in rows):
-        return art
-    return replace(art, calibration_midi=pitches, calibration_level_db=levels,
-                   level_input_by_pitch_db=tuple(x for r in rows for x in r))
+    if pitches and all(r is not None for r in rows):
+        table = replace(art, calibration_midi=pitches, calibration_level_db=levels,
+                        level_input_by_pitch_db=tuple(x for r in rows for x in r))
+        # the one-pitch row (files and callers without a pitch) read from the table, not measured again
+        midi = 69.0 + 12.0 * float(np.log2(f0_hz / 440.0))
+        row = np.maximum.accumulate([output_input_db(table, level, midi) for level in art.level_db])
+        return replace(table, level_input_db=tuple(float(x) for x in row))
+    row = _measured_inputs(art.level_db, decoder, f0_hz, z, step_db, seconds)
+    return art if row is None else replace(art, level_input_db=row)
