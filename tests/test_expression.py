@@ -354,8 +354,8 @@ def test_levels_are_calibrated_to_what_the_model_sounds_at():
 
 def test_levels_are_calibrated_at_every_pitch_of_the_corpus_range():
     """The per-pitch rows: at a pitch of the range, the inputs found make the model sound at the table's levels
-    over the corpus's note levels, and they differ from another pitch's (this untrained model is monotonic in its input only around
-    220 Hz, MIDI 57: it spans about -30..-25 dB at MIDI 45)."""
+    over the corpus's note levels, and they differ from another pitch's (this untrained model is monotonic in
+    its input only around 220 Hz, MIDI 57: it spans about -30..-25 dB at MIDI 45)."""
     from instrument.model.offline import render_controls
     from training.expression import calibrate_levels
     from training.features import a_weighted_loudness_db

@@ -12,9 +12,10 @@ silence has a *release*: from its last frame within ``RELEASE_FROM_DB`` of its l
 
 Fitting (:func:`fit_articulation`): each note's level is the median loudness of its body (after the attack,
 before the release); levels relative to it are medianed over notes on a common time grid (attack, peak,
-decay, sustain drift; the attack from the notes that begin in silence where there are MIN_ATTACK_NOTES), releases give a fall rate, the pitch in cents from the note gives the approach and,
-on long notes, vibrato rate and depth (band 3-9 Hz) and their onset delay; the loudness gives the tremolo.
-Velocity maps onto the quantiles of the notes' levels. Everything is a pure function of arrays; times in ms.
+decay, sustain drift; the attack from the notes that begin in silence where there are MIN_ATTACK_NOTES),
+releases give a fall rate, the pitch in cents from the note gives the approach and, on long notes, vibrato
+rate and depth (band 3-9 Hz) and their onset delay; the loudness gives the tremolo. Velocity follows MIDI's
+curve through the notes' loudest level (:func:`instrument.engine.expression.velocity_output_db`). Everything is a pure function of arrays; times in ms.
 """
 from __future__ import annotations
 

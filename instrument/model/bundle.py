@@ -159,16 +159,17 @@ class Articulation:
     transitions glide over ``legato_ms``; vibrato of ``vibrato_cents`` (amplitude) at ``vibrato_hz`` fades in
     around ``vibrato_delay_ms``. ``level_db[k]`` is the quantile ``level_quantiles[k]`` of the notes' levels;
     velocity 1..127 follows MIDI's curve through ``level_db[-1]`` at velocity 112, ff
-    (``instrument.engine.expression``, ``velocity_output_db``), bent under ``level_db[0]``, plus the register: ``level_db_per_semitone`` times the
-    note's distance from ``level_reference_midi`` (the levels are quantiles with it taken out);
-    ``level_input_db[k]`` is the decoder input that makes the model sound at ``level_db[k]`` (measured on the model at export at the
-    corpus's median pitch; empty: the same as ``level_db``); ``level_input_by_pitch_db`` holds the decoder
-    inputs that sound at the output levels ``calibration_level_db`` (from 30 dB under the softest notes to
-    velocity 127, with the register), measured at each pitch of ``calibration_midi`` (MIDI notes, rising): one row per pitch, flat
-    (empty: ``level_input_db`` at every pitch; a decoder does not sound equally loud over its range, nor
-    equally far from its input at every level, so the engine maps every frame's level through it). ``notes`` is how many
-    notes the fit used; ``fallback`` says there were too few (then only what could be fitted differs from
-    the defaults, and the engine plays the envelope unless asked for ``learned``)."""
+    (``instrument.engine.expression``, ``velocity_output_db``), bent under ``level_db[0]``, plus the register:
+    ``level_db_per_semitone`` times the note's distance from ``level_reference_midi`` (the levels are quantiles with
+    it taken out); ``level_input_db[k]`` is the decoder input that makes the model sound at ``level_db[k]`` (at the
+    corpus's median pitch, from the per-pitch table where there is one; empty: the same as ``level_db``);
+    ``level_input_by_pitch_db`` holds the decoder inputs that sound at the output levels ``calibration_level_db``
+    (from 30 dB under the softest notes to velocity 127, with the register), measured at each pitch of
+    ``calibration_midi`` (MIDI notes, rising): one row per pitch, flat (empty: ``level_input_db`` at every pitch; a
+    decoder does not sound equally loud over its range, nor equally far from its input at every level, so the engine
+    maps every frame's level through it). ``notes`` is how many notes the fit used; ``fallback`` says there were too
+    few (then only what could be fitted differs from the defaults, and the engine plays the envelope unless asked
+    for ``learned``)."""
 
     notes: int = 0
     fallback: bool = True
