@@ -15,7 +15,8 @@ before the release); levels relative to it are medianed over notes on a common t
 decay, sustain drift; the attack from the notes that begin in silence where there are MIN_ATTACK_NOTES),
 releases give a fall rate, the pitch in cents from the note gives the approach and, on long notes, vibrato
 rate and depth (band 3-9 Hz) and their onset delay; the loudness gives the tremolo. Velocity follows MIDI's
-curve through the notes' loudest level (:func:`instrument.engine.expression.velocity_output_db`). Everything is a pure function of arrays; times in ms.
+curve through the notes' loudest level (:func:`instrument.engine.expression.velocity_output_db`). Everything
+is a pure function of arrays; times in ms.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
-from instrument.engine.expression import held_level_db, output_input_db, velocity_output_db
+from instrument.engine.expression import held_level_db, output_input_db, register_db, velocity_output_db
 from instrument.model.bundle import Articulation
+from training.features import hz_to_midi, midi_to_hz
 
 __all__ = ["Note", "segment_notes", "fit_articulation", "corpus_articulation", "calibrate_levels",
            "calibration_pitches", "calibration_levels", "MIN_NOTES",
@@ -232,8 +234,7 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
         peak_index = int(np.argmax(look))
         peak = float(max(look[peak_index], 0.0))
         reach = np.flatnonzero(look >= min(peak, look[peak_index]) - 1.0)
-        attack_index = max(int(reach[0]) if reach.size else peak_index, first)
-        fit["attack_ms"] = float(attack_index * frame_ms)
+        attack_index = max(int(reach[0]) if reach.size else peak_index, first)     # where the decay is read
         fit["attack_peak_db"] = float(np.clip(peak, 0.0, 12.0))
         excess = median[attack_index:] - 0.0
         tau = _time_constant_ms(excess[: int(1000.0 / frame_ms)], frame_ms) if fit["attack_peak_db"] > 0.5 else None
@@ -415,11 +416,9 @@ CALIBRATION_LEVEL_STEP_DB = 3.0
 
 def calibration_levels(art: Articulation, pitches_midi: Sequence[float] = ()) -> tuple[float, ...]:
     """Output levels of the per-pitch calibration, CALIBRATION_LEVEL_STEP_DB apart through the corpus's loudest
-    note level, covering: from
-    CALIBRATION_BELOW_DB under the corpus's softest note level to the level of velocity 127 (above the
-    corpus's loudest notes: :func:`velocity_output_db`), each with the register at the lowest / highest of
-    ``pitches_midi``."""
-    register = [art.level_db_per_semitone * (p - art.level_reference_midi) for p in pitches_midi] or [0.0]
+    note level, covering CALIBRATION_BELOW_DB under its softest note level to the level of velocity 127
+    (:func:`velocity_output_db`), each with the register at the lowest / highest of ``pitches_midi``."""
+    register = [register_db(art, p) for p in pitches_midi] or [0.0]
     lo = art.level_db[0] + min(min(register), 0.0) - CALIBRATION_BELOW_DB
     hi = velocity_output_db(art, 127.0) + max(max(register), 0.0)
     top, step = art.level_db[-1], CALIBRATION_LEVEL_STEP_DB       # a row at the loudest note level itself
@@ -454,24 +453,22 @@ def _measured_inputs(targets, decoder, f0_hz: float, z: np.ndarray, step_db: flo
 
 def calibrate_levels(art: Articulation, decoder, f0_hz: float, z: np.ndarray, step_db: float = 3.0,
                      seconds: float = 0.6, f0_range_hz: tuple[float, float] | None = None) -> Articulation:
-    """The articulation with ``level_input_db``: the decoder inputs that make ``decoder`` sound at the corpus's
-    note levels at ``f0_hz`` and latent ``z``, measured on held notes (:func:`_measured_inputs`), or read from
-    the per-pitch table below where there is one. A model
-    that renders quieter or louder than its input (a short training) then still plays notes at the
-    recordings' levels. With ``f0_range_hz`` the same is measured at each of :func:`calibration_pitches`, at
-    the output levels :func:`calibration_levels` (``level_input_by_pitch_db``): a decoder's level at a given
-    input drifts by 4-7 dB over three octaves (10-minute models), and falls faster than its input in a
-    release tail; the engine maps every frame through it."""
+    """The articulation with ``level_input_db``: the decoder inputs that make ``decoder`` sound at the corpus's note
+    levels at ``f0_hz`` and latent ``z``, measured on held notes (:func:`_measured_inputs`), or read from the
+    per-pitch table below where there is one. A model that renders quieter or louder than its input (a short
+    training) then still plays notes at the recordings' levels. With ``f0_range_hz`` the same is measured at each of
+    :func:`calibration_pitches`, at the output levels :func:`calibration_levels` (``level_input_by_pitch_db``): a
+    decoder's level at a given input drifts by 4-7 dB over three octaves (10-minute models), and falls faster than
+    its input in a release tail; the engine maps every frame through it."""
     art = replace(art, level_input_db=(), calibration_midi=(), calibration_level_db=(), level_input_by_pitch_db=())
     pitches = calibration_pitches(f0_range_hz)
     levels = calibration_levels(art, pitches)
-    rows = [_measured_inputs(levels, decoder, 440.0 * 2.0 ** ((p - 69.0) / 12.0), z, step_db, seconds)
-            for p in pitches]
+    rows = [_measured_inputs(levels, decoder, float(midi_to_hz(p)), z, step_db, seconds) for p in pitches]
     if pitches and all(r is not None for r in rows):
         table = replace(art, calibration_midi=pitches, calibration_level_db=levels,
                         level_input_by_pitch_db=tuple(x for r in rows for x in r))
         # the one-pitch row (files and callers without a pitch) read from the table, not measured again
-        midi = 69.0 + 12.0 * float(np.log2(f0_hz / 440.0))
+        midi = float(hz_to_midi(f0_hz))
         row = np.maximum.accumulate([output_input_db(table, level, midi) for level in art.level_db])
         return replace(table, level_input_db=tuple(float(x) for x in row))
     row = _measured_inputs(art.level_db, decoder, f0_hz, z, step_db, seconds)

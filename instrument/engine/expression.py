@@ -18,7 +18,7 @@ import numpy as np
 from instrument.model.bundle import Articulation
 
 __all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "velocity_output_db", "output_input_db",
-           "held_level_db", "release_level_db",
+           "register_db", "held_level_db", "release_level_db",
            "release_ms_to_floor", "tremolo_db", "pitch_offset_cents", "fade_in", "note_curve"]
 
 EXPRESSION_MODES = ("envelope", "learned")
@@ -51,9 +51,12 @@ def velocity_output_db(art: Articulation, velocity: float, sensitivity: float = 
     level = art.level_db[-1] + sensitivity * VELOCITY_DB_PER_DECADE * math.log10(v / LOUDEST_NOTE_VELOCITY)
     if level < floor_db:
         level = floor_db - BELOW_CORPUS_SLOPE * (floor_db - level)
-    if pitch_midi is not None:
-        level += art.level_db_per_semitone * (pitch_midi - art.level_reference_midi)
-    return level
+    return level if pitch_midi is None else level + register_db(art, pitch_midi)
+
+
+def register_db(art: Articulation, pitch_midi: float) -> float:
+    """How much louder the corpus plays at ``pitch_midi`` than at its reference pitch (its register line)."""
+    return art.level_db_per_semitone * (pitch_midi - art.level_reference_midi)
 
 
 def output_input_db(art: Articulation, level_db: float, pitch_midi: float | None = None) -> float:

@@ -223,11 +223,11 @@ class VoiceBank:
         return self.settings.mpe_zone != 0
 
     def _peak_db(self, velocity: float, pitch_midi: float | None = None) -> float:
-        """The note's level: learned, by MIDI's velocity curve, the output level it should sound at below the
-        corpus's loudest notes, with the corpus's register slope at ``pitch_midi`` (every frame's level goes
-        through the model's calibration to the decoder input in ``end_interval``); envelope, the decoder input,
-        linear in dB over the top ENVELOPE_VELOCITY_SPAN of the corpus loudness range (the ADSR as it always
-        played)."""
+        """The note's level: learned, by MIDI's velocity curve, the output level it should sound at (the
+        corpus's loudest notes at ff: ``velocity_output_db``), with the corpus's register slope at
+        ``pitch_midi`` (every frame's level goes through the model's calibration to the decoder input in
+        ``end_interval``); envelope, the decoder input, linear in dB over the top ENVELOPE_VELOCITY_SPAN of the
+        corpus loudness range (the ADSR as it always played)."""
         if self._learn:
             return velocity_output_db(self.articulation, velocity, self.settings.velocity_sensitivity, pitch_midi)
         low, high = self.loudness_range_db
