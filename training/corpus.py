@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import soundfile as sf
 
+from training.features import hz_to_midi
+
 if TYPE_CHECKING:
     from training.spool import AudioSpool
 
@@ -279,7 +281,7 @@ def note_name(f_hz: float) -> str:
     """Nearest equal-tempered note name for a frequency, e.g. 440.0 -> "A4", 261.6 -> "C4"."""
     if not (f_hz > 0.0 and math.isfinite(f_hz)):
         return "?"
-    midi = int(round(69.0 + 12.0 * math.log2(f_hz / 440.0)))
+    midi = int(round(float(hz_to_midi(f_hz))))
     return f"{_NOTE_NAMES[midi % 12]}{midi // 12 - 1}"
 
 

@@ -84,7 +84,7 @@ def segment_notes(f0_hz: np.ndarray, voiced: np.ndarray, loudness_db: np.ndarray
         return []
     top_db = float(loudness_db.max())
     active = np.asarray(voiced, bool) & (loudness_db > top_db - ACTIVE_RANGE_DB) & np.isfinite(f0_hz) & (f0_hz > 0)
-    midi = 69.0 + 12.0 * np.log2(np.maximum(f0_hz, 1e-3) / 440.0)
+    midi = hz_to_midi(np.maximum(f0_hz, 1e-3))
     smooth = _median_filter(midi, max(1, int(round(15.0 / frame_ms)) | 1))
     semitone = np.round(smooth)
     stable = max(1, int(round(STABLE_MS / frame_ms)))
@@ -297,7 +297,7 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     for i, note in fresh:
         if note.stop - note.start > 2 * n_approach:
             f0 = np.asarray(files[i][0], np.float64)[note.start:note.start + n_approach]
-            dev.append(100.0 * (69.0 + 12.0 * np.log2(f0 / 440.0) - note.midi))
+            dev.append(100.0 * (hz_to_midi(f0) - note.midi))
     if len(dev) >= 3:
         approach = np.median(np.array(dev), axis=0)
         fit["approach_cents"] = float(np.clip(approach[0], -200.0, 200.0))
@@ -309,7 +309,7 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
         if not note.fresh and note.previous_midi is not None:
             lookback = int(100.0 / frame_ms)
             f0 = np.asarray(files[i][0], np.float64)[max(note.start - lookback, 0):note.start + lookback]
-            cents = np.abs(100.0 * (69.0 + 12.0 * np.log2(f0 / 440.0) - note.midi))
+            cents = np.abs(100.0 * (hz_to_midi(f0) - note.midi))
             far = np.flatnonzero(cents > 50.0)
             if far.size:
                 glides.append((far[-1] - far[0] + 1) * frame_ms)
@@ -324,7 +324,7 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
             continue
         f0 = np.asarray(files[i][0], np.float64)[note.start + skip:stop]
         ld = np.asarray(files[i][2], np.float64)[note.start + skip:stop]
-        v = _band_oscillation(100.0 * 12.0 * np.log2(f0 / 440.0), frame_ms)
+        v = _band_oscillation(100.0 * hz_to_midi(f0), frame_ms)
         t = _band_oscillation(ld, frame_ms)
         if v:
             vib.append(v)
@@ -378,7 +378,7 @@ def _vibrato_delay_ms(files, notes, frame_ms: float, rate_hz: float) -> float:
         stop = note.release_start if note.release_start is not None else note.stop
         if stop - note.start < horizon:
             continue
-        cents = 1200.0 * np.log2(np.asarray(files[i][0], np.float64)[note.start:note.start + horizon] / 440.0)
+        cents = 100.0 * hz_to_midi(np.asarray(files[i][0], np.float64)[note.start:note.start + horizon])
         windows = np.lib.stride_tricks.sliding_window_view(cents, period)[::max(1, period // 2)]
         rows.append(windows.std(axis=1))
     if len(rows) < 3:
@@ -403,7 +403,7 @@ def calibration_pitches(f0_range_hz: tuple[float, float] | None) -> tuple[float,
     """MIDI pitches a row apart by CALIBRATION_STEP_SEMITONES over ``f0_range_hz`` (ends included); () without one."""
     if not f0_range_hz:
         return ()
-    lo, hi = (69.0 + 12.0 * np.log2(max(f, 1.0) / 440.0) for f in f0_range_hz)
+    lo, hi = (float(hz_to_midi(max(f, 1.0))) for f in f0_range_hz)
     if hi - lo < 1.0:
         return ()
     steps = max(1, int(np.ceil((hi - lo) / CALIBRATION_STEP_SEMITONES)))

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from training.expression import ACTIVE_RANGE_DB, segment_notes
+from training.features import hz_to_midi
 
 __all__ = ["FEATURES", "frame_features", "note_sequences", "GruWeights", "train_gru", "NumpyGru",
            "RELEASE_FRAMES_MS", "HELD_FRAMES_MS"]
@@ -107,7 +108,7 @@ def note_sequences(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], f
             silent = ld[frames] < ld.max() - ACTIVE_RANGE_DB
             loud = np.clip(np.where(silent, -np.inf, ld[frames] - note.level_db), FLOOR_REL_DB, 20.0).mean(axis=1)
             f = f0[frames]
-            cents = 100.0 * (69.0 + 12.0 * np.log2(np.maximum(f, 1e-3) / 440.0) - note.midi)
+            cents = 100.0 * (hz_to_midi(np.maximum(f, 1e-3)) - note.midi)
             ok = voiced[frames] & np.isfinite(f) & (f > 0) & (frames < held_stop) & (np.abs(cents) < 300.0)
             count = ok.sum(axis=1)
             cents_mean = np.where(count > 0, np.where(ok, cents, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0)

@@ -11,7 +11,7 @@ from instrument.model.bundle import ModelBundle
 from instrument.model.offline import render_controls
 
 from training.corpus import load_audio_file, note_name
-from training.features import FeatureSettings, extract_corpus_features
+from training.features import FeatureSettings, extract_corpus_features, hz_to_midi
 
 
 class TransferError(Exception):
@@ -34,7 +34,7 @@ def calibrated_loudness_db(bundle: ModelBundle, loudness_db: np.ndarray, f0_hz: 
     art = bundle.expression
     if art is None or not (art.level_input_db or art.calibration_midi):
         return loudness_db
-    midi = 69.0 + 12.0 * np.log2(np.maximum(np.asarray(f0_hz, np.float64), 1.0) / 440.0)
+    midi = hz_to_midi(np.maximum(np.asarray(f0_hz, np.float64), 1.0))
     return np.array([output_input_db(art, float(x), float(m)) for x, m in zip(loudness_db, midi)],
                     np.asarray(loudness_db).dtype)
 
