@@ -122,7 +122,7 @@ def corpus_contours(corpus_dir: Path | str, sample_rate: int, hop_size: int, cac
 def expression_summary(bundle) -> list[str]:
     """The model card's lines on note expression: what was learnt (vibrato and tremolo figures included), or
     that the file has none and plays the ADSR."""
-    from instrument.engine.expression import LOUDEST_NOTE_VELOCITY
+    from instrument.engine.expression import LOUDEST_NOTE_VELOCITY, attack_ms_to_within
 
     art = bundle.expression
     if art is None:
@@ -130,7 +130,9 @@ def expression_summary(bundle) -> list[str]:
     mode = "fallback: too few notes, the envelope plays unless asked for 'learned'" if art.fallback else "learnt"
     levels = art.level_input_db or art.level_db
     lines = [f"  expression ({mode}): {art.notes} notes segmented from the corpus",
-             f"    attack {art.attack_ms:.0f} ms from {art.attack_start_db:+.1f} dB (shape {art.attack_shape:.2f}) "
+             f"    attack from {art.attack_start_db:+.1f} dB to within 3 dB in {attack_ms_to_within(art):.0f} ms "
+             f"(over {art.attack_ms:.0f} ms, shape {art.attack_shape:.2f}; fast part {art.attack_fast_fraction:.0%}, "
+             f"shape {art.attack_fast_shape:.1f}) "
              f"to a peak of {art.attack_peak_db:+.1f} dB decaying over {art.decay_ms:.0f} ms; sustain drift "
              f"{art.sustain_slope_db_per_s:+.1f} dB/s; release {art.release_db_per_s:.0f} dB/s",
              f"    vibrato {art.vibrato_cents:.1f} cents at {art.vibrato_hz:.2f} Hz, fading in around "

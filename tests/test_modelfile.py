@@ -124,7 +124,7 @@ def test_file_is_a_plain_safetensors_file(tmp_path: Path) -> None:
         header_metadata = handle.metadata()
         assert torch.equal(handle.get_tensor("decoder.gru.weight"), example_tensors()["decoder.gru.weight"])
     assert header_metadata["format"] == FORMAT_NAME
-    assert header_metadata["format_version"] == str(FORMAT_VERSION) == "4"
+    assert header_metadata["format_version"] == str(FORMAT_VERSION) == "5"
     assert json.loads(header_metadata["sdga"]) == example_metadata()
 
 
@@ -290,7 +290,7 @@ def test_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
         read_metadata(path)
 
 
-@pytest.mark.parametrize("version", ["5", "abc", "0", "", "1.0", " 1"])
+@pytest.mark.parametrize("version", [str(FORMAT_VERSION + 1), "abc", "0", "", "1.0", " 1"])
 def test_unknown_format_version_is_refused_naming_supported_versions(tmp_path: Path, version: str) -> None:
     path = write_with_header_metadata(tmp_path / "future.sdga", valid_header_metadata(format_version=version))
     for reader in (load_model_file, read_metadata):

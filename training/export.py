@@ -8,6 +8,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from instrument.engine.expression import attack_ms_to_within
 from instrument.model.bundle import CorpusInfo, LatentInfo, ModelBundle, save_bundle
 from instrument.model.offline import encode_means, render_controls, render_parts
 
@@ -175,7 +176,8 @@ def export_model(module, data, training_summary: dict, model_file: Path, heldout
                                   f0_range_hz=data.stats.f0_range_hz)
     expression_s += time.perf_counter() - t0
     inputs = expression.level_input_db or expression.level_db
-    log(f"expression: {expression.notes} notes segmented, attack {expression.attack_ms:.0f} ms, release "
+    log(f"expression: {expression.notes} notes segmented, attack to within 3 dB in "
+        f"{attack_ms_to_within(expression):.0f} ms (fast part {expression.attack_fast_fraction:.0%}), release "
         f"{expression.release_db_per_s:.0f} dB/s, vibrato {expression.vibrato_cents:.1f} cents at "
         f"{expression.vibrato_hz:.1f} Hz, tremolo {expression.tremolo_db:.2f} dB, note levels "
         f"{expression.level_db[0]:.1f}..{expression.level_db[-1]:.1f} dB (decoder inputs {inputs[0]:.1f}.."

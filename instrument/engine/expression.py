@@ -18,7 +18,7 @@ import numpy as np
 from instrument.model.bundle import Articulation
 
 __all__ = ["EXPRESSION_MODES", "ENVELOPE", "LEARNED", "velocity_level_db", "velocity_output_db", "output_input_db",
-           "register_db", "held_level_db", "release_level_db",
+           "register_db", "held_level_db", "attack_ms_to_within", "release_level_db",
            "release_ms_to_floor", "tremolo_db", "pitch_offset_cents", "fade_in", "note_curve"]
 
 EXPRESSION_MODES = ("envelope", "learned")
@@ -103,16 +103,30 @@ def _level_input(levels, inputs, offset: int, level: float) -> float:
 
 def held_level_db(art: Articulation, t_on_ms: float, attack_from_db: float, attack_scale: float = 1.0) -> float:
     """Level of a held note ``t_on_ms`` after its note-on, relative to the note level, tremolo excluded:
-    attack from ``attack_from_db`` to the peak, decay of the peak's excess, sustain drift."""
+    attack from ``attack_from_db`` to the peak (its slow part and its fast part), decay of the peak's excess,
+    sustain drift."""
     attack_ms = art.attack_ms * attack_scale
     peak = art.attack_peak_db
     if t_on_ms < attack_ms:
         u = max(t_on_ms, 0.0) / attack_ms
-        return attack_from_db + (peak - attack_from_db) * (1.0 - (1.0 - u) ** art.attack_shape)
+        to_go = (1.0 - u) ** art.attack_shape
+        fast = art.attack_fast_fraction
+        if fast > 0.0:
+            to_go = (1.0 - fast) * to_go + fast * (1.0 - u) ** art.attack_fast_shape
+        return attack_from_db + (peak - attack_from_db) * (1.0 - to_go)
     after_ms = t_on_ms - attack_ms
     drift = art.sustain_slope_db_per_s * after_ms * 0.001
     drift = min(max(drift, -art.sustain_drift_db), art.sustain_drift_db)
     return peak * math.exp(-after_ms / (art.decay_ms * attack_scale)) + drift
+
+
+def attack_ms_to_within(art: Articulation, within_db: float = 3.0) -> float:
+    """How long a fresh note takes to come within ``within_db`` of its level (for what is printed; the attack's
+    own ``attack_ms`` is where its curve ends, long after the level is reached with a fast part)."""
+    t_ms = 0.0
+    while t_ms < art.attack_ms and held_level_db(art, t_ms, art.attack_start_db) < -within_db:
+        t_ms += 1.0
+    return t_ms
 
 
 def release_level_db(art: Articulation, t_off_ms: float, off_level_db: float, release_scale: float = 1.0) -> float:

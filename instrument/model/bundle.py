@@ -152,7 +152,9 @@ class Articulation:
 
     Level over a note, in dB relative to the note's level (its median over the sustained part), ``t`` in ms
     since note-on: an attack from ``attack_start_db`` to ``attack_peak_db`` over ``attack_ms`` (fraction of the
-    rise in dB ``1 - (1 - t / attack_ms) ** attack_shape``), then an exponential decay (time constant
+    rise in dB ``1 - (1 - attack_fast_fraction) * (1 - t / attack_ms) ** attack_shape - attack_fast_fraction *
+    (1 - t / attack_ms) ** attack_fast_shape``: a slow part and, where the corpus's notes jump most of the way
+    in the first few ms and then settle, a fast one), then an exponential decay (time constant
     ``decay_ms``) of the peak's excess to 0 dB, a sustain drift ``sustain_slope_db_per_s`` (bounded by
     ``sustain_drift_db``), a tremolo; after note-off the level falls ``release_db_per_s`` from where it was.
     Pitch: a fresh note starts ``approach_cents`` off and settles with time constant ``approach_ms``; legato
@@ -177,6 +179,8 @@ class Articulation:
     attack_peak_db: float = 0.0
     attack_ms: float = 60.0
     attack_shape: float = 2.0
+    attack_fast_fraction: float = 0.0
+    attack_fast_shape: float = 1.0
     decay_ms: float = 150.0
     sustain_slope_db_per_s: float = 0.0
     sustain_drift_db: float = 12.0
@@ -199,7 +203,8 @@ class Articulation:
     level_reference_midi: float = 60.0
 
     OPTIONAL = ("level_input_db", "calibration_midi", "calibration_level_db", "level_input_by_pitch_db",
-                "level_db_per_semitone", "level_reference_midi")       # absent in older files
+                "level_db_per_semitone", "level_reference_midi",       # absent in files before version 4
+                "attack_fast_fraction", "attack_fast_shape")            # absent before version 5
 
     def __post_init__(self):
         if len(self.level_quantiles) != len(self.level_db) or len(self.level_db) < 2:
@@ -219,7 +224,9 @@ class Articulation:
         rows = self.level_input_by_pitch_db
         if any(rows[r * n + k + 1] < rows[r * n + k] for r in range(len(self.calibration_midi)) for k in range(n - 1)):
             raise ValueError("each row of level_input_by_pitch_db must not fall")
-        for name in ("attack_ms", "attack_shape", "decay_ms", "release_db_per_s", "approach_ms", "legato_ms",
+        if not 0.0 <= self.attack_fast_fraction <= 1.0:
+            raise ValueError(f"articulation attack_fast_fraction must be in 0..1, got {self.attack_fast_fraction!r}")
+        for name in ("attack_ms", "attack_shape", "attack_fast_shape", "decay_ms", "release_db_per_s", "approach_ms", "legato_ms",
                      "vibrato_hz", "tremolo_hz"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"articulation {name} must be > 0, got {getattr(self, name)!r}")
@@ -278,8 +285,14 @@ def _upgrade_v3(metadata: dict) -> dict:
     return metadata
 
 
+def _upgrade_v4(metadata: dict) -> dict:
+    """Version 4's expression record had a one-part attack (no ``attack_fast_fraction``, ``attack_fast_shape``):
+    absent, the fast part is 0 and the attack plays as it did. The layout is otherwise the same."""
+    return metadata
+
+
 # Format version -> metadata as that version wrote it, turned into what the next version writes.
-METADATA_UPGRADES = {1: _upgrade_v1, 2: _upgrade_v2, 3: _upgrade_v3}
+METADATA_UPGRADES = {1: _upgrade_v1, 2: _upgrade_v2, 3: _upgrade_v3, 4: _upgrade_v4}
 assert sorted(METADATA_UPGRADES) == list(range(1, FORMAT_VERSION))
 
 

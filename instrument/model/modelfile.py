@@ -42,8 +42,8 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 FORMAT_NAME = "sdga-model"
-FORMAT_VERSION = 4
-SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
 MODEL_FILE_SUFFIX = ".sdga"
 
 METADATA_KEY_FORMAT = "format"
