@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         played = played_contours(bundle)
         art = bundle.expression
         caption = ("no learnt expression in this file: the ADSR envelope" if art is None else
-                   f"learnt from {art.notes} notes: attack to within 3 dB in {attack_ms_to_within(art):.0f} ms, release {art.release_db_per_s:.0f} dB/s, "
+                   f"learnt from {art.notes} notes: attack to within 3 dB in {attack_ms_to_within(art):.0f} ms, "
+                   f"release {art.release_db_per_s:.0f} dB/s, "
                    f"vibrato {art.vibrato_cents:.1f} cents at {art.vibrato_hz:.2f} Hz (from ~{art.vibrato_delay_ms:.0f} ms), "
                    f"tremolo {art.tremolo_db:.2f} dB at {art.tremolo_hz:.2f} Hz")
         plot_note_expression(played, corpus, args.expression_plot, learnt=art is not None,

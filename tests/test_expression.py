@@ -147,6 +147,25 @@ def test_fit_recovers_an_attack_that_jumps_then_settles():
     assert np.all(np.diff(fitted[t_ms < art.attack_ms]) >= -1e-9)
 
 
+def test_fit_reads_the_legato_glide_time():
+    """Legato steps of 2-7 semitones, each a straight line in pitch over 60 ms (what the engine plays over
+    legato_ms), in one voiced run: the fit reads 60 ms, whatever the interval."""
+    glide_ms, held_ms = 60.0, 400.0
+    midi = [np.full(int(held_ms / FRAME_MS), 57.0)]
+    for step in (2, 5, -3, 7, -4, 3):
+        start = midi[-1][-1]
+        midi.append(np.linspace(start, start + step, int(glide_ms / FRAME_MS) + 1)[1:])
+        midi.append(np.full(int(held_ms / FRAME_MS), start + step))
+    midi = np.concatenate(midi)
+    loudness = np.full(len(midi), -20.0)
+    loudness[:5] = loudness[-5:] = -90.0
+    f0 = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
+    notes = segment_notes(f0, loudness > -50.0, loudness, FRAME_MS)
+    assert sum(not n.fresh for n in notes) == 6
+    art = fit_articulation([(f0, loudness > -50.0, loudness)], FRAME_MS, log=lambda *a: None)
+    assert art.legato_ms == pytest.approx(glide_ms, abs=3 * FRAME_MS)
+
+
 def test_too_few_notes_is_said_and_falls_back(corpus):
     messages = []
     few = [(f0[:3000], v[:3000], ld[:3000]) for f0, v, ld in corpus[:1]]

@@ -161,7 +161,9 @@ def test_interrupt_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_
     """README: Ctrl-C or SIGTERM (a scheduler's stop) leave a resumable checkpoint and still export a model."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from training.cli import train_main; sys.exit(train_main())",
+        # (SIGUSR1 makes it print every thread's stack: what a run that does not stop was doing)
+        [sys.executable, "-c", "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, "
+         "all_threads=True); from training.cli import train_main; sys.exit(train_main())",
          str(demo_corpus_dir), "-o", str(out), "--max-time", "5m", "--batch-size", "2", "--window", "0.5",
          "--no-augment", "--latents", "2", "--no-progress", "--cache-dir", str(tmp_path / "cache"),
          "--threads", "1"],
@@ -175,7 +177,15 @@ def test_interrupt_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_
         assert time.time() < deadline, "".join(lines)
     time.sleep(4.0)                       # a few optimiser steps
     proc.send_signal(signum)
-    rest, _ = proc.communicate(timeout=240)
+    try:
+        rest, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(5.0)
+        proc.kill()
+        rest, _ = proc.communicate()
+        pytest.fail(f"sdga-train did not stop within 240 s of the signal; its output and stacks:\n"
+                    f"{''.join(lines)}{rest}")
     text = "".join(lines) + rest
     assert proc.returncode == 130, text
     assert (out / "checkpoints" / "last.ckpt").is_file(), text

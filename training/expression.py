@@ -294,16 +294,12 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
         fit["approach_cents"] = float(np.clip(approach[0], -200.0, 200.0))
         tau = _time_constant_ms(approach, frame_ms)
         fit["approach_ms"] = float(np.clip(tau if tau else 30.0, 3.0, 500.0))
-    # Legato transitions: ms until the pitch is within 50 cents of the new note.
-    glides = []
-    for i, note in notes:
-        if not note.fresh and note.previous_midi is not None:
-            lookback = int(100.0 / frame_ms)
-            f0 = np.asarray(files[i][0], np.float64)[max(note.start - lookback, 0):note.start + lookback]
-            cents = np.abs(100.0 * (hz_to_midi(f0) - note.midi))
-            far = np.flatnonzero(cents > 50.0)
-            if far.size:
-                glides.append((far[-1] - far[0] + 1) * frame_ms)
+    # Legato transitions, as the engine plays them (a straight line in pitch from the previous note to the new one
+    # over legato_ms): twice the time the pitch takes from a quarter to three quarters of the way. (The time spent
+    # over 50 cents from the new note counted the previous note's own frames in its 100 ms look-back: every corpus
+    # read 99 ms.)
+    glides = [g for i, note in notes if not note.fresh and note.previous_midi is not None
+              for g in [_glide_ms(files[i][0], note, frame_ms)] if g is not None]
     if len(glides) >= 3:
         fit["legato_ms"] = float(np.clip(np.median(glides), 3.0, 500.0))
     # Vibrato and tremolo over the bodies of long notes; the onset delay from the depth over time.
@@ -360,9 +356,27 @@ def fit_articulation(files: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     return replace(defaults, notes=n_notes, fallback=fallback, **fit)
 
 
+def _glide_ms(f0_hz: np.ndarray, note: Note, frame_ms: float, around_ms: float = 150.0) -> float | None:
+    """A legato transition's glide time as a straight line would take it: twice the time from a quarter to three
+    quarters of the way from ``note.previous_midi`` to ``note.midi`` within ``around_ms`` of the note's start;
+    None where the pitch does not make the crossing there (unvoiced, or back and forth)."""
+    around = int(round(around_ms / frame_ms))
+    f0 = np.asarray(f0_hz, np.float64)[max(note.start - around, 0):note.start + around]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        way = (hz_to_midi(np.where(f0 > 0.0, f0, np.nan)) - note.previous_midi) / (note.midi - note.previous_midi)
+    past_quarter = np.flatnonzero(way > 0.25)
+    if not past_quarter.size:
+        return None
+    first = int(past_quarter[0])
+    arrived = np.flatnonzero(way[first:] >= 0.75)
+    if not arrived.size or np.isnan(way[first:first + int(arrived[0]) + 1]).any():
+        return None
+    return 2.0 * max(int(arrived[0]), 0.5) * frame_ms
+
+
 ATTACK_GRID_MS = np.geomspace(10.0, 2000.0, 47)
 ATTACK_GRID_SHAPES = np.geomspace(0.3, 30.0, 41)
-ATTACK_GRID_FAST = ((0.0, 1.0),) + tuple((float(w), float(s)) for w in np.arange(0.1, 0.95, 0.1)
+ATTACK_GRID_FAST = ((0.0, 1.0),) + tuple((round(float(w), 1), float(s)) for w in np.arange(0.1, 0.95, 0.1)
                                          for s in np.geomspace(1.0, 300.0, 16))
 
 

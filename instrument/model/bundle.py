@@ -226,8 +226,8 @@ class Articulation:
             raise ValueError("each row of level_input_by_pitch_db must not fall")
         if not 0.0 <= self.attack_fast_fraction <= 1.0:
             raise ValueError(f"articulation attack_fast_fraction must be in 0..1, got {self.attack_fast_fraction!r}")
-        for name in ("attack_ms", "attack_shape", "attack_fast_shape", "decay_ms", "release_db_per_s", "approach_ms", "legato_ms",
-                     "vibrato_hz", "tremolo_hz"):
+        for name in ("attack_ms", "attack_shape", "attack_fast_shape", "decay_ms", "release_db_per_s", "approach_ms",
+                     "legato_ms", "vibrato_hz", "tremolo_hz"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"articulation {name} must be > 0, got {getattr(self, name)!r}")
 
