@@ -167,7 +167,10 @@ def test_interrupt_leaves_resumable_checkpoint_and_a_model(demo_corpus_dir, tmp_
          str(demo_corpus_dir), "-o", str(out), "--max-time", "5m", "--batch-size", "2", "--window", "0.5",
          "--no-augment", "--latents", "2", "--no-progress", "--cache-dir", str(tmp_path / "cache"),
          "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a terminal's Ctrl-C, whoever runs the tests: a shell's background job (`.ci/run &`, nohup) starts its
+        # children with SIGINT ignored, and Python then keeps ignoring it, as it should
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     lines = []
     for line in proc.stdout:
