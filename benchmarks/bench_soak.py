@@ -23,7 +23,7 @@ threads), not the engine's. ``--null-busy-ms X`` makes that callback spin X ms h
 compute time without the engine.
 
 Alongside every run a stall probe per CPU (a SCHED_FIFO 50 thread pinned to it, in its own process, above JACK's
-threads) wakes every 2.67 ms and logs wake-ups more than 1 ms late: stalls of the machine itself (on this VM, a
+threads) wakes every ``--probe-period-ms`` (2.67 ms) and logs wake-ups more than 1 ms late: stalls of the machine itself (on this VM, a
 vCPU not running). The summary says how many of the run's underflows fell in such a stall.
 """
 from __future__ import annotations
@@ -56,6 +56,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def driver_late_times(log: Path) -> list[tuple[float, float]]:
+    """(perf_counter, ms late) of each time jackd's dummy driver woke late, from a stamped log (stamp_log)."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if "JackTimedDriver::Process XRun" in line:
+            try:
+                found.append((float(line.split(" ", 1)[0]), int(line.rsplit("=", 1)[1].split()[0]) / 1000.0))
+            except (ValueError, IndexError):
+                pass
+    return found
+
+
 def _print_xruns(log: Path) -> None:
     """The xruns jackd logged: clients it found unfinished at the end of a cycle (PortAudio: the audio
     callback's client; "Triggered": woken but not yet run, "Running": still in its process callback), and the
@@ -77,8 +89,8 @@ def _print_xruns(log: Path) -> None:
 STALL_MS = 1.0
 
 
-def stall_probe(seconds: float, out_path: Path, cpu: int | None = None) -> int:
-    """A SCHED_FIFO 50 thread (above JACK's), pinned to ``cpu``, that sleeps to a deadline every 2.67 ms and
+def stall_probe(seconds: float, out_path: Path, cpu: int | None = None, period_ms: float = 0.5) -> int:
+    """A SCHED_FIFO 50 thread (above JACK's), pinned to ``cpu``, that sleeps to a deadline every ``period_ms`` and
     appends "perf_counter lateness_ms" to out_path for every wake-up more than STALL_MS late: stalls of that
     CPU (on a VM: its vCPU not running), which no priority or GIL handling inside sdga-play can avoid."""
     try:
@@ -92,9 +104,10 @@ def stall_probe(seconds: float, out_path: Path, cpu: int | None = None) -> int:
             policy += f" on CPU {cpu}"
         except (AttributeError, OSError):
             pass
-    period = 128 / 48000
+    period = period_ms / 1000.0      # a stall of L ms is seen when a deadline falls in its first L - STALL_MS ms:
+    #                                  always for L >= STALL_MS + period (at 2.67 ms, a 2 ms stall was seen 1 in 3)
     with open(out_path, "w") as out:
-        out.write(f"# {policy}\n")
+        out.write(f"# {policy}, every {period_ms:.2f} ms\n")
         out.flush()
         start = time.perf_counter()
         deadline = start + period
@@ -149,30 +162,77 @@ def _print_diagnostics(probes: list[tuple[str, list[tuple[float, float]]]], rows
         waited = sum(1 for r in picked if r["voluntary_during"] > 0 or r["voluntary_before"] > 1)
         seen = sum(1 for r in picked if stalled(r["perf_counter"] - r["start_delay_ms"] / 1000.0,
                                                  r["perf_counter"] + r["compute_ms"] / 1000.0))
+        clocked = [r for r in picked if "cpu_ms" in r]
+        own = sum(1 for r in clocked if r["cpu_ms"] > budget_ms)
+        off_ms = [r["compute_ms"] - r["cpu_ms"] for r in clocked]
+        queued_ms = [r["run_queue_during_ms"] + (r["run_queue_before_ms"] if kind != "overran" else 0.0)
+                     for r in clocked]
+        clock = (f"; longer than the block on the CPU itself: {own}; wall time not on the CPU: median "
+                 f"{np.median(off_ms):.2f} ms, max {max(off_ms):.2f} ms, of it runnable on a run queue: median "
+                 f"{np.median(queued_ms):.2f} ms" if clocked else "")
         print(f"  callbacks that {kind}: {len(picked)}; taken off the CPU (involuntary switch): {preempted}; waited "
-              f"(GIL or a lock: extra voluntary switch): {waited}; during a machine stall a probe saw: {seen}")
+              f"(GIL or a lock: extra voluntary switch): {waited}; during a machine stall a probe saw: {seen}{clock}")
+
+
+OFF_CPU_MS = 0.5            # time a callback lost that counts as taken from it (a fifth of a block at 128)
+MACHINE_CLASSES = ("stall", "driver late", "stolen")
 
 
 def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], rows: list[dict], underflows: list[float],
-                        budget_ms: float) -> dict[str, int]:
-    """Every underflow after the first second, in one class: ``stall`` (a probe saw the machine stall, from its
-    start to 20 ms after its end, as in _print_stalls); else by the diagnosed callbacks of the 20 ms before the
-    one that reported it: ``overran`` (one computed longer than the block), ``preempted`` (one began late or ran
-    after the kernel took the audio thread off the CPU), ``woken late`` (one began over half a block late
-    without being taken off the CPU: the server woke it late, or it waited for the GIL), ``finished late`` (one
-    began under half a block late but, with its compute time, ended past its cycle: the two together), else
-    ``unexplained`` (every callback near it began and ended in time: the server's side, or PortAudio's)."""
+                        budget_ms: float, collections: list[dict] = (),
+                        driver_late: list[tuple[float, float]] = ()) -> dict[str, int]:
+    """Every underflow after the first second, in one class, by the diagnosed callbacks of the 20 ms before the
+    one that reported it, first match wins (``collected`` and ``overran`` come before ``stall``: sdga's own
+    long callbacks also keep a probe below the audio threads from running):
+
+    - ``collected`` — Python's garbage collector ran in the audio thread within those 20 ms (``collections``:
+      sdga-play's log of them): sdga's own;
+    - ``overran`` — one ran longer than the block on the CPU (its thread's CPU clock): sdga's own compute;
+    - ``stall`` — a probe saw the machine stall (as in _print_stalls);
+    - ``driver late`` — jackd's driver thread (the top real-time priority, sleeping to each cycle's deadline on
+      a timer) logged that it woke late in those 20 ms (``driver_late``: from the stamped jackd log): the
+      kernel did not run the highest-priority thread on time, i.e. the vCPU was not running;
+    - ``stolen`` — one lost >= OFF_CPU_MS of its wall time neither running, nor runnable on a run queue, nor
+      asleep (no voluntary switch): the vCPU itself was not running (the guest's steal-time accounting keeps it
+      off the thread's CPU clock). The probes miss stalls shorter than 1 ms plus their period;
+    - ``waited`` — one slept inside (a voluntary switch: the GIL or a lock) for >= OFF_CPU_MS;
+    - ``preempted`` — one sat runnable >= OFF_CPU_MS while another thread of higher priority ran (the kernel's
+      run-queue wait; on the audio thread's real-time priority only jackd, the probes and kernel threads can);
+    - ``queued`` — one began over half a block late after waiting >= OFF_CPU_MS runnable (woken on time; the
+      CPU was busy or stolen);
+    - ``woken late`` — one began over half a block late without that wait: the server woke it late;
+    - ``finished late`` — one began under half a block late but, with its compute time, ended past its cycle;
+    - ``unexplained`` — every callback near it began and ended in time: the server's side, or PortAudio's.
+
+    Rows from before the CPU clock was recorded (no ``cpu_ms``) fall back on the wall time and the switch counts.
+    ``stall``, ``driver late`` and ``stolen`` are the machine's (MACHINE_CLASSES); the rest count against sdga."""
     stalls = [stall for _, found in probes for stall in found]
-    counts = {"stall": 0, "overran": 0, "preempted": 0, "woken late": 0, "finished late": 0, "unexplained": 0}
+    counts = {name: 0 for name in ("collected", "overran", "stall", "driver late", "stolen", "waited", "preempted", "queued", "woken late",
+                                   "finished late", "unexplained")}
+
+    def lost(r: dict) -> float:                    # wall time neither running nor runnable
+        return r["compute_ms"] - r.get("cpu_ms", r["compute_ms"]) - r.get("run_queue_during_ms", 0.0)
+
     for u in underflows:
-        if any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls):
-            counts["stall"] += 1
-            continue
         before = [r for r in rows if u - 0.02 <= r["perf_counter"] <= u]
-        if any(r["compute_ms"] > budget_ms for r in before):
+        if any(c["in_callback_thread"] and u - 0.025 <= c["perf_counter"] <= u for c in collections):
+            counts["collected"] += 1
+        elif any(r.get("cpu_ms", r["compute_ms"]) > budget_ms for r in before):
             counts["overran"] += 1
-        elif any(r["involuntary_before"] + r["involuntary_during"] > 0 for r in before):
+        elif any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls):
+            counts["stall"] += 1
+        elif any(u - 0.02 <= t <= u + 0.005 for t, _ in driver_late):
+            counts["driver late"] += 1
+        elif any(lost(r) >= OFF_CPU_MS and r["voluntary_during"] == 0 for r in before):
+            counts["stolen"] += 1
+        elif any(lost(r) >= OFF_CPU_MS for r in before):
+            counts["waited"] += 1
+        elif any(r.get("run_queue_during_ms", 0.0) >= OFF_CPU_MS
+                 or ("cpu_ms" not in r and r["involuntary_before"] + r["involuntary_during"] > 0) for r in before):
             counts["preempted"] += 1
+        elif any(r["start_delay_ms"] > 0.5 * budget_ms and r.get("run_queue_before_ms", 0.0) >= OFF_CPU_MS
+                 for r in before):
+            counts["queued"] += 1
         elif any(r["start_delay_ms"] > 0.5 * budget_ms for r in before):
             counts["woken late"] += 1
         elif any(r["start_delay_ms"] + r["compute_ms"] > budget_ms for r in before):
@@ -242,14 +302,20 @@ def main(argv=None) -> int:
     p.add_argument("--null", action="store_true", help="the machine's floor: same I/O and traffic, a callback that writes zeros")
     p.add_argument("--null-busy-ms", type=float, default=0.0,
                    help="the null player's callback spins this long holding the GIL (the engine's compute, without the engine)")
-    p.add_argument("--as-stall-probe", nargs=3, metavar=("SECONDS", "OUT", "CPU"), help=argparse.SUPPRESS)
+    p.add_argument("--probe-period-ms", type=float, default=1000.0 * 128 / 48000,
+                   help="how often each stall probe wakes (the probes see every stall longer than 1 ms + this)")
+    p.add_argument("--as-stall-probe", nargs=4, metavar=("SECONDS", "OUT", "CPU", "PERIOD_MS"), help=argparse.SUPPRESS)
     p.add_argument("--as-null-player", nargs=4, metavar=("SECONDS", "BLOCK", "STATS", "BUSY"), help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work folder (recording, stats, jackd log)")
     p.add_argument("--realtime", action="store_true",
                    help="run jackd with real-time scheduling (as on stage; needs root or an rtprio limit)")
+    p.add_argument("--jack-priority", type=int, default=70,
+                   help="with --realtime: jackd's priority (-P; clients run 5 below): 70 puts the audio threads above "
+                        "the stall probes (SCHED_FIFO 50), so the probes never preempt them; jackd's default is 10")
     args = p.parse_args(argv)
     if args.as_stall_probe:
-        return stall_probe(float(args.as_stall_probe[0]), Path(args.as_stall_probe[1]), int(args.as_stall_probe[2]))
+        return stall_probe(float(args.as_stall_probe[0]), Path(args.as_stall_probe[1]), int(args.as_stall_probe[2]),
+                           float(args.as_stall_probe[3]))
     if args.as_null_player:
         return null_player(float(args.as_null_player[0]), int(args.as_null_player[1]), Path(args.as_null_player[2]),
                            float(args.as_null_player[3]))
@@ -261,7 +327,8 @@ def main(argv=None) -> int:
 
         model = save_bundle(work / "random.sdga", random_bundle())
     name = f"sdga_soak_{os.getpid()}"
-    with jack_dummy_server(name, 48000, args.block_size, work / "jackd.log", realtime=args.realtime) as env:
+    with jack_dummy_server(name, 48000, args.block_size, work / "jackd.log", realtime=args.realtime,
+                           priority=args.jack_priority, stamp_log=True) as env:
         os.environ.update({k: env[k] for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")})
         import rtmidi
         from pythonosc.udp_client import SimpleUDPClient
@@ -286,7 +353,7 @@ def main(argv=None) -> int:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
         stall_files = [work / f"stalls_cpu{cpu}.txt" for cpu in cpus]
         probes = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--as-stall-probe",
-                                    str(args.seconds + 60.0), str(path), str(cpu)])
+                                    str(args.seconds + 60.0), str(path), str(cpu), str(args.probe_period_ms)])
                   for cpu, path in zip(cpus, stall_files)]
         player = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, bufsize=1)
@@ -372,7 +439,8 @@ def main(argv=None) -> int:
     audio, _ = sf.read(str(work / "take.wav"), dtype="float32")
     nonfinite = int((~np.isfinite(audio)).sum())
     print(f"sdga-play soak: {args.seconds:g} s, block {args.block_size}, {args.voices} voices, JACK dummy 48 kHz; "
-          f"{'real-time' if args.realtime else 'no real-time'} scheduling; exit code {code}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+          f"{f'real-time scheduling (jackd -P {args.jack_priority})' if args.realtime else 'no real-time scheduling'}; "
+          f"exit code {code}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"  sent: {notes} notes (+bends), {osc_sent} OSC latent changes"
           + (f"; set list of 2 songs, {switches} program changes sent, {stats['set']['switches']} switches applied"
              if args.set else ""))
@@ -396,10 +464,18 @@ def main(argv=None) -> int:
     _print_xruns(work / "jackd.log")
     _print_stalls(probe_stalls, stats.get("underflow_times", []))
     _print_diagnostics(probe_stalls, stats.get("callback_diagnostics", []), 1000.0 * args.block_size / 48000)
+    collections = stats.get("collections", [])
+    if collections:
+        mine = [c for c in collections if c["in_callback_thread"]]
+        print(f"  garbage collections while playing: {len(collections)} (generations 0/1/2: "
+              + "/".join(str(sum(1 for c in collections if c["generation"] == g)) for g in range(3))
+              + f"), longest {max(c['ms'] for c in collections):.2f} ms; in the audio thread: {len(mine)}"
+              + (f", longest {max(c['ms'] for c in mine):.2f} ms" if mine else ""))
     classes = classify_underflows(probe_stalls, stats.get("callback_diagnostics", []), stats.get("underflow_times", []),
-                                  1000.0 * args.block_size / 48000)
+                                  1000.0 * args.block_size / 48000, collections, driver_late_times(work / "jackd.log"))
     print("  underflows by class: " + ", ".join(f"{name} {n}" for name, n in classes.items())
-          + " (outside a machine stall: " + str(sum(classes.values()) - classes["stall"]) + ")")
+          + f" (outside a probe-seen stall: {sum(classes.values()) - classes['stall']}; outside the machine's "
+          f"stalls (probe-seen, driver late or stolen): {sum(n for k, n in classes.items() if k not in MACHINE_CLASSES)})")
     if code != 0:
         print("\n".join(lines))
     if args.keep:

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,17 +66,31 @@ def _die_with_parent() -> None:
 
 @contextmanager
 def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, log_path: Path | None = None,
-                      timeout_s: float = 15.0, realtime: bool = False,
-                      _release: bool = True) -> Iterator[dict[str, str]]:
+                      timeout_s: float = 15.0, realtime: bool = False, priority: int | None = None,
+                      stamp_log: bool = False, _release: bool = True) -> Iterator[dict[str, str]]:
     """``realtime``: run jackd (and so its clients' process threads) with SCHED_FIFO, as a live setup would;
-    needs the privilege (root or an rtprio limit)."""
+    needs the privilege (root or an rtprio limit). ``priority``: jackd's real-time priority (``-P``; its
+    clients' process threads run 5 below; jackd's default is 10). ``stamp_log``: each line of ``log_path``
+    begins with ``time.perf_counter()`` (CLOCK_MONOTONIC, comparable across processes) when jackd wrote it."""
     if not jack_installed():
         raise JackUnavailable("jackd / jack_lsp not installed")
     env = jack_env(name)
     log = open(log_path, "w") if log_path is not None else subprocess.DEVNULL
-    process = subprocess.Popen(["jackd", "--realtime" if realtime else "--no-realtime", "-n", name, "-d", "dummy", "-r", str(sample_rate),
-                                "-p", str(period)], stdout=log, stderr=subprocess.STDOUT, env=env,
+    stamped = stamp_log and log_path is not None
+    command = ["jackd", "--realtime" if realtime else "--no-realtime", "-n", name]
+    if realtime and priority is not None:
+        command += ["-P", str(int(priority))]
+    process = subprocess.Popen(command + ["-d", "dummy", "-r", str(sample_rate), "-p", str(period)],
+                               stdout=subprocess.PIPE if stamped else log, stderr=subprocess.STDOUT, env=env,
                                preexec_fn=_die_with_parent if os.name == "posix" else None)
+    if stamped:
+        def copy_stamped() -> None:
+            for line in process.stdout:
+                log.write(f"{time.perf_counter():.6f} {line.decode(errors='replace')}")
+                log.flush()
+
+        copier = threading.Thread(target=copy_stamped, name="jackd-log", daemon=True)
+        copier.start()
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -95,6 +110,8 @@ def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, lo
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if stamped:
+            copier.join(timeout=5)
         if log is not subprocess.DEVNULL:
             log.close()
         if process.returncode != 0 and _release:

@@ -342,8 +342,27 @@ def test_audio_callback_diagnostics_record_context_switches_of_notable_callbacks
     late = [r for r in rows if r["start_delay_ms"] > 15.0]
     assert len(flagged) == 1 and len(late) == 1
     assert set(late[0]) == {"perf_counter", "compute_ms", "start_delay_ms", "underflow", "voluntary_before",
-                            "involuntary_before", "voluntary_during", "involuntary_during"}
+                            "involuntary_before", "voluntary_during", "involuntary_during", "cpu_ms",
+                            "run_queue_before_ms", "run_queue_during_ms"}
     assert late[0]["voluntary_before"] >= 1                   # the sleep is a voluntary switch of this thread
+    for row in rows:                                          # the thread's own run time fits inside the wall time
+        assert 0.0 <= row["cpu_ms"] <= row["compute_ms"] + 0.05
+        assert row["run_queue_before_ms"] >= 0.0 and row["run_queue_during_ms"] >= 0.0
+    assert flagged[0]["cpu_ms"] > 0.0                         # measured (Linux's schedstat), not a zero default
+    import gc
+    import threading
+
+    gc.collect(1)                                             # in "the callback thread" (this one called it)
+    other = threading.Thread(target=gc.collect)               # and in another
+    other.start()
+    other.join()
+    audio.close()                                             # stops logging collections
+    count = len(audio.collections())
+    gc.collect()
+    logged = audio.collections()
+    assert len(logged) == count
+    assert {(1, True), (2, False)} <= {(c["generation"], c["in_callback_thread"]) for c in logged}
+    assert all(c["ms"] >= 0.0 for c in logged)
 
 
 def test_audio_callback_measures_load_and_feeds_tap_and_hooks():

@@ -19,7 +19,9 @@ in a daemon thread and gives up after a timeout, so the caller can still write w
 from __future__ import annotations
 
 import atexit
+import gc
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -64,6 +66,12 @@ class AudioStats:
 
 LOAD_BINS_PER_UNIT = 200           # load histogram: 0.5 % bins ...
 LOAD_MAX = 4.0                     # ... up to 400 % of the block budget (the last bin collects the rest)
+# What --diagnose-callbacks records of each notable callback (times in ms; perf_counter in s at its entry).
+DIAGNOSTIC_FIELDS = ("perf_counter", "compute_ms", "start_delay_ms", "underflow",
+                     "voluntary_before", "involuntary_before", "voluntary_during", "involuntary_during",
+                     "cpu_ms",                  # the thread's run time during it (compute_ms less time off the CPU)
+                     "run_queue_before_ms",     # runnable but not running since the previous callback's end
+                     "run_queue_during_ms")     # runnable but not running during it (preempted by another thread)
 LOGGED_CALLBACKS = 4096            # underflow times and diagnosed callbacks kept (preallocated; 64: 11 s at block 64)
 
 
@@ -91,14 +99,25 @@ class AudioOutput:
         self._previous_start = math.nan                      # perf_counter at the previous callback's entry
         self._late_log = np.zeros((16, 2))                   # (stream seconds, compute ms) of the first late ones
         self._underflow_log = np.zeros(LOGGED_CALLBACKS)     # perf_counter at the first underflows (after start-up)
-        # diagnose (benchmarks only: getrusage allocates a small object twice per callback): for the first 4096
-        # callbacks that overran, began > half a block late or reported an underflow, the callback thread's
-        # context switches before (since the previous callback ended) and during it: voluntary ones mean it
-        # waited (for the GIL or a lock), involuntary ones that the kernel took the CPU away.
+        # diagnose (benchmarks only: getrusage and the schedstat read allocate small objects per callback): for
+        # the first 4096 callbacks that overran, began > half a block late or reported an underflow, the callback
+        # thread's context switches before (since the previous callback ended) and during it: voluntary ones mean
+        # it waited (for the GIL or a lock), involuntary ones that the kernel took the CPU away; and, from the
+        # kernel's per-thread schedstat, the CPU time it ran during the callback (on a VM with steal-time
+        # accounting, time the hypervisor took the vCPU away is not counted) and the time it sat runnable on a
+        # run queue, before (woken, not yet running) and during the callback.
         self.diagnose = bool(diagnose) and RUSAGE_THREAD is not None     # benchmarks on Linux only
-        self._diag = np.zeros((LOGGED_CALLBACKS, 8))
+        self._diag = np.zeros((LOGGED_CALLBACKS, len(DIAGNOSTIC_FIELDS)))
         self._diag_count = 0
         self._switches = (0, 0)                              # (voluntary, involuntary) at the previous callback's end
+        self._schedstat_fd = -1                              # /proc/thread-self/schedstat of the callback thread
+        self._run_queue_ns = 0                               # its run-queue wait at the previous callback's end
+        # and every garbage collection while the stream runs (the first 4096): when, how long, which generation,
+        # and whether it ran in the callback thread (a collection runs in whichever thread's allocation set it off)
+        self._gc_log = np.zeros((LOGGED_CALLBACKS, 4))
+        self._gc_count = 0
+        self._gc_started = 0.0
+        self._callback_thread = -1
         self._blocks_per_second = max(1, math.ceil(engine.sample_rate / engine.block_size))
         self._loads = np.zeros(int(load_history))          # ring of the latest loads (fraction of the budget)
         self._load_count = 0
@@ -111,6 +130,10 @@ class AudioOutput:
     def _callback(self, outdata, frames, time_info, status) -> None:
         started = time.perf_counter()
         usage = resource.getrusage(RUSAGE_THREAD) if self.diagnose else None
+        if usage is not None and self._callback_thread == -1:
+            self._callback_thread = threading.get_ident()
+            gc.callbacks.append(self._log_collection)
+        sched = self._schedstat() if usage is not None else None
         stats = self.stats
         notable = False                  # began late, overran, or reported an underflow after start-up
         delay = started - self._previous_start - self._budget_s          # nan at the first callback
@@ -159,16 +182,48 @@ class AudioOutput:
         if elapsed * 1000.0 > stats.max_callback_ms:
             stats.max_callback_ms = elapsed * 1000.0
         if usage is not None:
-            self._record_switches(started, elapsed, delay, bool(status.output_underflow), notable, usage)
+            self._record_switches(started, elapsed, delay, bool(status.output_underflow), notable, usage, sched)
+
+    def _log_collection(self, phase: str, info: dict) -> None:
+        """gc.callbacks hook (diagnose only): logs each collection's start, duration, generation and thread."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_count < self._gc_log.shape[0]:
+            self._gc_log[self._gc_count] = (self._gc_started, (time.perf_counter() - self._gc_started) * 1000.0,
+                                            info.get("generation", -1),
+                                            threading.get_ident() == self._callback_thread)
+            self._gc_count += 1
+
+    def collections(self) -> list[dict]:
+        """With ``diagnose``: the garbage collections since the first callback (the first 4096)."""
+        return [{"perf_counter": round(float(t), 6), "ms": round(float(ms), 3), "generation": int(g),
+                 "in_callback_thread": bool(mine)} for t, ms, g, mine in self._gc_log[:self._gc_count]]
+
+    def _schedstat(self) -> tuple[int, int]:
+        """(ns run, ns waited on a run queue) of the calling thread so far. The run time is the thread's CPU
+        clock (schedstat's own run time only moves at scheduler ticks and switches); the wait is schedstat's (it
+        grows when a wait ends, at the switch that runs the thread); 0 where unreadable."""
+        run_ns = time.thread_time_ns()
+        try:
+            if self._schedstat_fd < 0:                   # opened by the callback thread itself: thread-self is it
+                self._schedstat_fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            return run_ns, int(os.pread(self._schedstat_fd, 96, 0).split()[1])
+        except (OSError, ValueError, IndexError):
+            return run_ns, 0
 
     def _record_switches(self, started: float, elapsed: float, delay: float, underflow: bool, notable: bool,
-                         usage) -> None:
+                         usage, sched: tuple[int, int]) -> None:
         end = resource.getrusage(RUSAGE_THREAD)
+        end_sched = self._schedstat()
         before = (usage.ru_nvcsw - self._switches[0], usage.ru_nivcsw - self._switches[1])
         self._switches = (end.ru_nvcsw, end.ru_nivcsw)
+        queued_before_ns = sched[1] - self._run_queue_ns
+        self._run_queue_ns = end_sched[1]
         if notable and self._diag_count < self._diag.shape[0] and self.stats.callbacks > 1:
             self._diag[self._diag_count] = (started, elapsed * 1000.0, delay * 1000.0, underflow, *before,
-                                            end.ru_nvcsw - usage.ru_nvcsw, end.ru_nivcsw - usage.ru_nivcsw)
+                                            end.ru_nvcsw - usage.ru_nvcsw, end.ru_nivcsw - usage.ru_nivcsw,
+                                            (end_sched[0] - sched[0]) / 1e6, queued_before_ns / 1e6,
+                                            (end_sched[1] - sched[1]) / 1e6)
             self._diag_count += 1
 
     def _run_effects(self, outdata: np.ndarray, frames: int) -> None:
@@ -199,11 +254,14 @@ class AudioOutput:
         """With ``diagnose``: the notable callbacks (overran, began late, or reported an underflow) and the
         callback thread's context switches before and during each."""
         rows = []
-        for t, compute_ms, delay_ms, underflow, *switches in self._diag[:self._diag_count]:
-            rows.append({"perf_counter": round(float(t), 6), "compute_ms": round(float(compute_ms), 3),
-                         "start_delay_ms": round(float(delay_ms), 3), "underflow": bool(underflow),
-                         **dict(zip(("voluntary_before", "involuntary_before", "voluntary_during",
-                                     "involuntary_during"), map(int, switches)))})
+        for values in self._diag[:self._diag_count]:
+            row = dict(zip(DIAGNOSTIC_FIELDS, (float(v) for v in values)))
+            for key in ("perf_counter", "compute_ms", "start_delay_ms", *DIAGNOSTIC_FIELDS[8:]):
+                row[key] = round(row[key], 6 if key == "perf_counter" else 3)
+            row["underflow"] = bool(row["underflow"])
+            for key in DIAGNOSTIC_FIELDS[4:8]:
+                row[key] = int(row[key])
+            rows.append(row)
         return rows
 
     def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
@@ -265,6 +323,8 @@ class AudioOutput:
         """Stop and close the stream; False when PortAudio did not return within ``timeout_s`` (a dead server):
         the stream is then abandoned to a daemon thread, and sounddevice's exit handler (which would stop it
         again and hang, or abort in Pa_Terminate) is unregistered so the process can exit."""
+        if self._log_collection in gc.callbacks:
+            gc.callbacks.remove(self._log_collection)
         stream, self._stream = self._stream, None
         if stream is None:
             return True

@@ -1,0 +1,74 @@
+"""The soak benchmark's accounting (benchmarks/bench_soak.py): each underflow lands in exactly one class, sdga's
+own causes (a garbage collection in the audio thread, a callback longer than the block on the CPU) before the
+machine's, and the machine's (a probe-seen stall, jackd's driver waking late, time stolen from a callback) apart
+from the rest; jackd's log lines carry the time they were written, on the clock the callbacks use."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_jack_dummy import fake_binaries  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bench_soak", ROOT / "benchmarks" / "bench_soak.py")
+bench_soak = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_soak)
+
+BUDGET_MS = 1000.0 * 128 / 48000
+
+
+def row(t: float, **fields) -> dict:
+    base = {"perf_counter": t, "compute_ms": 0.5, "start_delay_ms": 0.0, "underflow": False, "voluntary_before": 1,
+            "involuntary_before": 0, "voluntary_during": 0, "involuntary_during": 0, "cpu_ms": 0.5,
+            "run_queue_before_ms": 0.0, "run_queue_during_ms": 0.0}
+    return {**base, **fields}
+
+
+def test_each_underflow_gets_the_first_class_that_explains_it():
+    cases = {   # underflow at t + 0.01; its callback (and the evidence) at t
+        "collected": ([row(1.0, compute_ms=3.0, cpu_ms=3.0)], [], [], [{"perf_counter": 1.0, "ms": 2.5,
+                                                                         "generation": 1, "in_callback_thread": True}]),
+        "overran": ([row(2.0, compute_ms=3.0, cpu_ms=2.9)], [(2.005, 2.0)], [], []),      # ours, though a probe saw it
+        "stall": ([row(3.0, compute_ms=3.0, cpu_ms=0.5)], [(3.005, 2.0)], [], []),
+        "driver late": ([row(4.0, start_delay_ms=2.0)], [], [(4.0, 2.0)], []),
+        "stolen": ([row(5.0, compute_ms=2.9, cpu_ms=0.6)], [], [], []),
+        "waited": ([row(6.0, compute_ms=2.9, cpu_ms=0.6, voluntary_during=1)], [], [], []),
+        "preempted": ([row(7.0, compute_ms=2.9, cpu_ms=0.6, run_queue_during_ms=2.2, involuntary_during=3)], [], [], []),
+        "queued": ([row(8.0, start_delay_ms=2.0, run_queue_before_ms=1.9)], [], [], []),
+        "woken late": ([row(9.0, start_delay_ms=2.0)], [], [], []),
+        "finished late": ([row(10.0, start_delay_ms=1.0, compute_ms=2.0, cpu_ms=2.0)], [], [], []),
+        "unexplained": ([row(11.0)], [], [], []),
+    }
+    for expected, (rows, stalls, driver, collections) in cases.items():
+        underflow = rows[0]["perf_counter"] + 0.01
+        counts = bench_soak.classify_underflows([("SCHED_FIFO 50 on CPU 0", stalls)], rows, [underflow], BUDGET_MS,
+                                                collections, driver)
+        assert counts[expected] == 1 and sum(counts.values()) == 1, (expected, counts)
+    assert set(bench_soak.MACHINE_CLASSES) == {"stall", "driver late", "stolen"}
+
+
+def test_old_rows_without_the_cpu_clock_still_classify():
+    old = {k: v for k, v in row(1.0, involuntary_during=2).items()
+           if k not in ("cpu_ms", "run_queue_before_ms", "run_queue_during_ms")}
+    counts = bench_soak.classify_underflows([], [old], [1.01], BUDGET_MS)
+    assert counts["preempted"] == 1
+
+
+def test_jackd_log_lines_are_stamped_with_the_time_they_were_written(tmp_path, monkeypatch):
+    """A stand-in jackd that logs a driver xrun, then runs until stopped: the stamped line parses back with a
+    time between the server's start and its end."""
+    from jack_dummy import jack_dummy_server
+
+    script = ("echo 'JackTimedDriver::Process XRun = 2480 usec'\n"
+              "trap 'exit 0' TERM\nwhile true; do sleep 0.05; done")
+    monkeypatch.setenv("PATH", fake_binaries(tmp_path / "bin", {"jackd": script, "jack_lsp": "echo system:playback_1"}))
+    log = tmp_path / "jackd.log"
+    began = time.perf_counter()
+    with jack_dummy_server("sdga_fake_stamp", log_path=log, timeout_s=5.0, stamp_log=True, _release=False):
+        time.sleep(0.3)
+    ended = time.perf_counter()
+    [(when, late_ms)] = bench_soak.driver_late_times(log)
+    assert began <= when <= ended and late_ms == 2.48
