@@ -365,6 +365,38 @@ def test_audio_callback_diagnostics_record_context_switches_of_notable_callbacks
     assert all(c["ms"] >= 0.0 for c in logged)
 
 
+def test_audio_callback_reads_its_threads_scheduling_at_its_first_callback():
+    """The first callback records whether its thread is real-time (sdga-play warns when it is not)."""
+    import os
+    import threading
+    from types import SimpleNamespace
+
+    from instrument.io.audio import AudioOutput, thread_scheduling
+
+    engine = Engine(random_bundle())
+    engine.prepare(48000, 128, 2)
+    audio = AudioOutput(engine, EventQueue())
+    assert audio.thread_scheduling == ""
+    audio._callback(np.zeros((128, 2), np.float32), 128, None, SimpleNamespace(output_underflow=False))
+    assert audio.thread_scheduling == "normal (not real-time)"          # pytest's main thread
+    seen = []
+
+    def realtime() -> None:                       # a SCHED_FIFO thread, where this process may make one
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+        except (AttributeError, OSError):
+            seen.append(None)
+            return
+        seen.append(thread_scheduling())
+
+    worker = threading.Thread(target=realtime)
+    worker.start()
+    worker.join()
+    if seen == [None]:
+        pytest.skip("this process may not make a real-time thread")
+    assert seen == ["real-time (SCHED_FIFO 20)"]
+
+
 def test_audio_callback_measures_load_and_feeds_tap_and_hooks():
     """The callback (called directly, no stream): load ring and histogram, startup underflows, the tap sees every
     block, block_events adds events, and a failing hook leaves the queued events playing."""

@@ -235,6 +235,9 @@ def test_midi_notes_play_at_their_pitch(jack, model_path, tmp_path):
     # loaded machine the file is shorter than the wall-clock duration).
     assert len(audio) == 128 * stats["callbacks"] and 1.0 * SR <= len(audio) <= 3.6 * SR, len(audio) / SR
     assert any("latency added: block 2.67 ms + control frame" in line for line in player.lines), player.output
+    # the test server runs jackd --no-realtime: the player says its audio thread is not real-time, and how to fix it
+    assert stats["audio_thread"] == "normal (not real-time)"
+    assert any("audio thread is not real-time" in line and "jackd -R" in line for line in player.lines), player.output
     assert "sdga_test_keys:out" in stats["midi"]["ports"] and "sdga:sdga" in stats["midi"]["ports"]
     assert stats["midi"]["received"] == 2 and stats["midi"]["malformed"] == 0
     assert stats["engine_errors"] == 0 and stats["dropped_events"] == 0 and stats["record"]["dropped_blocks"] == 0

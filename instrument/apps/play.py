@@ -642,6 +642,15 @@ def _start_audio(args, session: Session, log) -> bool:
     log(f"audio: {info['name']} ({channels} ch, {engine.sample_rate} Hz)")
     log(f"latency added: block {block_ms:.2f} ms + control frame {frame_ms:.2f} ms = {block_ms + frame_ms:.2f} ms; "
         f"PortAudio reports {1000.0 * audio.device_latency_s:.2f} ms output latency")
+    waited = time.monotonic() + 1.0                # the first callback reads its thread's scheduling
+    while not audio.thread_scheduling and time.monotonic() < waited:
+        time.sleep(0.01)
+    if audio.thread_scheduling.startswith("normal"):
+        print(f"{PROG}: the audio thread is not real-time (normal scheduling): other programs can delay it and "
+              f"the sound drops out under load; give the audio server real-time scheduling (JACK: jackd -R "
+              f"-P 70, or an rtprio limit for your user)", file=sys.stderr)
+    elif audio.thread_scheduling:
+        log(f"audio thread: {audio.thread_scheduling}")
     if recorder is not None:
         log(f"recording to {args.record}")
     return True

@@ -163,6 +163,7 @@ class Session:
             "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
             "late_callback_log": audio.late_callbacks(), "underflow_times": audio.underflow_times(),
             "callback_diagnostics": audio.callback_diagnostics(), "collections": audio.collections(),
+            "audio_thread": audio.thread_scheduling,
             "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
             "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
             "engine_errors": engine.stats.errors, "engine_last_error": engine.stats.last_error,

@@ -38,7 +38,20 @@ try:                                     # per-thread context switches for ``dia
 except ImportError:                      # Windows has no resource module
     resource, RUSAGE_THREAD = None, None
 
-__all__ = ["AudioOutput", "AudioStats", "rescan_audio_devices"]
+__all__ = ["AudioOutput", "AudioStats", "rescan_audio_devices", "thread_scheduling"]
+
+
+def thread_scheduling() -> str:
+    """The calling thread's scheduling in words: "real-time (SCHED_FIFO 65)", "normal (not real-time)", or
+    "unknown" where the platform does not say."""
+    try:
+        policy = os.sched_getscheduler(0)
+        names = {getattr(os, name): name for name in ("SCHED_FIFO", "SCHED_RR") if hasattr(os, name)}
+        if policy in names:
+            return f"real-time ({names[policy]} {os.sched_getparam(0).sched_priority})"
+        return "normal (not real-time)"
+    except (AttributeError, OSError):
+        return "unknown"
 
 
 def rescan_audio_devices() -> None:
@@ -126,9 +139,12 @@ class AudioOutput:
         self.stall_s = max(float(stall_s), 20.0 * self._budget_s)
         self._watch = (-1, math.inf)
         self.lost = ""                  # why the stream stopped on its own ("" while it plays)
+        self.thread_scheduling = ""     # the callback thread's scheduling, read at its first callback
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         started = time.perf_counter()
+        if not self.thread_scheduling:                   # the first callback only (start-up)
+            self.thread_scheduling = thread_scheduling()
         usage = resource.getrusage(RUSAGE_THREAD) if self.diagnose else None
         if usage is not None and self._callback_thread == -1:
             self._callback_thread = threading.get_ident()
