@@ -190,12 +190,14 @@ def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], row
     - ``overran`` — one ran longer than the block on the CPU (its thread's CPU clock): sdga's own compute;
     - ``stall`` — a probe saw the machine stall (as in _print_stalls);
     - ``driver late`` — jackd's driver thread (the top real-time priority, sleeping to each cycle's deadline on
-      a timer) logged that it woke late in those 20 ms (``driver_late``: from the stamped jackd log): the
+      a timer) logged that it woke >= OFF_CPU_MS late in those 20 ms (``driver_late``: from the stamped jackd log): the
       kernel did not run the highest-priority thread on time, i.e. the vCPU was not running;
     - ``stolen`` — one lost >= OFF_CPU_MS of its wall time neither running, nor runnable on a run queue, nor
       asleep (no voluntary switch): the vCPU itself was not running (the guest's steal-time accounting keeps it
       off the thread's CPU clock). The probes miss stalls shorter than 1 ms plus their period;
-    - ``waited`` — one slept inside (a voluntary switch: the GIL or a lock) for >= OFF_CPU_MS;
+    - ``waited`` — one slept inside (a voluntary switch: the GIL or a lock) for >= OFF_CPU_MS, or began over
+      half a block late after sleeping more than once since the previous callback (it is woken once a cycle;
+      more is the GIL at its entry, which sounddevice's C callback takes before any of ours runs);
     - ``preempted`` — one sat runnable >= OFF_CPU_MS while another thread of higher priority ran (the kernel's
       run-queue wait; on the audio thread's real-time priority only jackd, the probes and kernel threads can);
     - ``queued`` — one began over half a block late after waiting >= OFF_CPU_MS runnable (woken on time; the
@@ -221,11 +223,12 @@ def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], row
             counts["overran"] += 1
         elif any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls):
             counts["stall"] += 1
-        elif any(u - 0.02 <= t <= u + 0.005 for t, _ in driver_late):
+        elif any(u - 0.02 <= t <= u + 0.005 and ms >= OFF_CPU_MS for t, ms in driver_late):
             counts["driver late"] += 1
         elif any(lost(r) >= OFF_CPU_MS and r["voluntary_during"] == 0 for r in before):
             counts["stolen"] += 1
-        elif any(lost(r) >= OFF_CPU_MS for r in before):
+        elif any(lost(r) >= OFF_CPU_MS or (r["start_delay_ms"] > 0.5 * budget_ms and r["voluntary_before"] > 1)
+                 for r in before):
             counts["waited"] += 1
         elif any(r.get("run_queue_during_ms", 0.0) >= OFF_CPU_MS
                  or ("cpu_ms" not in r and r["involuntary_before"] + r["involuntary_during"] > 0) for r in before):

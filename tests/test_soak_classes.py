@@ -35,7 +35,8 @@ def test_each_underflow_gets_the_first_class_that_explains_it():
         "stall": ([row(3.0, compute_ms=3.0, cpu_ms=0.5)], [(3.005, 2.0)], [], []),
         "driver late": ([row(4.0, start_delay_ms=2.0)], [], [(4.0, 2.0)], []),
         "stolen": ([row(5.0, compute_ms=2.9, cpu_ms=0.6)], [], [], []),
-        "waited": ([row(6.0, compute_ms=2.9, cpu_ms=0.6, voluntary_during=1)], [], [], []),
+        "waited": ([row(6.0, compute_ms=2.9, cpu_ms=0.6, voluntary_during=1)], [], [(6.0, 0.04)], []),
+        "waited ": ([row(6.5, start_delay_ms=2.4, voluntary_before=4)], [], [], []),   # the GIL at its entry
         "preempted": ([row(7.0, compute_ms=2.9, cpu_ms=0.6, run_queue_during_ms=2.2, involuntary_during=3)], [], [], []),
         "queued": ([row(8.0, start_delay_ms=2.0, run_queue_before_ms=1.9)], [], [], []),
         "woken late": ([row(9.0, start_delay_ms=2.0)], [], [], []),
@@ -46,7 +47,7 @@ def test_each_underflow_gets_the_first_class_that_explains_it():
         underflow = rows[0]["perf_counter"] + 0.01
         counts = bench_soak.classify_underflows([("SCHED_FIFO 50 on CPU 0", stalls)], rows, [underflow], BUDGET_MS,
                                                 collections, driver)
-        assert counts[expected] == 1 and sum(counts.values()) == 1, (expected, counts)
+        assert counts[expected.strip()] == 1 and sum(counts.values()) == 1, (expected, counts)
     assert set(bench_soak.MACHINE_CLASSES) == {"stall", "driver late", "stolen"}
 
 

@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     r.add_argument("--quiet", action="store_true", help="no status line")
     r.add_argument("--diagnose-callbacks", action="store_true",
-                   help="record the audio thread's context switches around late callbacks in --stats-json "
-                        "(benchmarks: allocates a little in the callback)")
+                   help="record the audio thread's context switches, CPU time and run-queue wait around late "
+                        "callbacks, and every garbage collection, in --stats-json (benchmarks: allocates a little "
+                        "in the callback)")
     r.add_argument("--stats-json", type=Path, default=None, metavar="FILE", help="write the exit summary as JSON")
     return p
 
