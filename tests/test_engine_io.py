@@ -356,7 +356,8 @@ def test_audio_callback_diagnostics_record_context_switches_of_notable_callbacks
     other = threading.Thread(target=gc.collect)               # and in another
     other.start()
     other.join()
-    audio.close()                                             # stops logging collections
+    audio.close()                                             # stops logging collections, closes schedstat
+    assert audio._schedstat_fd == -1
     count = len(audio.collections())
     gc.collect()
     logged = audio.collections()

@@ -343,6 +343,7 @@ class AudioOutput:
             gc.callbacks.remove(self._log_collection)
         stream, self._stream = self._stream, None
         if stream is None:
+            self._close_schedstat()
             return True
         lost = bool(self.lost) or not stream.active
 
@@ -362,7 +363,17 @@ class AudioOutput:
             atexit.unregister(sd._exit_handler)
             self.lost = self.lost or "the audio stream did not stop (the audio server hangs or died)"
             return False
+        self._close_schedstat()
         return True
+
+    def _close_schedstat(self) -> None:
+        """Once no callback runs: the fd belongs to the stopped stream's callback thread; a new one opens its own."""
+        if self._schedstat_fd >= 0:
+            fd, self._schedstat_fd = self._schedstat_fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __enter__(self) -> "AudioOutput":
         return self.start()
