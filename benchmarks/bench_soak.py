@@ -22,9 +22,17 @@ callback that only writes zeros. Underflows that happen there are the machine's 
 threads), not the engine's. ``--null-busy-ms X`` makes that callback spin X ms holding the GIL: the engine's
 compute time without the engine.
 
-Alongside every run a stall probe per CPU (a SCHED_FIFO 50 thread pinned to it, in its own process, above JACK's
-threads) wakes every ``--probe-period-ms`` (2.67 ms) and logs wake-ups more than 1 ms late: stalls of the machine itself (on this VM, a
+Alongside every run a stall probe per CPU (a SCHED_FIFO ``--probe-priority`` 80 thread pinned to it, in its own
+process, above JACK's threads) wakes every ``--probe-period-ms`` (2.67 ms) and logs wake-ups more than 1 ms late: stalls of the machine itself (on this VM, a
 vCPU not running). The summary says how many of the run's underflows fell in such a stall.
+
+sdga-play runs with ``--diagnose-callbacks``: each late callback's context switches, its thread's CPU time and
+run-queue wait, and every garbage collection; jackd's log is stamped line by line (its driver's late wake-ups).
+:func:`classify_underflows` puts every underflow in one class from those; ``stall``, ``driver late`` and
+``stolen`` are the machine's. With ``--realtime`` jackd runs at ``--jack-priority`` 70 (its clients at 65, above
+the kernel's interrupt threads, as on stage), still below the probes: a probe that outranks the audio thread and
+wakes late saw a CPU that not even the top priority got, so a long callback inside such a stall is the
+machine's (this VM's steal-time accounting misses some stalls: they land on the thread's CPU clock).
 """
 from __future__ import annotations
 
@@ -89,13 +97,14 @@ def _print_xruns(log: Path) -> None:
 STALL_MS = 1.0
 
 
-def stall_probe(seconds: float, out_path: Path, cpu: int | None = None, period_ms: float = 0.5) -> int:
-    """A SCHED_FIFO 50 thread (above JACK's), pinned to ``cpu``, that sleeps to a deadline every ``period_ms`` and
+def stall_probe(seconds: float, out_path: Path, cpu: int | None = None, period_ms: float = 0.5,
+                priority: int = 80) -> int:
+    """A SCHED_FIFO ``priority`` thread (above JACK's), pinned to ``cpu``, that sleeps to a deadline every ``period_ms`` and
     appends "perf_counter lateness_ms" to out_path for every wake-up more than STALL_MS late: stalls of that
     CPU (on a VM: its vCPU not running), which no priority or GIL handling inside sdga-play can avoid."""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
-        policy = "SCHED_FIFO 50"
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        policy = f"SCHED_FIFO {priority}"
     except (AttributeError, OSError):
         policy = "normal priority"
     if cpu is not None:
@@ -178,12 +187,33 @@ OFF_CPU_MS = 0.5            # time a callback lost that counts as taken from it 
 MACHINE_CLASSES = ("stall", "driver late", "stolen")
 
 
+def probe_outranks(probes: list[tuple[str, list[tuple[float, float]]]], audio_thread: str) -> bool:
+    """Whether the probes ran at a real-time priority above the audio thread's (sdga-play's ``audio_thread``,
+    e.g. "real-time (SCHED_FIFO 65)"; a normal-priority audio thread is outranked by any real-time probe)."""
+    def priority(text: str) -> int | None:
+        for policy in ("SCHED_FIFO ", "SCHED_RR "):
+            if policy in text:
+                digits = text.split(policy, 1)[1].split()[0].strip("),")
+                return int(digits) if digits.isdigit() else None
+        return None
+
+    probe = priority(probes[0][0]) if probes else None
+    if probe is None:
+        return False
+    audio = priority(audio_thread)
+    return audio is None and audio_thread.startswith("normal") or (audio is not None and probe > audio)
+
+
 def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], rows: list[dict], underflows: list[float],
                         budget_ms: float, collections: list[dict] = (),
-                        driver_late: list[tuple[float, float]] = ()) -> dict[str, int]:
+                        driver_late: list[tuple[float, float]] = (), probe_outranks_audio: bool = False
+                        ) -> dict[str, int]:
     """Every underflow after the first second, in one class, by the diagnosed callbacks of the 20 ms before the
-    one that reported it, first match wins (``collected`` and ``overran`` come before ``stall``: sdga's own
-    long callbacks also keep a probe below the audio threads from running):
+    one that reported it, first match wins. ``overran`` comes before ``stall`` unless ``probe_outranks_audio``
+    (the probes' real-time priority is above the audio thread's): a long callback of sdga's own also keeps a
+    probe *below* it from running, so there a probe's stall does not clear it; a probe *above* it that woke
+    late was kept off a CPU that even the top priority did not get: the machine's, whatever the callback's CPU
+    clock says (this VM's steal-time accounting does not catch every stall: some land on the thread's clock).
 
     - ``collected`` — Python's garbage collector ran in the audio thread within those 20 ms (``collections``:
       sdga-play's log of them): sdga's own;
@@ -217,11 +247,13 @@ def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], row
 
     for u in underflows:
         before = [r for r in rows if u - 0.02 <= r["perf_counter"] <= u]
+        overran = any(r.get("cpu_ms", r["compute_ms"]) > budget_ms for r in before)
+        stalled = any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls)
         if any(c["in_callback_thread"] and u - 0.025 <= c["perf_counter"] <= u for c in collections):
             counts["collected"] += 1
-        elif any(r.get("cpu_ms", r["compute_ms"]) > budget_ms for r in before):
+        elif overran and not (stalled and probe_outranks_audio):
             counts["overran"] += 1
-        elif any(w - ms / 1000.0 - 0.005 <= u <= w + 0.02 for w, ms in stalls):
+        elif stalled:
             counts["stall"] += 1
         elif any(u - 0.02 <= t <= u + 0.005 and ms >= OFF_CPU_MS for t, ms in driver_late):
             counts["driver late"] += 1
@@ -307,18 +339,21 @@ def main(argv=None) -> int:
                    help="the null player's callback spins this long holding the GIL (the engine's compute, without the engine)")
     p.add_argument("--probe-period-ms", type=float, default=1000.0 * 128 / 48000,
                    help="how often each stall probe wakes (the probes see every stall longer than 1 ms + this)")
-    p.add_argument("--as-stall-probe", nargs=4, metavar=("SECONDS", "OUT", "CPU", "PERIOD_MS"), help=argparse.SUPPRESS)
+    p.add_argument("--probe-priority", type=int, default=80,
+                   help="the stall probes' SCHED_FIFO priority (above the audio threads, so a late probe means the machine)")
+    p.add_argument("--as-stall-probe", nargs=5, metavar=("SECONDS", "OUT", "CPU", "PERIOD_MS", "PRIORITY"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--as-null-player", nargs=4, metavar=("SECONDS", "BLOCK", "STATS", "BUSY"), help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work folder (recording, stats, jackd log)")
     p.add_argument("--realtime", action="store_true",
                    help="run jackd with real-time scheduling (as on stage; needs root or an rtprio limit)")
     p.add_argument("--jack-priority", type=int, default=70,
                    help="with --realtime: jackd's priority (-P; clients run 5 below): 70 puts the audio threads above "
-                        "the stall probes (SCHED_FIFO 50), so the probes never preempt them; jackd's default is 10")
+                        "the kernel's interrupt threads (SCHED_FIFO 50), as on stage; jackd's default is 10")
     args = p.parse_args(argv)
     if args.as_stall_probe:
         return stall_probe(float(args.as_stall_probe[0]), Path(args.as_stall_probe[1]), int(args.as_stall_probe[2]),
-                           float(args.as_stall_probe[3]))
+                           float(args.as_stall_probe[3]), int(args.as_stall_probe[4]))
     if args.as_null_player:
         return null_player(float(args.as_null_player[0]), int(args.as_null_player[1]), Path(args.as_null_player[2]),
                            float(args.as_null_player[3]))
@@ -356,7 +391,8 @@ def main(argv=None) -> int:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
         stall_files = [work / f"stalls_cpu{cpu}.txt" for cpu in cpus]
         probes = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--as-stall-probe",
-                                    str(args.seconds + 60.0), str(path), str(cpu), str(args.probe_period_ms)])
+                                    str(args.seconds + 60.0), str(path), str(cpu), str(args.probe_period_ms),
+                                    str(args.probe_priority)])
                   for cpu, path in zip(cpus, stall_files)]
         player = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, bufsize=1)
@@ -475,7 +511,8 @@ def main(argv=None) -> int:
               + f"), longest {max(c['ms'] for c in collections):.2f} ms; in the audio thread: {len(mine)}"
               + (f", longest {max(c['ms'] for c in mine):.2f} ms" if mine else ""))
     classes = classify_underflows(probe_stalls, stats.get("callback_diagnostics", []), stats.get("underflow_times", []),
-                                  1000.0 * args.block_size / 48000, collections, driver_late_times(work / "jackd.log"))
+                                  1000.0 * args.block_size / 48000, collections, driver_late_times(work / "jackd.log"),
+                                  probe_outranks(probe_stalls, stats.get("audio_thread", "")))
     print("  underflows by class: " + ", ".join(f"{name} {n}" for name, n in classes.items())
           + f" (outside a probe-seen stall: {sum(classes.values()) - classes['stall']}; outside the machine's "
           f"stalls (probe-seen, driver late or stolen): {sum(n for k, n in classes.items() if k not in MACHINE_CLASSES)})")

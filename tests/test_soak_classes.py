@@ -51,6 +51,19 @@ def test_each_underflow_gets_the_first_class_that_explains_it():
     assert set(bench_soak.MACHINE_CLASSES) == {"stall", "driver late", "stolen"}
 
 
+def test_a_long_callback_in_a_stall_is_the_machines_only_where_the_probe_outranks_the_audio_thread():
+    rows = [row(1.0, compute_ms=8.7, cpu_ms=8.7)]             # charged to the thread's clock, but the probe above
+    stalls = [("SCHED_FIFO 50 on CPU 1, every 2.67 ms", [(1.008, 6.0)])]      # it was kept off the CPU too
+    below = bench_soak.classify_underflows(stalls, rows, [1.01], BUDGET_MS, probe_outranks_audio=False)
+    above = bench_soak.classify_underflows(stalls, rows, [1.01], BUDGET_MS, probe_outranks_audio=True)
+    assert below["overran"] == 1 and above["stall"] == 1
+    assert bench_soak.probe_outranks(stalls, "real-time (SCHED_FIFO 5)")
+    assert not bench_soak.probe_outranks(stalls, "real-time (SCHED_FIFO 65)")
+    assert bench_soak.probe_outranks(stalls, "normal (not real-time)")
+    assert not bench_soak.probe_outranks([("normal priority on CPU 0", [])], "normal (not real-time)")
+    assert not bench_soak.probe_outranks(stalls, "")
+
+
 def test_old_rows_without_the_cpu_clock_still_classify():
     old = {k: v for k, v in row(1.0, involuntary_during=2).items()
            if k not in ("cpu_ms", "run_queue_before_ms", "run_queue_during_ms")}
