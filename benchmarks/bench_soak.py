@@ -81,23 +81,21 @@ def _print_xruns(log: Path) -> None:
     callback's client; "Triggered": woken but not yet run, "Running": still in its process callback), and the
     dummy driver's own late wake-ups (the machine's scheduling), with how late."""
     counts: dict[str, int] = {}
-    driver_us: list[int] = []
+    driver = driver_late_times(log)
     for line in log.read_text(errors="replace").splitlines():
-        if "JackTimedDriver::Process XRun" in line:
-            driver_us.append(int(line.rsplit("=", 1)[1].split()[0]))
-        elif "was not finished" in line:
+        if "was not finished" in line:
             client = line.split(" was not finished")[0].split("client = ")[-1]
             state = line.split("state = ")[-1].strip() if "state = " in line else "?"
             key = f"{client} ({state})"
             counts[key] = counts.get(key, 0) + 1
     print("  jackd xruns: " + (", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none")
-          + "; driver woke late: " + (", ".join(f"{us / 1000:.2f}" for us in driver_us) + " ms" if driver_us else "never"))
+          + "; driver woke late: " + (", ".join(f"{ms:.2f}" for _, ms in driver) + " ms" if driver else "never"))
 
 
 STALL_MS = 1.0
 
 
-def stall_probe(seconds: float, out_path: Path, cpu: int | None = None, period_ms: float = 0.5,
+def stall_probe(seconds: float, out_path: Path, cpu: int | None = None, period_ms: float = 1000.0 * 128 / 48000,
                 priority: int = 80) -> int:
     """A SCHED_FIFO ``priority`` thread (above JACK's), pinned to ``cpu``, that sleeps to a deadline every ``period_ms`` and
     appends "perf_counter lateness_ms" to out_path for every wake-up more than STALL_MS late: stalls of that
@@ -201,7 +199,7 @@ def probe_outranks(probes: list[tuple[str, list[tuple[float, float]]]], audio_th
     if probe is None:
         return False
     audio = priority(audio_thread)
-    return audio is None and audio_thread.startswith("normal") or (audio is not None and probe > audio)
+    return audio_thread.startswith("normal") or (audio is not None and probe > audio)
 
 
 def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], rows: list[dict], underflows: list[float],

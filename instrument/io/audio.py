@@ -80,11 +80,11 @@ class AudioStats:
 LOAD_BINS_PER_UNIT = 200           # load histogram: 0.5 % bins ...
 LOAD_MAX = 4.0                     # ... up to 400 % of the block budget (the last bin collects the rest)
 # What --diagnose-callbacks records of each notable callback (times in ms; perf_counter in s at its entry).
-DIAGNOSTIC_FIELDS = ("perf_counter", "compute_ms", "start_delay_ms", "underflow",
-                     "voluntary_before", "involuntary_before", "voluntary_during", "involuntary_during",
-                     "cpu_ms",                  # the thread's run time during it (compute_ms less time off the CPU)
-                     "run_queue_before_ms",     # runnable but not running since the previous callback's end
-                     "run_queue_during_ms")     # runnable but not running during it (preempted by another thread)
+SWITCH_FIELDS = ("voluntary_before", "involuntary_before", "voluntary_during", "involuntary_during")
+CLOCK_FIELDS = ("cpu_ms",                   # the thread's run time during it (compute_ms less time off the CPU)
+                "run_queue_before_ms",      # runnable but not running since the previous callback's end
+                "run_queue_during_ms")      # runnable but not running during it (preempted by another thread)
+DIAGNOSTIC_FIELDS = ("perf_counter", "compute_ms", "start_delay_ms", "underflow", *SWITCH_FIELDS, *CLOCK_FIELDS)
 LOGGED_CALLBACKS = 4096            # underflow times and diagnosed callbacks kept (preallocated; 64: 11 s at block 64)
 
 
@@ -149,7 +149,7 @@ class AudioOutput:
         if usage is not None and self._callback_thread == -1:
             self._callback_thread = threading.get_ident()
             gc.callbacks.append(self._log_collection)
-        sched = self._schedstat() if usage is not None else None
+        sched = self._thread_clocks() if usage is not None else None
         stats = self.stats
         notable = False                  # began late, overran, or reported an underflow after start-up
         delay = started - self._previous_start - self._budget_s          # nan at the first callback
@@ -198,7 +198,7 @@ class AudioOutput:
         if elapsed * 1000.0 > stats.max_callback_ms:
             stats.max_callback_ms = elapsed * 1000.0
         if usage is not None:
-            self._record_switches(started, elapsed, delay, bool(status.output_underflow), notable, usage, sched)
+            self._record_diagnostics(started, elapsed, delay, bool(status.output_underflow), notable, usage, sched)
 
     def _log_collection(self, phase: str, info: dict) -> None:
         """gc.callbacks hook (diagnose only): logs each collection's start, duration, generation and thread."""
@@ -215,7 +215,7 @@ class AudioOutput:
         return [{"perf_counter": round(float(t), 6), "ms": round(float(ms), 3), "generation": int(g),
                  "in_callback_thread": bool(mine)} for t, ms, g, mine in self._gc_log[:self._gc_count]]
 
-    def _schedstat(self) -> tuple[int, int]:
+    def _thread_clocks(self) -> tuple[int, int]:
         """(ns run, ns waited on a run queue) of the calling thread so far. The run time is the thread's CPU
         clock (schedstat's own run time only moves at scheduler ticks and switches); the wait is schedstat's (it
         grows when a wait ends, at the switch that runs the thread); 0 where unreadable."""
@@ -227,10 +227,10 @@ class AudioOutput:
         except (OSError, ValueError, IndexError):
             return run_ns, 0
 
-    def _record_switches(self, started: float, elapsed: float, delay: float, underflow: bool, notable: bool,
+    def _record_diagnostics(self, started: float, elapsed: float, delay: float, underflow: bool, notable: bool,
                          usage, sched: tuple[int, int]) -> None:
         end = resource.getrusage(RUSAGE_THREAD)
-        end_sched = self._schedstat()
+        end_sched = self._thread_clocks()
         before = (usage.ru_nvcsw - self._switches[0], usage.ru_nivcsw - self._switches[1])
         self._switches = (end.ru_nvcsw, end.ru_nivcsw)
         queued_before_ns = sched[1] - self._run_queue_ns
@@ -267,18 +267,17 @@ class AudioOutput:
         return [round(float(t), 6) for t in self._underflow_log[:n]]
 
     def callback_diagnostics(self) -> list[dict]:
-        """With ``diagnose``: the notable callbacks (overran, began late, or reported an underflow) and the
-        callback thread's context switches before and during each."""
-        rows = []
-        for values in self._diag[:self._diag_count]:
-            row = dict(zip(DIAGNOSTIC_FIELDS, (float(v) for v in values)))
-            for key in ("perf_counter", "compute_ms", "start_delay_ms", *DIAGNOSTIC_FIELDS[8:]):
-                row[key] = round(row[key], 6 if key == "perf_counter" else 3)
-            row["underflow"] = bool(row["underflow"])
-            for key in DIAGNOSTIC_FIELDS[4:8]:
-                row[key] = int(row[key])
-            rows.append(row)
-        return rows
+        """With ``diagnose``: the notable callbacks (overran, began late, or reported an underflow), each with the
+        callback thread's context switches, CPU time and run-queue wait (DIAGNOSTIC_FIELDS)."""
+        def value(key: str, v: float):
+            if key in SWITCH_FIELDS:
+                return int(v)
+            if key == "underflow":
+                return bool(v)
+            return round(float(v), 6 if key == "perf_counter" else 3)
+
+        return [{key: value(key, v) for key, v in zip(DIAGNOSTIC_FIELDS, values)}
+                for values in self._diag[:self._diag_count]]
 
     def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
         """Callback loads (compute time / block duration) of about the last ``seconds`` (a copy; any thread)."""
