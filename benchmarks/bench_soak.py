@@ -17,22 +17,27 @@ Timings depend on what else the machine runs: the load average is printed.
 that switches models with crossfades, to compare with ``--set`` alone (no switches).
 
 ``--null`` measures the machine's floor instead: the same JACK server, MIDI and OSC traffic and I/O threads
-(MidiInput in its child process, OscServer, the EventQueue drained by the callback), but a Python audio
-callback that only writes zeros. Underflows that happen there are the machine's (scheduling of JACK's
-threads), not the engine's. ``--null-busy-ms X`` makes that callback spin X ms holding the GIL: the engine's
-compute time without the engine.
+(MidiInput in its child process, OscServer, the EventQueue drained by the callback) and the same AudioOutput
+with the same diagnostics, classified the same way, but an engine that only writes zeros. Underflows that
+happen there are the machine's (scheduling of JACK's threads and of a Python callback), not the engine's.
+``--null-busy-ms X`` makes that callback spin X ms holding the GIL: the engine's compute time without the
+engine (sdga-play's median at block 128 with 8 voices is about 0.4-0.5 ms).
 
 Alongside every run a stall probe per CPU (a SCHED_FIFO ``--probe-priority`` 80 thread pinned to it, in its own
-process, above JACK's threads) wakes every ``--probe-period-ms`` (2.67 ms) and logs wake-ups more than 1 ms late: stalls of the machine itself (on this VM, a
-vCPU not running). The summary says how many of the run's underflows fell in such a stall.
+process, above JACK's threads) wakes every ``--probe-period-ms`` (2.67 ms) and logs wake-ups more than 1 ms late:
+stalls of the machine itself (on this VM, a vCPU not running). The summary says how many of the run's underflows
+fell in such a stall. A denser period (0.5 ms) sees every stall over 1.5 ms, but its wake-ups preempt a callback
+3-10 times, which made sdga's callbacks sit runnable 0.7-2.5 ms inside themselves (2026-12-08): the period stays at
+a block.
 
 sdga-play runs with ``--diagnose-callbacks``: each late callback's context switches, its thread's CPU time and
 run-queue wait, and every garbage collection; jackd's log is stamped line by line (its driver's late wake-ups).
-:func:`classify_underflows` puts every underflow in one class from those; ``stall``, ``driver late`` and
-``stolen`` are the machine's. With ``--realtime`` jackd runs at ``--jack-priority`` 70 (its clients at 65, above
-the kernel's interrupt threads, as on stage), still below the probes: a probe that outranks the audio thread and
-wakes late saw a CPU that not even the top priority got, so a long callback inside such a stall is the
-machine's (this VM's steal-time accounting misses some stalls: they land on the thread's CPU clock).
+:func:`classify_underflows` puts every underflow in one class from those; ``stall``, ``driver late`` and ``stolen``
+are the machine's, and ``preempted`` where the audio thread is real-time (:func:`machine_classes`). With
+``--realtime`` jackd runs at ``--jack-priority`` 70 (its clients at 65, above the kernel's interrupt threads, as on
+stage), still below the probes: a probe that outranks the audio thread and wakes late saw a CPU that not even the
+top priority got, so a long callback inside such a stall is the machine's (this VM's steal-time accounting misses
+some stalls: they land on the thread's CPU clock).
 """
 from __future__ import annotations
 
@@ -183,6 +188,17 @@ def _print_diagnostics(probes: list[tuple[str, list[tuple[float, float]]]], rows
 
 OFF_CPU_MS = 0.5            # time a callback lost that counts as taken from it (a fifth of a block at 128)
 MACHINE_CLASSES = ("stall", "driver late", "stolen")
+# and, where the audio thread runs real-time, above every thread of sdga's own (JACK runs its clients' threads,
+# the MIDI child's too, at one priority, and SCHED_FIFO does not preempt at equal priority): time it sat
+# runnable *inside* a callback, which only jackd, the probes, kernel threads or a vCPU stolen while one of them
+# ran can take
+REALTIME_MACHINE_CLASSES = MACHINE_CLASSES + ("preempted",)
+
+
+def machine_classes(audio_thread: str) -> tuple[str, ...]:
+    """The classes that are the machine's for an audio thread of this scheduling (sdga-play's ``audio_thread``,
+    e.g. "real-time (SCHED_FIFO 65)"; "" where unknown: the narrow set)."""
+    return REALTIME_MACHINE_CLASSES if audio_thread.startswith("real-time") else MACHINE_CLASSES
 
 
 def probe_outranks(probes: list[tuple[str, list[tuple[float, float]]]], audio_thread: str) -> bool:
@@ -235,7 +251,8 @@ def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], row
     - ``unexplained`` — every callback near it began and ended in time: the server's side, or PortAudio's.
 
     Rows from before the CPU clock was recorded (no ``cpu_ms``) fall back on the wall time and the switch counts.
-    ``stall``, ``driver late`` and ``stolen`` are the machine's (MACHINE_CLASSES); the rest count against sdga."""
+    ``stall``, ``driver late`` and ``stolen`` are the machine's (MACHINE_CLASSES), and ``preempted`` too where
+    the audio thread is real-time (:func:`machine_classes`); the rest count against sdga."""
     stalls = [stall for _, found in probes for stall in found]
     counts = {name: 0 for name in ("collected", "overran", "stall", "driver late", "stolen", "waited", "preempted", "queued", "woken late",
                                    "finished late", "unexplained")}
@@ -275,51 +292,89 @@ def classify_underflows(probes: list[tuple[str, list[tuple[float, float]]]], row
     return counts
 
 
+class _NullEngine:
+    """What AudioOutput needs of an engine, without one: drains the events, writes zeros, and with ``busy_s``
+    spins that long holding the GIL (the engine's compute time, without the engine)."""
+
+    def __init__(self, block_size: int, busy_ms: float = 0.0):
+        self.block_size, self.sample_rate = int(block_size), 48000
+        self.state = ()                               # "prepared"
+        self.busy_s = busy_ms / 1000.0
+        self.events = 0
+
+    def process(self, events, out) -> None:
+        started = time.perf_counter()
+        for _ in events:
+            self.events += 1
+        out.fill(0.0)
+        while time.perf_counter() - started < self.busy_s:
+            pass
+
+
 def null_player(seconds: float, block_size: int, stats_path: Path, busy_ms: float = 0.0) -> int:
-    """What sdga-play's I/O does, without the engine: prints the two lines the soak waits for, writes stats."""
-    import sounddevice as sd
+    """What sdga-play's I/O does, without the engine: the same AudioOutput (with --diagnose-callbacks' clocks), MIDI
+    child process, OSC server and collector freeze; prints the two lines the soak waits for, writes the stats the
+    classification reads."""
+    import gc
 
     from instrument.engine.events import EventQueue
+    from instrument.io.audio import AudioOutput
     from instrument.io.midi import MidiInput
     from instrument.io.osc import OscServer
 
     queue = EventQueue()
-    counts = {"callbacks": 0, "underflows": 0, "startup_underflows": 0, "late_callbacks": 0, "events": 0}
-    budget = block_size / 48000
-    busy_s = busy_ms / 1000.0
-    underflow_times: list[float] = []
-
-    def callback(outdata, frames, time_info, status):
-        started = time.perf_counter()
-        if status.output_underflow:
-            counts["underflows"] += 1
-            if counts["callbacks"] < 48000 // block_size:
-                counts["startup_underflows"] += 1
-            else:
-                underflow_times.append(started)
-        counts["events"] += sum(1 for _ in queue.drain())
-        outdata.fill(0.0)
-        while time.perf_counter() - started < busy_s:     # --null-busy-ms: stand-in for the engine's compute
-            pass
-        counts["callbacks"] += 1
-        if time.perf_counter() - started > budget:
-            counts["late_callbacks"] += 1
-
+    engine = _NullEngine(block_size, busy_ms)
     with MidiInput(queue, virtual_name="sdga", api="UNIX_JACK", connect="soak_keys:out", client_name="sdga",
                    separate_process=True) as midi, OscServer(queue, port=0) as osc:
         print(f"OSC: listening on udp 127.0.0.1:{osc.address[1]}", flush=True)
-        stream = sd.OutputStream(48000, block_size, device="JACK", channels=2, dtype="float32",
-                                 latency="low", callback=callback)
-        stream.start()
+        audio = AudioOutput(engine, queue, device="JACK", channels=2, diagnose=True)
+        gc.collect()
+        gc.freeze()
+        audio.start()
         print("sdga-play: playing (null player)", flush=True)
         time.sleep(seconds)
-        stream.stop()
-        stream.close()
-        counts["midi"] = {"received": midi.received, "malformed": midi.malformed}
-        counts["osc"] = {"received": osc.received, "errors": osc.errors}
-        counts["underflow_times"] = underflow_times
+        audio.close()
+        median, p99 = audio.load_percentiles(50, 99)
+        counts = {"callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
+                  "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
+                  "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
+                  "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
+                  "events": engine.events, "underflow_times": audio.underflow_times(),
+                  "callback_diagnostics": audio.callback_diagnostics(), "collections": audio.collections(),
+                  "audio_thread": audio.thread_scheduling,
+                  "midi": {"received": midi.received, "malformed": midi.malformed},
+                  "osc": {"received": osc.received, "errors": osc.errors}}
     stats_path.write_text(json.dumps(counts))
     return 0
+
+
+def _print_accounting(work: Path, args, stats: dict, probe_stalls, code: int, lines: list[str]) -> int:
+    """The part of the summary the player and the null player share: jackd's xruns, the probes' stalls, the
+    diagnosed callbacks, the collections and every underflow's class; removes the work folder unless --keep."""
+    _print_xruns(work / "jackd.log")
+    _print_stalls(probe_stalls, stats.get("underflow_times", []))
+    _print_diagnostics(probe_stalls, stats.get("callback_diagnostics", []), 1000.0 * args.block_size / 48000)
+    collections = stats.get("collections", [])
+    if collections:
+        mine = [c for c in collections if c["in_callback_thread"]]
+        print(f"  garbage collections while playing: {len(collections)} (generations 0/1/2: "
+              + "/".join(str(sum(1 for c in collections if c["generation"] == g)) for g in range(3))
+              + f"), longest {max(c['ms'] for c in collections):.2f} ms; in the audio thread: {len(mine)}"
+              + (f", longest {max(c['ms'] for c in mine):.2f} ms" if mine else ""))
+    classes = classify_underflows(probe_stalls, stats.get("callback_diagnostics", []), stats.get("underflow_times", []),
+                                  1000.0 * args.block_size / 48000, collections, driver_late_times(work / "jackd.log"),
+                                  probe_outranks(probe_stalls, stats.get("audio_thread", "")))
+    machine = machine_classes(stats.get("audio_thread", ""))
+    print("  underflows by class: " + ", ".join(f"{name} {n}" for name, n in classes.items())
+          + f" (outside a probe-seen stall: {sum(classes.values()) - classes['stall']}; outside the machine's "
+          f"({', '.join(machine)}): {sum(n for k, n in classes.items() if k not in machine)})")
+    if code != 0:
+        print("\n".join(lines))
+    if args.keep:
+        print(f"  work folder: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return code
 
 
 def main(argv=None) -> int:
@@ -467,10 +522,11 @@ def main(argv=None) -> int:
         print(f"  underflows after the first second: {stats['underflows'] - stats['startup_underflows']} "
               f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
               f"{stats['callbacks']}")
-        _print_xruns(work / "jackd.log")
-        _print_stalls(probe_stalls, stats.get("underflow_times", []))
-        shutil.rmtree(work, ignore_errors=True)
-        return code
+        print(f"  callbacks that began > half a block late (CPU or GIL wait): {stats['late_starts']}; max start "
+              f"delay {stats['max_start_delay_ms']:.2f} ms; callback load: median {100 * stats['load_median']:.1f}%, "
+              f"p99 {100 * stats['load_p99']:.1f}%, max {stats['max_callback_ms']:.2f} ms; audio thread: "
+              f"{stats['audio_thread']}")
+        return _print_accounting(work, args, stats, probe_stalls, code, lines)
     import soundfile as sf
 
     audio, _ = sf.read(str(work / "take.wav"), dtype="float32")
@@ -498,29 +554,7 @@ def main(argv=None) -> int:
         trace = ", ".join(f"{t:.0f}s {m:.1f}" for t, m in rss)
         print(f"  RSS (MB): start {rss[0][1]:.1f}, end {rss[-1][1]:.1f} (change {rss[-1][1] - rss[0][1]:+.1f}); "
               f"trace: {trace}; at exit, stream closed: {stats['rss_mb']:.1f}")
-    _print_xruns(work / "jackd.log")
-    _print_stalls(probe_stalls, stats.get("underflow_times", []))
-    _print_diagnostics(probe_stalls, stats.get("callback_diagnostics", []), 1000.0 * args.block_size / 48000)
-    collections = stats.get("collections", [])
-    if collections:
-        mine = [c for c in collections if c["in_callback_thread"]]
-        print(f"  garbage collections while playing: {len(collections)} (generations 0/1/2: "
-              + "/".join(str(sum(1 for c in collections if c["generation"] == g)) for g in range(3))
-              + f"), longest {max(c['ms'] for c in collections):.2f} ms; in the audio thread: {len(mine)}"
-              + (f", longest {max(c['ms'] for c in mine):.2f} ms" if mine else ""))
-    classes = classify_underflows(probe_stalls, stats.get("callback_diagnostics", []), stats.get("underflow_times", []),
-                                  1000.0 * args.block_size / 48000, collections, driver_late_times(work / "jackd.log"),
-                                  probe_outranks(probe_stalls, stats.get("audio_thread", "")))
-    print("  underflows by class: " + ", ".join(f"{name} {n}" for name, n in classes.items())
-          + f" (outside a probe-seen stall: {sum(classes.values()) - classes['stall']}; outside the machine's "
-          f"stalls (probe-seen, driver late or stolen): {sum(n for k, n in classes.items() if k not in MACHINE_CLASSES)})")
-    if code != 0:
-        print("\n".join(lines))
-    if args.keep:
-        print(f"  work folder: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return code
+    return _print_accounting(work, args, stats, probe_stalls, code, lines)
 
 
 if __name__ == "__main__":

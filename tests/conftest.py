@@ -7,12 +7,16 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+sys.path.insert(0, os.path.dirname(__file__))
+from jack_dummy import JackUnavailable, jack_dummy_server, jack_unavailable  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +61,32 @@ def sine_wav(tmp_path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def jack_server(tmp_path_factory):
+    """A private JACK server with the dummy driver (48 kHz, 128-frame periods), one per test module that asks;
+    fails where jackd is installed and does not come up (tests/jack_dummy.py), skips where it is not."""
+    name = f"sdga_test_{os.getpid()}"
+    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    portaudio = None
+    try:
+        with jack_dummy_server(name, 48000, 128, tmp_path_factory.mktemp("jack") / "jackd.log"):
+            os.environ["JACK_DEFAULT_SERVER"] = name
+            os.environ["JACK_NO_START_SERVER"] = "1"
+            try:
+                yield name
+            finally:
+                portaudio = sys.modules.get("sounddevice")
+                if portaudio is not None:      # leave JACK while the server is up (PortAudio asserts otherwise)
+                    portaudio._terminate()
+        if portaudio is not None:              # no server now and autostart off: PortAudio comes back without JACK
+            portaudio._initialize()
+    except JackUnavailable as exc:
+        jack_unavailable(str(exc))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

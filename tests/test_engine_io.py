@@ -22,7 +22,7 @@ from instrument.engine.events import (ControlChange, EventQueue, LatentSet, Note
 from instrument.io.osc import DEFAULT_OSC_PORT, OSC_SPECS, OscError, OscServer, osc_event
 
 sys.path.insert(0, os.path.dirname(__file__))
-from jack_dummy import JackUnavailable, jack_dummy_server, jack_unavailable  # noqa: E402
+from jack_dummy import jack_unavailable  # noqa: E402
 
 LATENTS = random_bundle().latents
 
@@ -167,35 +167,7 @@ def test_osc_drives_the_engine():
 
 
 # ---------------------------------------------------------------------------------------------- JACK
-@pytest.fixture(scope="module")
-def jack_server(tmp_path_factory):
-    """A private JACK server with the dummy driver (48 kHz, 128-frame periods), for this module's tests; fails
-    where jackd is installed and does not come up (tests/jack_dummy.py), skips where it is not installed."""
-    name = f"sdga_test_{os.getpid()}"
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    portaudio = None
-    try:
-        with jack_dummy_server(name, 48000, 128, tmp_path_factory.mktemp("jack") / "jackd.log"):
-            os.environ["JACK_DEFAULT_SERVER"] = name
-            os.environ["JACK_NO_START_SERVER"] = "1"
-            try:
-                yield name
-            finally:
-                portaudio = sys.modules.get("sounddevice")
-                if portaudio is not None:      # leave JACK while the server is up (PortAudio asserts otherwise)
-                    portaudio._terminate()
-        if portaudio is not None:              # no server now and autostart off: PortAudio comes back without JACK
-            portaudio._initialize()
-    except JackUnavailable as exc:
-        jack_unavailable(str(exc))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
+# (the jack_server fixture: conftest.py)
 @pytest.mark.parametrize("separate_process", [False, True], ids=["in-process", "child-process"])
 def test_midi_virtual_port_over_jack(jack_server, separate_process):
     import mido

@@ -16,7 +16,6 @@ from instrument.engine.engine import Engine
 from instrument.engine.events import EventQueue, LatentSet, NoteOff, NoteOn, Param, ParamSet, PitchBend
 from instrument.controls.router import load_router
 from instrument.io.osc import OscServer
-from test_engine_io import jack_server  # noqa: F401  (the private dummy JACK server fixture)
 from test_mapping import named_bundle, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

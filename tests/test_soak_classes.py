@@ -49,6 +49,9 @@ def test_each_underflow_gets_the_first_class_that_explains_it():
                                                 collections, driver)
         assert counts[expected.strip()] == 1 and sum(counts.values()) == 1, (expected, counts)
     assert set(bench_soak.MACHINE_CLASSES) == {"stall", "driver late", "stolen"}
+    # a real-time audio thread sits above every thread of sdga's own: what took its CPU inside a callback is not sdga
+    assert set(bench_soak.machine_classes("real-time (SCHED_FIFO 65)")) == {"stall", "driver late", "stolen", "preempted"}
+    assert bench_soak.machine_classes("normal (not real-time)") == bench_soak.machine_classes("") == bench_soak.MACHINE_CLASSES
 
 
 def test_a_long_callback_in_a_stall_is_the_machines_only_where_the_probe_outranks_the_audio_thread():
@@ -86,3 +89,27 @@ def test_jackd_log_lines_are_stamped_with_the_time_they_were_written(tmp_path, m
     ended = time.perf_counter()
     [(when, late_ms)] = bench_soak.driver_late_times(log)
     assert began <= when <= ended and late_ms == 2.48
+
+
+def test_the_null_player_is_the_players_audio_output_without_an_engine():
+    """The floor the soak compares against runs through the same AudioOutput (and its diagnostics) as sdga-play:
+    its engine drains the events, writes zeros and spends the time it is told to."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from instrument.engine.events import EventQueue, NoteOn
+    from instrument.io.audio import AudioOutput
+
+    queue = EventQueue()
+    engine = bench_soak._NullEngine(128, busy_ms=0.3)
+    audio = AudioOutput(engine, queue, diagnose=True)
+    out = np.ones((128, 2), np.float32)
+    for k in range(400):                       # past the first second's start-up underflows (375 blocks)
+        queue.push(NoteOn(60, 100))
+        audio._callback(out, 128, None, SimpleNamespace(output_underflow=k == 390))
+    assert engine.events == 400 and not out.any()
+    assert audio.stats.callbacks == 400 and audio.stats.underflows == 1
+    assert min(audio.recent_loads()) >= 0.3 / BUDGET_MS
+    rows = audio.callback_diagnostics()
+    assert any(r["underflow"] for r in rows) and all("cpu_ms" in r for r in rows)
