@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, os.path.dirname(__file__))
-from jack_dummy import JackUnavailable, jack_dummy_server, jack_unavailable  # noqa: E402
+from jack_dummy import private_jack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -67,26 +67,14 @@ def sine_wav(tmp_path) -> Callable[..., Path]:
 def jack_server(tmp_path_factory):
     """A private JACK server with the dummy driver (48 kHz, 128-frame periods), one per test module that asks;
     fails where jackd is installed and does not come up (tests/jack_dummy.py), skips where it is not."""
+    def leave() -> None:         # leave JACK while the server is up (PortAudio asserts otherwise)
+        if "sounddevice" in sys.modules:
+            sys.modules["sounddevice"]._terminate()
+
+    def come_back() -> None:     # no server now and autostart still off: PortAudio comes back without JACK
+        if "sounddevice" in sys.modules:
+            sys.modules["sounddevice"]._initialize()
+
     name = f"sdga_test_{os.getpid()}"
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    portaudio = None
-    try:
-        with jack_dummy_server(name, 48000, 128, tmp_path_factory.mktemp("jack") / "jackd.log"):
-            os.environ["JACK_DEFAULT_SERVER"] = name
-            os.environ["JACK_NO_START_SERVER"] = "1"
-            try:
-                yield name
-            finally:
-                portaudio = sys.modules.get("sounddevice")
-                if portaudio is not None:      # leave JACK while the server is up (PortAudio asserts otherwise)
-                    portaudio._terminate()
-        if portaudio is not None:              # no server now and autostart off: PortAudio comes back without JACK
-            portaudio._initialize()
-    except JackUnavailable as exc:
-        jack_unavailable(str(exc))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with private_jack(name, tmp_path_factory.mktemp("jack") / "jackd.log", before_stop=leave, after_stop=come_back):
+        yield name

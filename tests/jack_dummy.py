@@ -18,9 +18,10 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-__all__ = ["JackUnavailable", "jack_dummy_server", "jack_env", "jack_installed", "jack_required", "jack_unavailable"]
+__all__ = ["JackUnavailable", "jack_dummy_server", "jack_env", "jack_installed", "jack_required", "jack_unavailable",
+           "private_jack"]
 
 
 class JackUnavailable(RuntimeError):
@@ -128,3 +129,32 @@ def jack_dummy_server(name: str, sample_rate: int = 48000, period: int = 128, lo
                 leftover.unlink()
             except OSError:
                 pass
+
+
+@contextmanager
+def private_jack(name: str, log_path: Path, before_stop: Callable[[], None] | None = None,
+                 after_stop: Callable[[], None] | None = None) -> Iterator[dict[str, str]]:
+    """For a test fixture: a private JACK dummy server (48 kHz, 128-frame periods) that this process's own JACK
+    clients find too (``os.environ``, restored afterwards); :func:`jack_unavailable` where it cannot start.
+    ``before_stop`` runs while the server is still up, ``after_stop`` once it is down (both before the
+    environment is restored)."""
+    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    try:
+        with jack_dummy_server(name, 48000, 128, log_path) as env:
+            os.environ["JACK_DEFAULT_SERVER"] = name
+            os.environ["JACK_NO_START_SERVER"] = "1"
+            try:
+                yield env
+            finally:
+                if before_stop is not None:
+                    before_stop()
+        if after_stop is not None:
+            after_stop()
+    except JackUnavailable as exc:
+        jack_unavailable(str(exc))      # a failure where jackd is installed; a skip where it is not
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

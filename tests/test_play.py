@@ -29,7 +29,7 @@ from instrument.model.bundle import random_bundle, save_bundle
 from instrument.model.modelfile import ModelFileError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from jack_dummy import JackUnavailable, jack_dummy_server, jack_unavailable  # noqa: E402
+from jack_dummy import JackUnavailable, jack_dummy_server, jack_unavailable, private_jack  # noqa: E402
 
 SR = 48000
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,21 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def jack(tmp_path_factory):
     """Environment of a private JACK dummy server (48 kHz, 128-frame periods); also set in os.environ so this
     process's own JACK MIDI ports (the test keyboard) find it."""
-    name = f"sdga_play_{os.getpid()}"
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    try:
-        with jack_dummy_server(name, SR, 128, tmp_path_factory.mktemp("jack") / "jackd.log") as env:
-            os.environ["JACK_DEFAULT_SERVER"] = name
-            os.environ["JACK_NO_START_SERVER"] = "1"
-            yield env
-    except JackUnavailable as exc:
-        jack_unavailable(str(exc))          # a failure where jackd is installed; a skip where it is not
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with private_jack(f"sdga_play_{os.getpid()}", tmp_path_factory.mktemp("jack") / "jackd.log") as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
