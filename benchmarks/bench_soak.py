@@ -334,18 +334,21 @@ def null_player(seconds: float, block_size: int, stats_path: Path, busy_ms: floa
         print("sdga-play: playing (null player)", flush=True)
         time.sleep(seconds)
         audio.close()
-        median, p99 = audio.load_percentiles(50, 99)
-        counts = {"callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
-                  "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
-                  "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
-                  "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
-                  "events": engine.events, "underflow_times": audio.underflow_times(),
-                  "callback_diagnostics": audio.callback_diagnostics(), "collections": audio.collections(),
-                  "audio_thread": audio.thread_scheduling,
+        counts = {**audio.summary(), "events": engine.events,
                   "midi": {"received": midi.received, "malformed": midi.malformed},
                   "osc": {"received": osc.received, "errors": osc.errors}}
     stats_path.write_text(json.dumps(counts))
     return 0
+
+
+def _print_callbacks(stats: dict, block_size: int) -> None:
+    """The callbacks' own figures (from AudioOutput.summary), the same lines for the player and the null player."""
+    print(f"  callbacks that began > half a block late (CPU or GIL wait): {stats['late_starts']}; max start "
+          f"delay {stats['max_start_delay_ms']:.2f} ms; audio thread: {stats['audio_thread']}")
+    if stats["late_callback_log"]:
+        print("  late callbacks (s into the stream, ms): " + ", ".join(f"{t:.2f}s {ms:.1f}" for t, ms in stats["late_callback_log"]))
+    print(f"  callback load: median {100 * stats['load_median']:.1f}%, p99 {100 * stats['load_p99']:.1f}%, max "
+          f"{stats['max_callback_ms']:.2f} ms of {1000 * block_size / 48000:.2f} ms")
 
 
 def _print_accounting(work: Path, args, stats: dict, probe_stalls, code: int, lines: list[str]) -> int:
@@ -353,7 +356,8 @@ def _print_accounting(work: Path, args, stats: dict, probe_stalls, code: int, li
     diagnosed callbacks, the collections and every underflow's class; removes the work folder unless --keep."""
     _print_xruns(work / "jackd.log")
     _print_stalls(probe_stalls, stats.get("underflow_times", []))
-    _print_diagnostics(probe_stalls, stats.get("callback_diagnostics", []), 1000.0 * args.block_size / 48000)
+    budget_ms = 1000.0 * args.block_size / 48000
+    _print_diagnostics(probe_stalls, stats.get("callback_diagnostics", []), budget_ms)
     collections = stats.get("collections", [])
     if collections:
         mine = [c for c in collections if c["in_callback_thread"]]
@@ -362,7 +366,7 @@ def _print_accounting(work: Path, args, stats: dict, probe_stalls, code: int, li
               + f"), longest {max(c['ms'] for c in collections):.2f} ms; in the audio thread: {len(mine)}"
               + (f", longest {max(c['ms'] for c in mine):.2f} ms" if mine else ""))
     classes = classify_underflows(probe_stalls, stats.get("callback_diagnostics", []), stats.get("underflow_times", []),
-                                  1000.0 * args.block_size / 48000, collections, driver_late_times(work / "jackd.log"),
+                                  budget_ms, collections, driver_late_times(work / "jackd.log"),
                                   probe_outranks(probe_stalls, stats.get("audio_thread", "")))
     machine = machine_classes(stats.get("audio_thread", ""))
     print("  underflows by class: " + ", ".join(f"{name} {n}" for name, n in classes.items())
@@ -522,10 +526,7 @@ def main(argv=None) -> int:
         print(f"  underflows after the first second: {stats['underflows'] - stats['startup_underflows']} "
               f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
               f"{stats['callbacks']}")
-        print(f"  callbacks that began > half a block late (CPU or GIL wait): {stats['late_starts']}; max start "
-              f"delay {stats['max_start_delay_ms']:.2f} ms; callback load: median {100 * stats['load_median']:.1f}%, "
-              f"p99 {100 * stats['load_p99']:.1f}%, max {stats['max_callback_ms']:.2f} ms; audio thread: "
-              f"{stats['audio_thread']}")
+        _print_callbacks(stats, args.block_size)
         return _print_accounting(work, args, stats, probe_stalls, code, lines)
     import soundfile as sf
 
@@ -540,12 +541,7 @@ def main(argv=None) -> int:
     print(f"  underflows after the first second: {stats['underflows'] - stats['startup_underflows']} "
           f"(first second: {stats['startup_underflows']}); late callbacks: {stats['late_callbacks']} of "
           f"{stats['callbacks']}")
-    print(f"  callbacks that began > half a block late (CPU or GIL wait): {stats.get('late_starts')}; max start "
-          f"delay {stats.get('max_start_delay_ms', float('nan')):.2f} ms")
-    if stats.get("late_callback_log"):
-        print("  late callbacks (s into the stream, ms): " + ", ".join(f"{t:.2f}s {ms:.1f}" for t, ms in stats["late_callback_log"]))
-    print(f"  callback load: median {100 * stats['load_median']:.1f}%, p99 {100 * stats['load_p99']:.1f}%, max "
-          f"{stats['max_callback_ms']:.2f} ms of {1000 * args.block_size / 48000:.2f} ms")
+    _print_callbacks(stats, args.block_size)
     print(f"  non-finite samples: {nonfinite} of {audio.size}; peak {float(np.abs(audio).max(initial=0)):.3f}; "
           f"recording dropped blocks: {stats['record']['dropped_blocks']}")
     print(f"  events applied {stats['events']}, dropped {stats['dropped_events']}; engine errors "

@@ -113,3 +113,5 @@ def test_the_null_player_is_the_players_audio_output_without_an_engine():
     assert min(audio.recent_loads()) >= 0.3 / BUDGET_MS
     rows = audio.callback_diagnostics()
     assert any(r["underflow"] for r in rows) and all("cpu_ms" in r for r in rows)
+    summary = audio.summary()                  # what sdga-play's --stats-json and the null player's stats both carry
+    assert summary["underflows"] == 1 and summary["callback_diagnostics"] == rows and len(summary["underflow_times"]) == 1

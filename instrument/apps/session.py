@@ -150,7 +150,6 @@ class Session:
 
     def summary(self) -> dict:
         engine, audio = self.engine, self.audio
-        median, p99 = audio.load_percentiles(50, 99)
         z = engine.state.z.detach().numpy()
         bundle = engine.bundle              # a set list: the song playing now
         received, ignored, malformed = self.midi_counts()
@@ -159,13 +158,7 @@ class Session:
             "seconds": end - self.started,
             "audio_lost": self.lost,
             "sample_rate": engine.sample_rate, "block_size": engine.block_size,
-            "callbacks": audio.stats.callbacks, "underflows": audio.stats.underflows,
-            "startup_underflows": audio.stats.startup_underflows, "late_callbacks": audio.stats.late,
-            "late_callback_log": audio.late_callbacks(), "underflow_times": audio.underflow_times(),
-            "callback_diagnostics": audio.callback_diagnostics(), "collections": audio.collections(),
-            "audio_thread": audio.thread_scheduling,
-            "late_starts": audio.stats.late_starts, "max_start_delay_ms": audio.stats.max_start_delay_ms,
-            "load_median": median, "load_p99": p99, "max_callback_ms": audio.stats.max_callback_ms,
+            **audio.summary(),
             "engine_errors": engine.stats.errors, "engine_last_error": engine.stats.last_error,
             "voice_resets": engine.stats.voice_resets, "events": engine.stats.events,
             "dropped_events": self.queue.dropped, "ignored_events": engine.voices.ignored_events,

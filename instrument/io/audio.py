@@ -279,6 +279,20 @@ class AudioOutput:
         return [{key: value(key, v) for key, v in zip(DIAGNOSTIC_FIELDS, values)}
                 for values in self._diag[:self._diag_count]]
 
+    def summary(self) -> dict:
+        """The stream's figures for an exit summary (``sdga-play --stats-json``, the soak's null player): counts,
+        load percentiles, the logged underflows and late callbacks, and with ``diagnose`` the diagnosed callbacks
+        and collections; the audio thread's scheduling."""
+        stats = self.stats
+        median, p99 = self.load_percentiles(50, 99)
+        return {"callbacks": stats.callbacks, "underflows": stats.underflows,
+                "startup_underflows": stats.startup_underflows, "late_callbacks": stats.late,
+                "late_callback_log": self.late_callbacks(), "underflow_times": self.underflow_times(),
+                "callback_diagnostics": self.callback_diagnostics(), "collections": self.collections(),
+                "audio_thread": self.thread_scheduling,
+                "late_starts": stats.late_starts, "max_start_delay_ms": stats.max_start_delay_ms,
+                "load_median": median, "load_p99": p99, "max_callback_ms": stats.max_callback_ms}
+
     def recent_loads(self, seconds: float = 1.0) -> np.ndarray:
         """Callback loads (compute time / block duration) of about the last ``seconds`` (a copy; any thread)."""
         count = self._load_count
